@@ -1,0 +1,176 @@
+"""Single-codebook vector quantizers.
+
+``EMACodebook`` is the EnCodec / SoundStream codebook: Euclidean nearest neighbour, entries
+updated by exponential moving averages of the assigned vectors (no gradient), k-means
+initialisation on the first training batch, dead entries replaced by vectors of the batch,
+commitment loss on the encoder side, straight-through gradient.
+
+All codebook statistics are summed over DDP ranks, and random choices (k-means seeds,
+replacement vectors) are broadcast from rank 0, so every rank holds the same codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codecplatform.quantizers.distributed import all_gather_rows, all_reduce_sum_, broadcast_
+from codecplatform.types import QuantizerOutput
+
+
+def kmeans(x: Tensor, num_clusters: int, iters: int) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means on rows of x (N, D) -> (centroids (K, D), cluster sizes (K,)).
+
+    Centroids start from random rows (with replacement when N < K); empty clusters keep
+    their previous centroid.
+    """
+    centroids = sample_rows(x, num_clusters)
+    sizes = torch.zeros(num_clusters, device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        assign = nearest(x, centroids)
+        sizes = torch.bincount(assign, minlength=num_clusters).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        filled = sizes > 0
+        centroids = torch.where(filled[:, None], sums / sizes.clamp(min=1)[:, None], centroids)
+    return centroids, sizes
+
+
+def sample_rows(x: Tensor, n: int) -> Tensor:
+    """n random rows of x (N, D): without replacement when N >= n."""
+    if x.shape[0] >= n:
+        index = torch.randperm(x.shape[0], device=x.device)[:n]
+    else:
+        index = torch.randint(0, x.shape[0], (n,), device=x.device)
+    return x[index]
+
+
+def nearest(x: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the nearest codebook row (K, D) for each row of x (N, D), Euclidean."""
+    distance = (
+        x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None, :]
+    )  # (N, K)
+    return distance.argmin(dim=1)
+
+
+class EMACodebook(nn.Module):
+    """One codebook with EMA updates: (B, D, T') -> QuantizerOutput with codes (B, 1, T').
+
+    Args:
+        dimension: vector size D.
+        codebook_size: number of entries K.
+        decay: EMA decay of counts and sums (EnCodec: 0.99).
+        epsilon: Laplace smoothing of the counts.
+        kmeans_init: initialise the entries by k-means on the first training batch.
+        kmeans_iters: k-means iterations.
+        threshold_ema_dead_code: entries whose EMA count falls below this are replaced by
+            random vectors of the current batch (0 disables replacement).
+    """
+
+    def __init__(
+        self,
+        dimension: int,
+        codebook_size: int = 1024,
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 50,
+        threshold_ema_dead_code: float = 2.0,
+    ):
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        if codebook_size < 2 or dimension < 1:
+            raise ValueError(f"codebook_size must be >= 2 and dimension >= 1, got {codebook_size}, {dimension}")
+        self.dimension = dimension
+        self.codebook_size = codebook_size
+        self.decay = decay
+        self.epsilon = epsilon
+        self.kmeans_iters = kmeans_iters
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        embed = torch.zeros(codebook_size, dimension) if kmeans_init else nn.init.kaiming_uniform_(
+            torch.empty(codebook_size, dimension)
+        )
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
+        self.register_buffer("embed", embed)
+        self.register_buffer("embed_avg", embed.clone())
+
+    # -- inference -----------------------------------------------------------------------
+    def encode(self, z: Tensor) -> Tensor:
+        """(B, D, T') -> codes (B, T')."""
+        b, d, t = z.shape
+        flat = z.transpose(1, 2).reshape(-1, d).float()  # (B,D,T)->(B*T,D)
+        return nearest(flat, self.embed).view(b, t)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (B, T') -> (B, D, T')."""
+        return F.embedding(codes, self.embed).transpose(1, 2)
+
+    # -- training ------------------------------------------------------------------------
+    def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+        """Quantize z (B, D, T'); ``mask`` (B,) bool marks the examples this codebook serves.
+
+        Only masked-in examples update the codebook and count in the commitment loss. The
+        returned z_q is the plain quantized value (the residual stack applies the
+        straight-through estimator once for the sum).
+        """
+        b, d, t = z.shape
+        if d != self.dimension:
+            raise ValueError(f"latent has {d} channels, codebook dimension is {self.dimension}")
+        z = z.float()
+        if mask is None:
+            mask = torch.ones(b, dtype=torch.bool, device=z.device)
+        active = z.transpose(1, 2)[mask].reshape(-1, d)  # (B,D,T)->(N_active*T,D)
+        if self.training:
+            if not bool(self.initialized):
+                self._init_from(active)
+            codes = self.encode(z)
+            self._ema_update(active, codes[mask].reshape(-1))
+        else:
+            codes = self.encode(z)
+        z_q = self.decode(codes)
+        if bool(mask.any()):
+            commit = F.mse_loss(z[mask], z_q[mask].detach())
+        else:
+            commit = z.sum() * 0.0
+        return QuantizerOutput(z_q=z_q, codes=codes[:, None, :], losses={"commit": commit})
+
+    @torch.no_grad()
+    def _init_from(self, vectors: Tensor) -> None:
+        data = all_gather_rows(vectors)
+        if data.shape[0] == 0:
+            return
+        centroids, sizes = kmeans(data, self.codebook_size, self.kmeans_iters)
+        broadcast_(centroids)
+        broadcast_(sizes)
+        self.embed.copy_(centroids)
+        self.embed_avg.copy_(centroids)
+        self.cluster_size.copy_(sizes)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, vectors: Tensor, codes: Tensor) -> None:
+        counts = torch.bincount(codes, minlength=self.codebook_size).float()  # (K,)
+        sums = torch.zeros_like(self.embed).index_add_(0, codes, vectors)  # (K, D)
+        all_reduce_sum_(counts)
+        all_reduce_sum_(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
+        self.embed.copy_(self.embed_avg / smoothed[:, None])
+        self._replace_dead_codes(vectors)
+
+    @torch.no_grad()
+    def _replace_dead_codes(self, vectors: Tensor) -> None:
+        if self.threshold_ema_dead_code <= 0:
+            return
+        expired = self.cluster_size < self.threshold_ema_dead_code  # identical on every rank
+        if not bool(expired.any()):
+            return
+        pool = vectors if vectors.shape[0] > 0 else self.embed
+        candidates = broadcast_(sample_rows(pool, self.codebook_size))
+        self.embed.copy_(torch.where(expired[:, None], candidates, self.embed))
+        self.embed_avg.copy_(torch.where(expired[:, None], candidates * self.threshold_ema_dead_code, self.embed_avg))
+        self.cluster_size.copy_(torch.where(expired, torch.full_like(self.cluster_size, self.threshold_ema_dead_code), self.cluster_size))
