@@ -1,0 +1,244 @@
+"""1D convolutions with EnCodec's padding rules, normalization choices and streaming.
+
+Padding (per convolution, k_eff = (kernel_size - 1) * dilation + 1, s = stride):
+
+* ``padding_total = k_eff - s``; non-causal: ``padding_total // 2`` on the right and the rest on
+  the left; causal: everything on the left. Extra right padding completes the last window, so a
+  signal of T samples gives exactly ``ceil(T / s)`` frames and a transposed convolution of the
+  same stride brings them back to ``ceil(T / s) * s`` samples.
+* Transposed convolutions produce ``T * s + (k - s)`` samples and trim ``k - s`` of them:
+  non-causal ``(k - s) // 2`` on the right and the rest on the left; causal
+  ``ceil((k - s) * trim_right_ratio)`` on the right and the rest on the left.
+
+Normalization: ``"none"``, ``"weight_norm"`` (``torch.nn.utils.parametrizations.weight_norm``
+on the weight; streamable) or ``"time_layer_norm"`` (``GroupNorm(1, C)`` after the convolution,
+statistics over channels and time, as EnCodec's non-streamable models; not streamable).
+
+Attribute layout (for checkpoint key maps): ``conv``/``convtr`` is the ``nn.Conv1d`` /
+``nn.ConvTranspose1d`` (with weight norm its parameters are
+``parametrizations.weight.original0`` = g and ``.original1`` = v), ``norm`` the ``GroupNorm`` or
+an ``nn.Identity`` without parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from codecplatform.nn.streaming import StreamingModule
+
+ConvNorm = Literal["none", "weight_norm", "time_layer_norm"]
+PadMode = Literal["constant", "reflect", "replicate"]
+
+
+def pad1d(x: Tensor, left: int, right: int, mode: str = "constant") -> Tensor:
+    """Pad the last (time) axis; reflect also works on signals shorter than the padding.
+
+    F.pad refuses to reflect more samples than the signal has, so in that case zeros are
+    appended first, the reflection is taken, and the zeros are removed again (as EnCodec does).
+    (..., T) -> (..., left + T + right).
+    """
+    if mode == "reflect":
+        extra = max(left, right) - x.shape[-1] + 1
+        if extra > 0:
+            padded = F.pad(F.pad(x, (0, extra)), (left, right), mode="reflect")
+            return padded[..., : padded.shape[-1] - extra]
+    return F.pad(x, (left, right), mode=mode)
+
+
+def _check_options(norm: str, pad_mode: str | None = None) -> None:
+    if norm not in get_args(ConvNorm):
+        raise ValueError(f"norm must be one of {get_args(ConvNorm)}, got {norm!r}")
+    if pad_mode is not None and pad_mode not in get_args(PadMode):
+        raise ValueError(f"pad_mode must be one of {get_args(PadMode)}, got {pad_mode!r}")
+
+
+def _parametrize(conv: nn.Conv1d | nn.ConvTranspose1d, norm: str) -> nn.Module:
+    return weight_norm(conv) if norm == "weight_norm" else conv
+
+
+def _norm_module(norm: str, channels: int) -> nn.Module:
+    return nn.GroupNorm(1, channels) if norm == "time_layer_norm" else nn.Identity()
+
+
+class StreamableConv1d(StreamingModule):
+    """Conv1d with EnCodec padding: (B, C_in, T) -> (B, C_out, ceil(T / stride)).
+
+    Streaming (causal only): the first chunk is left-padded like the whole signal (reflect
+    padding needs ``padding_total + 1`` samples, so output starts once that many arrived); later
+    chunks are appended to the unconsumed tail of the padded input; every complete window is
+    emitted and the rest is kept. Over a stream whose length is a multiple of ``stride`` (and
+    longer than ``padding_total``) the concatenated outputs equal the whole-signal output.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        causal: bool = False,
+        norm: ConvNorm = "none",
+        pad_mode: PadMode = "reflect",
+    ) -> None:
+        super().__init__()
+        _check_options(norm, pad_mode)
+        self.kernel_size_eff = (kernel_size - 1) * dilation + 1
+        if self.kernel_size_eff < stride:
+            raise ValueError(
+                f"effective kernel size {self.kernel_size_eff} is smaller than the stride {stride}:"
+                " input samples would be skipped"
+            )
+        conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride,
+            dilation=dilation, groups=groups, bias=bias,
+        )
+        self.conv = _parametrize(conv, norm)
+        self.norm = _norm_module(norm, out_channels)
+        self.out_channels = out_channels
+        self.stride = stride
+        self.causal = causal
+        self.norm_type = norm
+        self.pad_mode = pad_mode
+        self.padding_total = self.kernel_size_eff - stride
+
+    def check_streamable(self) -> None:
+        if not self.causal:
+            raise RuntimeError(
+                "StreamableConv1d(causal=False) cannot stream: its padding looks into the future;"
+                " build the model with causal=True"
+            )
+        if self.norm_type == "time_layer_norm":
+            raise RuntimeError(
+                "StreamableConv1d(norm='time_layer_norm') cannot stream: its statistics need the"
+                " whole signal; use norm='weight_norm'"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, T) -> (B, C_out, ceil(T / stride)).
+
+        In streaming: the frames completed by this chunk, (B, C_out, n).
+        """
+        if self.is_streaming:
+            return self._forward_streaming(x)
+        extra = math.ceil(x.shape[-1] / self.stride) * self.stride - x.shape[-1]
+        if self.causal:
+            left, right = self.padding_total, 0
+        else:
+            right = self.padding_total // 2
+            left = self.padding_total - right
+        return self.norm(self.conv(pad1d(x, left, right + extra, self.pad_mode)))
+
+    def _first_chunk_min(self) -> int:
+        """Samples needed before the left padding of a stream can be computed."""
+        if self.padding_total == 0 or self.pad_mode == "constant":
+            return 0
+        return self.padding_total + 1 if self.pad_mode == "reflect" else 1
+
+    def _forward_streaming(self, x: Tensor) -> Tensor:
+        state = self.stream_state
+        if "buffer" in state:
+            buffer = torch.cat([state["buffer"], x], dim=-1)
+        else:
+            head = torch.cat([state.pop("head"), x], dim=-1) if "head" in state else x
+            if head.shape[-1] < self._first_chunk_min():
+                state["head"] = head
+                return x.new_zeros(x.shape[0], self.out_channels, 0)
+            buffer = pad1d(head, self.padding_total, 0, self.pad_mode)
+        n_frames = max(0, (buffer.shape[-1] - self.kernel_size_eff) // self.stride + 1)
+        state["buffer"] = buffer[..., n_frames * self.stride :]
+        if n_frames == 0:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
+        used = (n_frames - 1) * self.stride + self.kernel_size_eff
+        return self.norm(self.conv(buffer[..., :used]))
+
+
+class StreamableConvTranspose1d(StreamingModule):
+    """ConvTranspose1d with EnCodec trimming: (B, C_in, T) -> (B, C_out, T * stride).
+
+    Streaming (causal only): each chunk of T frames emits T * stride samples; the last
+    ``kernel_size - stride`` samples of its full output (without bias) are kept and added to the
+    start of the next chunk's output. The first ``padding_left`` samples of the stream are
+    dropped like in the whole-signal path; the right trim is simply never emitted, so the
+    concatenated outputs equal the start of the whole-signal output.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        bias: bool = True,
+        causal: bool = False,
+        norm: ConvNorm = "none",
+        trim_right_ratio: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check_options(norm)
+        if kernel_size < stride:
+            raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
+        if not 0.0 <= trim_right_ratio <= 1.0:
+            raise ValueError(f"trim_right_ratio must be in [0, 1], got {trim_right_ratio}")
+        if not causal and trim_right_ratio != 1.0:
+            raise ValueError("trim_right_ratio != 1.0 only makes sense for causal convolutions")
+        self.convtr = _parametrize(
+            nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, bias=bias), norm
+        )
+        self.norm = _norm_module(norm, out_channels)
+        self.out_channels = out_channels
+        self.stride = stride
+        self.causal = causal
+        self.norm_type = norm
+        padding_total = kernel_size - stride
+        if causal:
+            self.padding_right = math.ceil(padding_total * trim_right_ratio)
+        else:
+            self.padding_right = padding_total // 2
+        self.padding_left = padding_total - self.padding_right
+
+    def check_streamable(self) -> None:
+        if not self.causal:
+            raise RuntimeError(
+                "StreamableConvTranspose1d(causal=False) cannot stream: build it with causal=True"
+            )
+        if self.norm_type == "time_layer_norm":
+            raise RuntimeError(
+                "StreamableConvTranspose1d(norm='time_layer_norm') cannot stream: its statistics"
+                " need the whole signal; use norm='weight_norm'"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, T) -> (B, C_out, T * stride).
+
+        In streaming: the samples completed by this chunk, (B, C_out, n).
+        """
+        if self.is_streaming:
+            return self._forward_streaming(x)
+        y = self.norm(self.convtr(x))  # (B, C_out, T * stride + kernel_size - stride)
+        return y[..., self.padding_left : y.shape[-1] - self.padding_right]
+
+    def _forward_streaming(self, x: Tensor) -> Tensor:
+        state = self.stream_state
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
+        y = self.convtr(x)  # (B, C_out, T * stride + kernel_size - stride)
+        if "tail" in state:
+            n = state["tail"].shape[-1]
+            y = torch.cat([y[..., :n] + state["tail"], y[..., n:]], dim=-1)
+        n_out = x.shape[-1] * self.stride
+        tail = y[..., n_out:]
+        bias = self.convtr.bias
+        state["tail"] = tail if bias is None else tail - bias[:, None]
+        to_trim = state.get("to_trim", self.padding_left)
+        cut = min(to_trim, n_out)
+        state["to_trim"] = to_trim - cut
+        return y[..., cut:n_out]

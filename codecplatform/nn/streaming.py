@@ -1,0 +1,80 @@
+"""Chunk-by-chunk (streaming) evaluation of causal modules.
+
+A :class:`StreamingModule` behaves as a plain module until streaming is switched on with the
+:func:`streaming` context manager. Inside the context every call receives the next chunk of one
+signal (any length, possibly empty) and returns the outputs that chunk completes; what cannot be
+consumed yet is kept in the module's state and used by the next call::
+
+    with streaming(encoder):
+        frames = torch.cat([encoder(chunk) for chunk in chunks], dim=-1)
+    # == encoder(torch.cat(chunks, dim=-1)) when the total length is a multiple of hop_length
+
+The state lives only inside the context: entering starts every module afresh and leaving (also
+through an exception) clears it, so the next ``with streaming(...)`` starts a new stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class StreamingModule(nn.Module):
+    """Base of modules that can process a signal chunk by chunk.
+
+    Subclasses branch on :attr:`is_streaming` in ``forward`` and keep whatever they must carry
+    from one chunk to the next in ``self._stream_state`` (a fresh empty dict per stream).
+    Subclasses that cannot stream in some configuration override :meth:`check_streamable`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stream_state: dict[str, Any] | None = None
+
+    @property
+    def is_streaming(self) -> bool:
+        """True between entering and leaving a :func:`streaming` context."""
+        return self._stream_state is not None
+
+    def check_streamable(self) -> None:
+        """Raise a ``RuntimeError`` saying why this module cannot stream; by default it can."""
+
+    def start_streaming(self) -> None:
+        """Switch streaming on with an empty state (used by :func:`streaming`)."""
+        if self.is_streaming:
+            raise RuntimeError(f"{type(self).__name__} is already streaming (nested streaming())")
+        self.check_streamable()
+        self._stream_state = {}
+
+    def stop_streaming(self) -> None:
+        """Switch streaming off and drop the state (used by :func:`streaming`)."""
+        self._stream_state = None
+
+    @property
+    def stream_state(self) -> dict[str, Any]:
+        """The current stream's state; only valid while streaming."""
+        if self._stream_state is None:
+            raise RuntimeError(f"{type(self).__name__} is not streaming")
+        return self._stream_state
+
+
+@contextmanager
+def streaming(module: nn.Module) -> Iterator[nn.Module]:
+    """Stream every :class:`StreamingModule` inside ``module`` (itself included) for the block.
+
+    Raises (before the block runs) if any of them cannot stream, e.g. a non-causal convolution.
+    On exit, normal or not, streaming is switched off and all state is cleared.
+    """
+    started: list[StreamingModule] = []
+    try:
+        for sub in module.modules():
+            if isinstance(sub, StreamingModule):
+                sub.start_streaming()
+                started.append(sub)
+        yield module
+    finally:
+        for sub in started:
+            sub.stop_streaming()
