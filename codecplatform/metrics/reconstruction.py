@@ -1,0 +1,71 @@
+"""Reconstruction metrics as torchmetrics ``Metric``s (summed states, so DDP reduces them)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from codecplatform.losses.reconstruction import MultiScaleMelLoss
+
+
+class MelDistance(Metric):
+    """DAC's mel distance: multi-scale log10-mel L1 (windows 32..2048, 5..320 mels), averaged over
+    examples. ``update(x_hat, x)`` with (B, C, T) audio; lower is better.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, sample_rate: int, **kwargs):
+        super().__init__(**kwargs)
+        self.distance = MultiScaleMelLoss(
+            sample_rate,
+            window_lengths=[32, 64, 128, 256, 512, 1024, 2048],
+            n_mels=[5, 10, 20, 40, 80, 160, 320],
+            l1_weight=1.0,
+            l2_weight=0.0,
+            log=True,
+            log_base=10.0,
+            clamp_eps=1e-5,
+            power=1.0,
+        )
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        for i in range(x.shape[0]):  # per example, so the mean does not depend on batching
+            self.total += self.distance(x[i : i + 1], x_hat[i : i + 1]).double()
+        self.count += x.shape[0]
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class SISDR(Metric):
+    """Scale-invariant signal-to-distortion ratio in dB, per channel, averaged over examples and
+    channels. ``update(x_hat, x)`` with (B, C, T) audio; higher is better.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, eps: float = 1e-8, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        x = x.double() - x.double().mean(dim=-1, keepdim=True)
+        x_hat = x_hat.double() - x_hat.double().mean(dim=-1, keepdim=True)
+        alpha = (x_hat * x).sum(-1, keepdim=True) / (x.pow(2).sum(-1, keepdim=True) + self.eps)
+        target = alpha * x
+        noise = x_hat - target
+        ratio = (target.pow(2).sum(-1) + self.eps) / (noise.pow(2).sum(-1) + self.eps)
+        values = 10 * torch.log10(ratio)  # (B, C)
+        self.total += values.sum()
+        self.count += values.numel()
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()

@@ -1,0 +1,176 @@
+"""Codec = encoder -> quantizer -> decoder, usable without Lightning (notebooks, inference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from codecplatform.generators.base import Decoder, Encoder
+from codecplatform.quantizers.base import Quantizer
+from codecplatform.types import CodecOutput, EncodedAudio, check_audio
+
+
+class Codec(nn.Module):
+    """A neural audio codec: (B, C, T) audio <-> (B, K, T') codes.
+
+    Args:
+        encoder: audio -> latents (B, D, T').
+        quantizer: latents -> codes and quantized latents.
+        decoder: quantized latents -> audio.
+        sample_rate: audio sample rate in Hz.
+        bandwidths: target bitrates in kbps the codec is trained for (EnCodec: 1.5, 3, 6, 12, 24).
+            Each maps to the largest codebook count that fits; training draws counts among
+            them (through the quantizer's dropout policy) and ``encode(bandwidth=...)`` uses them.
+            None: every count 1..n_q is allowed.
+        normalize: divide each input by its RMS before encoding and multiply the output back
+            (EnCodec's non-streamable 48 kHz model); the scale travels in ``EncodedAudio``.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        quantizer: Quantizer,
+        decoder: Decoder,
+        sample_rate: int,
+        bandwidths: list[float] | None = None,
+        normalize: bool = False,
+    ):
+        super().__init__()
+        if encoder.dimension != quantizer.dimension or decoder.dimension != quantizer.dimension:
+            raise ValueError(
+                f"latent sizes differ: encoder.dimension={encoder.dimension}, "
+                f"quantizer.dimension={quantizer.dimension}, decoder.dimension={decoder.dimension}"
+            )
+        if encoder.hop_length != decoder.hop_length:
+            raise ValueError(f"encoder hop {encoder.hop_length} != decoder hop {decoder.hop_length}")
+        if encoder.channels != decoder.channels:
+            raise ValueError(f"encoder channels {encoder.channels} != decoder channels {decoder.channels}")
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        self.encoder = encoder
+        self.quantizer = quantizer
+        self.decoder = decoder
+        self.sample_rate = sample_rate
+        self.channels = encoder.channels
+        self.hop_length = encoder.hop_length
+        self.normalize = normalize
+        self.bandwidths = sorted(bandwidths) if bandwidths else None
+        self.n_q_choices = sorted({self.n_q_for_bandwidth(bw) for bw in self.bandwidths}) if self.bandwidths else None
+
+    # -- rates -------------------------------------------------------------------------------
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.sample_rate / self.hop_length
+
+    def n_q_for_bandwidth(self, bandwidth: float) -> int:
+        """Codebooks that fit in ``bandwidth`` kbps (EnCodec: 6 kbps at 75 Hz, 10 bits -> 8)."""
+        if bandwidth <= 0:
+            raise ValueError(f"bandwidth must be > 0 kbps, got {bandwidth}")
+        n_q = self.quantizer.n_q_for_bits(bandwidth * 1000.0 / self.frame_rate)
+        full = self.bitrate(self.quantizer.n_q)
+        if bandwidth > full + 1e-6:
+            raise ValueError(f"bandwidth {bandwidth} kbps exceeds this codec's maximum of {full:g} kbps")
+        return n_q
+
+    def bitrate(self, n_q: int) -> float:
+        """Nominal bitrate in kbps with the first ``n_q`` codebooks."""
+        return self.frame_rate * sum(self.quantizer.bits_per_frame[:n_q]) / 1000.0
+
+    # -- training / evaluation ------------------------------------------------------------------
+    def forward(self, x: Tensor, n_q: int | Tensor | None = None, generator: torch.Generator | None = None) -> CodecOutput:
+        """(B, C, T) -> CodecOutput(x_hat (B, C, T), z (B, D, T'), quantized).
+
+        In training mode with ``n_q=None`` the codebook counts come from the quantizer's dropout
+        policy (drawn with ``generator``); in eval mode ``n_q=None`` means all codebooks.
+        """
+        check_audio(x, self.channels)
+        length = x.shape[-1]
+        x, scale = self._normalize(x)
+        z = self.encoder(x)
+        if n_q is None and self.training:
+            n_q = self.quantizer.sample_n_q(x.shape[0], self.n_q_choices, generator)
+        quantized = self.quantizer(z, n_q)
+        x_hat = self.decoder(quantized.z_q.to(z.dtype))[..., :length]
+        if scale is not None:
+            x_hat = x_hat * scale
+        return CodecOutput(x_hat=x_hat, z=z, quantized=quantized)
+
+    def _normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.normalize:
+            return x, None
+        scale = x.mean(dim=1, keepdim=True).pow(2).mean(dim=2, keepdim=True).sqrt() + 1e-8  # (B,1,1)
+        return x / scale, scale
+
+    # -- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: Tensor, bandwidth: float | None = None, n_q: int | None = None) -> EncodedAudio:
+        """(B, C, T) audio -> EncodedAudio with codes (B, K, T'), K from ``bandwidth`` (kbps) or
+        ``n_q`` (default: all codebooks)."""
+        if bandwidth is not None and n_q is not None:
+            raise ValueError("give bandwidth or n_q, not both")
+        check_audio(x, self.channels)
+        if bandwidth is not None:
+            n_q = self.n_q_for_bandwidth(bandwidth)
+        length = x.shape[-1]
+        x, scale = self._normalize(x)
+        codes = self.quantizer.encode(self.encoder(x), n_q)
+        return EncodedAudio(codes=codes, scale=scale, length=length)
+
+    @torch.no_grad()
+    def decode(self, encoded: EncodedAudio | Tensor) -> Tensor:
+        """EncodedAudio (or bare codes (B, K, T')) -> audio (B, C, T)."""
+        if isinstance(encoded, Tensor):
+            encoded = EncodedAudio(codes=encoded, scale=None, length=encoded.shape[-1] * self.hop_length)
+        z_q = self.quantizer.decode(encoded.codes)
+        x_hat = self.decoder(z_q)[..., : encoded.length]
+        if encoded.scale is not None:
+            x_hat = x_hat * encoded.scale
+        return x_hat
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Codec:
+        """Build a codec from its ``{class_path, init_args}`` config (as in experiment YAMLs)."""
+        from codecplatform.config import instantiate
+
+        codec = instantiate(config, cls)
+        if not isinstance(codec, Codec):
+            raise TypeError(f"config builds a {type(codec).__name__}, not a Codec")
+        return codec
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Codec:
+        """Load the codec of a training checkpoint (from ``codecplatform fit``) without Lightning.
+
+        The checkpoint carries the codec's config (``codec_config``) and the training module's
+        state dict, whose ``codec.`` entries are the codec's weights and codebooks.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        config = checkpoint.get("codec_config")
+        if not isinstance(config, dict):
+            raise ValueError(
+                f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit`?"
+            )
+        codec = cls.from_config(config)
+        prefix = "codec."
+        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        codec.load_state_dict(state)
+        return codec.eval()
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts of the parts (for READMEs and logs)."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {
+            "encoder": count(self.encoder),
+            "quantizer": count(self.quantizer),
+            "decoder": count(self.decoder),
+            "total": count(self),
+        }
+
