@@ -1,0 +1,175 @@
+"""Map-style lhotse dataset: a ``CutSet`` (one sampler batch) -> audio windows (B, C, T)."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.cut import Cut
+
+_SILENT_RMS = 1e-6  # a window whose RMS is below this is left as it is by normalize_db
+
+
+def cut_source(cut: Cut) -> str:
+    """The file (or other source) a cut reads from, for messages: ``"<unknown source>"`` if none."""
+    recording = getattr(cut, "recording", None)
+    if recording is None or not recording.sources:
+        return "<unknown source>"
+    return str(recording.sources[0].source)
+
+
+def map_channels(audio: np.ndarray, channels: int, name: str) -> np.ndarray:
+    """Give ``audio`` (C_in, N) exactly ``channels`` channels: (C_in, N) -> (channels, N).
+
+    Mono is repeated; more channels than wanted are averaged (``channels == 1``) or the first
+    ``channels`` are kept; fewer channels (but more than one) is an error naming ``name``.
+    """
+    c_in = audio.shape[0]
+    if c_in == channels:
+        return audio
+    if c_in == 1:
+        return np.repeat(audio, channels, axis=0)
+    if c_in > channels:
+        return audio.mean(axis=0, keepdims=True) if channels == 1 else audio[:channels]
+    raise ValueError(
+        f"{name} has {c_in} channels, cannot make {channels} of them "
+        f"(only mono is repeated); set channels <= {c_in} or drop the file"
+    )
+
+
+def normalize_rms(audio: np.ndarray, target_db: float) -> np.ndarray:
+    """Scale ``audio`` (any shape) to an RMS of ``target_db`` dBFS, then limit the peak to 1.0.
+
+    Silent audio (RMS < 1e-6) is returned unchanged. When the gain would clip, the result is
+    scaled down so that its peak is exactly 1.0 (the RMS is then below the target).
+    """
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    if rms < _SILENT_RMS:
+        return audio
+    out = audio * (10.0 ** (target_db / 20.0) / rms)
+    peak = float(np.max(np.abs(out)))
+    if peak > 1.0:
+        out = out / peak
+    return out.astype(np.float32, copy=False)
+
+
+class AudioWindowDataset(torch.utils.data.Dataset):
+    """Lhotse-style dataset: ``dataset[cuts]`` loads one fixed-length window per cut.
+
+    Used with a lhotse sampler and ``DataLoader(dataset, sampler=sampler, batch_size=None)``:
+    the sampler yields ``CutSet`` batches and each one becomes a (B, C, T) float32 tensor with
+    C = ``channels`` and T = ``round(segment_seconds * sample_rate)``.
+
+    Per cut: resample to ``sample_rate``; with ``random_offset`` take the window at a random
+    offset (training), else from the cut's start (val/test, whose cuts are already windows);
+    map channels (see :func:`map_channels`); optionally normalize loudness; zero-pad at the end
+    when the cut is shorter than the window.
+
+    A cut whose audio fails to load or holds NaN/inf is dropped with a warning naming its file,
+    so B may be smaller than the sampler's batch, and 0 when every cut failed: the result is then
+    an empty (0, C, T) tensor that the training module must skip.
+
+    Args:
+        sample_rate: output sample rate in Hz.
+        channels: output channel count C.
+        segment_seconds: window length in seconds.
+        random_offset: random window offsets (training) instead of offset 0.
+        normalize_db: target RMS level of each window in dBFS (e.g. -24.0); None keeps levels.
+        seed: seed of the offset generator.
+        rank: distributed rank; each rank and each DataLoader worker draws its own offsets.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int,
+        segment_seconds: float,
+        random_offset: bool,
+        normalize_db: float | None = None,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        super().__init__()
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        if channels <= 0:
+            raise ValueError(f"channels must be > 0, got {channels}")
+        if segment_seconds <= 0:
+            raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.segment_seconds = segment_seconds
+        self.num_samples = round(segment_seconds * sample_rate)
+        if self.num_samples < 1:
+            raise ValueError(
+                f"segment_seconds={segment_seconds} is shorter than one sample at {sample_rate} Hz"
+            )
+        self.random_offset = random_offset
+        self.normalize_db = normalize_db
+        self.seed = seed
+        self.rank = rank
+        self._rng = random.Random(f"{seed}/rank{rank}/main")
+        self._rng_worker: int | None = None  # DataLoader worker id the generator was seeded for
+
+    def _generator(self) -> random.Random:
+        """The offset generator of this process: re-seeded once in each DataLoader worker."""
+        info = torch.utils.data.get_worker_info()
+        worker = None if info is None else info.id
+        if worker != self._rng_worker:
+            self._rng = random.Random(f"{self.seed}/rank{self.rank}/worker{worker}")
+            self._rng_worker = worker
+        return self._rng
+
+    def _window(self, cut: Cut) -> Cut:
+        """The part of ``cut`` (already at ``sample_rate``) to load: at most one window long."""
+        if cut.num_samples <= self.num_samples:
+            return cut
+        start = 0
+        if self.random_offset:
+            start = self._generator().randint(0, cut.num_samples - self.num_samples)
+        offset = start / self.sample_rate
+        duration = min(self.num_samples / self.sample_rate, cut.duration - offset)
+        return cut.truncate(offset=offset, duration=duration, preserve_id=True)
+
+    def load_window(self, cut: Cut) -> np.ndarray | None:
+        """Load one window of ``cut``: (channels, T) float32, or None (with a warning) if bad."""
+        window = self._window(cut.resample(self.sample_rate))
+        try:
+            audio = window.load_audio()  # (C_in, N)
+        except Exception as err:
+            warnings.warn(
+                f"skipping cut {cut.id}: cannot load audio of {cut_source(cut)} ({err})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[None]
+        if not np.isfinite(audio).all():
+            warnings.warn(
+                f"skipping cut {cut.id}: {cut_source(cut)} holds NaN/inf samples",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        audio = map_channels(audio, self.channels, f"recording {cut_source(cut)}")
+        audio = audio[:, : self.num_samples]  # (C, <= T)
+        if self.normalize_db is not None:
+            audio = normalize_rms(audio, self.normalize_db)
+        if audio.shape[1] < self.num_samples:
+            audio = np.pad(audio, ((0, 0), (0, self.num_samples - audio.shape[1])))
+        return audio
+
+    def __getitem__(self, cuts: CutSet) -> torch.Tensor:
+        """Load a batch of cuts: a ``CutSet`` of B cuts -> (B', C, T) float32 with B' <= B."""
+        windows = [w for w in (self.load_window(cut) for cut in cuts) if w is not None]
+        if not windows:
+            return torch.zeros(0, self.channels, self.num_samples)
+        return torch.from_numpy(np.stack(windows))  # (B', C, T)
+
+
+__all__ = ["AudioWindowDataset", "cut_source", "map_channels", "normalize_rms"]

@@ -1,0 +1,281 @@
+"""AudioWindowDataset and LhotseAudioDataModule: shapes, channels, determinism, ranks, bad files."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lhotse import CutSet, Recording, RecordingSet
+
+from datamodules.dataset import AudioWindowDataset, normalize_rms
+from datamodules.lhotse_audio import LhotseAudioDataModule
+from datamodules.manifests import load_cuts, prepare_manifests
+
+SR = 24000
+SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
+
+
+def _write_cuts(paths: list[Path], out: Path) -> Path:
+    """A cut manifest with one cut per file (cut id = file stem)."""
+    recordings = RecordingSet.from_recordings(
+        Recording.from_file(p, recording_id=p.stem) for p in paths
+    )
+    cuts = CutSet.from_manifests(recordings=recordings)
+    CutSet.from_cuts(cut.with_id(cut.recording_id) for cut in cuts).to_file(out)
+    return out
+
+
+def _tone(seconds: float, sr: int, freq: float, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(round(seconds * sr)) / sr
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """12 mono 24 kHz files of 2 s (chirps: every window differs) and one 44.1 kHz stereo file."""
+    root = tmp_path_factory.mktemp("corpus")
+    mono = []
+    for i in range(12):
+        t = np.arange(2 * SR) / SR
+        chirp = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t * (1 + t))
+        path = root / f"mono_{i:02d}.wav"
+        sf.write(path, chirp.astype(np.float32), SR)
+        mono.append(path)
+    stereo = root / "stereo.wav"
+    left, right = _tone(1.5, 44100, 440.0, 0.4), _tone(1.5, 44100, 880.0, 0.2)
+    sf.write(stereo, np.stack([left, right], axis=1), 44100)
+    return {
+        "train": _write_cuts(mono[:8], root / "cuts_train.jsonl.gz"),
+        "val": _write_cuts(mono[8:], root / "cuts_val.jsonl.gz"),
+        "stereo": _write_cuts([stereo], root / "cuts_stereo.jsonl.gz"),
+        "root": root,
+    }
+
+
+def _batches(loader: torch.utils.data.DataLoader) -> list[torch.Tensor]:
+    return [batch for batch in loader]
+
+
+def _sampled_ids(loader: torch.utils.data.DataLoader) -> list[list[str]]:
+    return [[cut.id for cut in cuts] for cuts in loader.sampler]
+
+
+def test_train_and_val_batches_have_the_right_shape(corpus: dict[str, Path]) -> None:
+    dm = LhotseAudioDataModule(
+        train_cuts=str(corpus["train"]),
+        val_cuts=str(corpus["val"]),
+        batch_size=3,
+        segment_seconds=0.5,
+        eval_segment_seconds=0.75,
+    )
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    batches = _batches(train)
+    assert len(batches) == len(train) == 8 // 3  # drop_last
+    for batch in batches:
+        assert batch.shape == (3, 1, 12000) and batch.dtype == torch.float32
+    val = dm.val_dataloader()
+    val_batches = _batches(val)
+    # 4 cuts x 2 s -> windows of 0.75 s: 0.75, 0.75, 0.5 (kept: >= half a window) -> 12 windows
+    assert sum(b.shape[0] for b in val_batches) == 12 and len(val_batches) == len(val) == 4
+    assert all(b.shape[1:] == (1, 18000) for b in val_batches)
+
+
+def test_max_duration_sets_windows_per_batch(corpus: dict[str, Path]) -> None:
+    dm = LhotseAudioDataModule(
+        train_cuts=str(corpus["train"]), batch_size=None, max_duration=2.0, segment_seconds=0.5
+    )
+    assert [b.shape[0] for b in _batches(dm.train_dataloader())] == [4, 4]
+
+
+def test_stereo_44k_becomes_24k_mono_or_stereo(corpus: dict[str, Path]) -> None:
+    cuts = load_cuts(corpus["stereo"])
+    mono = AudioWindowDataset(SR, channels=1, segment_seconds=1.0, random_offset=False)[cuts]
+    stereo = AudioWindowDataset(SR, channels=2, segment_seconds=1.0, random_offset=False)[cuts]
+    assert mono.shape == (1, 1, SR) and stereo.shape == (1, 2, SR)
+    expected_left, expected_right = _tone(1.0, SR, 440.0, 0.4), _tone(1.0, SR, 880.0, 0.2)
+    middle = slice(1000, SR - 1000)  # away from resampling edge effects
+    assert np.allclose(stereo[0, 0, middle].numpy(), expected_left[middle], atol=2e-3)
+    assert np.allclose(stereo[0, 1, middle].numpy(), expected_right[middle], atol=2e-3)
+    assert np.allclose(mono[0, 0].numpy(), stereo[0].mean(0).numpy(), atol=1e-5)
+
+    with pytest.raises(ValueError, match="stereo.wav has 2 channels"):
+        AudioWindowDataset(SR, channels=3, segment_seconds=1.0, random_offset=False)[cuts]
+
+
+def test_mono_is_repeated_and_short_cuts_are_zero_padded(corpus: dict[str, Path]) -> None:
+    cuts = load_cuts(corpus["train"]).subset(first=1)
+    batch = AudioWindowDataset(SR, channels=2, segment_seconds=3.0, random_offset=True)[cuts]
+    assert batch.shape == (1, 2, 3 * SR)
+    assert torch.equal(batch[0, 0], batch[0, 1])
+    assert batch[0, :, 2 * SR :].abs().max() == 0 and batch[0, :, : 2 * SR].abs().max() > 0.1
+
+
+def test_val_batches_are_identical_across_passes(corpus: dict[str, Path]) -> None:
+    dm = LhotseAudioDataModule(
+        train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=4
+    )
+    dm.setup("fit")
+    first, second = _batches(dm.val_dataloader()), _batches(dm.val_dataloader())
+    assert len(first) == len(second) == 2
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+    capped = LhotseAudioDataModule(val_cuts=str(corpus["val"]), batch_size=4, max_eval_windows=3)
+    capped.setup("validate")
+    windows = [cut.id for cuts in capped.val_dataloader().sampler for cut in cuts]
+    assert windows == ["mono_08-0", "mono_09-0", "mono_10-1"]  # 8 windows, evenly spread
+
+
+def test_train_windows_change_across_epochs_and_calls(corpus: dict[str, Path]) -> None:
+    dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=4, segment_seconds=0.5)
+    loader = dm.train_dataloader()
+    epoch0 = torch.cat(_batches(loader))
+    loader.sampler.set_epoch(1)
+    epoch1 = torch.cat(_batches(loader))
+    assert epoch0.shape == epoch1.shape == (8, 1, 12000)
+    assert not torch.equal(epoch0, epoch1)
+
+    one_cut = load_cuts(corpus["train"]).subset(first=1)
+    dataset = AudioWindowDataset(SR, channels=1, segment_seconds=0.5, random_offset=True, seed=0)
+    assert not torch.equal(dataset[one_cut], dataset[one_cut])  # a fresh random offset each time
+    again = AudioWindowDataset(SR, channels=1, segment_seconds=0.5, random_offset=True, seed=0)
+    same_seed = AudioWindowDataset(SR, 1, 0.5, random_offset=True, seed=0)
+    assert torch.equal(again[one_cut], same_seed[one_cut])  # seeded
+
+
+def test_two_ranks_see_disjoint_cuts_and_equal_batch_counts(
+    corpus: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[int, list[list[str]]] = {}
+    val_counts: dict[int, int] = {}
+    for rank in (0, 1):
+        dm = LhotseAudioDataModule(
+            train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=2
+        )
+        monkeypatch.setattr(dm, "_world_size_rank", lambda rank=rank: (2, rank))
+        dm.setup("fit")
+        train = dm.train_dataloader()
+        assert (train.sampler.world_size, train.sampler.rank) == (2, rank)
+        seen[rank] = _sampled_ids(train)
+        assert len(seen[rank]) == len(train) == 2
+        val = dm.val_dataloader()
+        val_counts[rank] = len(_sampled_ids(val))
+        assert val_counts[rank] == len(val)
+    ids0 = {i for batch in seen[0] for i in batch}
+    ids1 = {i for batch in seen[1] for i in batch}
+    assert not ids0 & ids1 and len(ids0) == len(ids1) == 4
+    assert val_counts[0] == val_counts[1] == 2  # 8 windows, 2 per batch, 2 ranks
+
+
+def test_normalize_db_reaches_the_target_rms(corpus: dict[str, Path], tmp_path: Path) -> None:
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, _tone(1.0, SR, 300.0, amplitude=0.01), SR, subtype="FLOAT")
+    cuts = load_cuts(_write_cuts([quiet], tmp_path / "quiet.jsonl.gz"))
+    dataset = AudioWindowDataset(SR, 1, 1.0, random_offset=False, normalize_db=-24.0)
+    batch = dataset[cuts]
+    rms_db = 20 * np.log10(float(batch.pow(2).mean().sqrt()))
+    assert abs(rms_db - (-24.0)) < 0.5
+
+    spiky = np.zeros((1, 1000), dtype=np.float32)
+    spiky[0, 10] = 0.5  # reaching -6 dBFS RMS would need a peak far above 1
+    limited = normalize_rms(spiky, -6.0)
+    assert np.isclose(np.abs(limited).max(), 1.0)
+    silent = np.zeros((1, 1000), dtype=np.float32)
+    assert np.array_equal(normalize_rms(silent, -24.0), silent)
+
+
+def test_bad_files_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"ok_{i}.wav")
+        sf.write(paths[-1], _tone(1.0, SR, 300.0 + 100 * i), SR, subtype="FLOAT")
+    manifest = _write_cuts(paths, tmp_path / "cuts.jsonl.gz")
+    paths[1].write_text("this file was overwritten after the manifest was made")
+    nan = _tone(1.0, SR, 500.0)
+    nan[::1000] = np.nan  # in every window
+    sf.write(paths[2], nan, SR, subtype="FLOAT")
+
+    dataset = AudioWindowDataset(SR, 1, segment_seconds=0.5, random_offset=True)
+    cuts = load_cuts(manifest)
+    with pytest.warns(RuntimeWarning) as record:
+        batch = dataset[cuts]
+    assert batch.shape == (1, 1, 12000)
+    messages = " ".join(str(w.message) for w in record)
+    assert str(paths[1]) in messages and str(paths[2]) in messages
+
+    with pytest.warns(RuntimeWarning, match="ok_1.wav"):
+        empty = dataset[cuts.subset(cut_ids=["ok_1"])]
+    assert empty.shape == (0, 1, 12000) and empty.dtype == torch.float32
+
+
+def test_resumed_sampler_continues_where_it_stopped(corpus: dict[str, Path]) -> None:
+    def make() -> LhotseAudioDataModule:
+        return LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=2, seed=7)
+
+    dm = make()
+    sampler = dm.train_dataloader().sampler
+    it = iter(sampler)
+    done = [[c.id for c in next(it)] for _ in range(2)]
+    state = dm.state_dict()
+    rest = []
+    while (cuts := next(it, None)) is not None:  # next(), not a for loop: iter() restarts the epoch
+        rest.append([c.id for c in cuts])
+    assert len(done) + len(rest) == 4
+
+    resumed = make()
+    resumed.load_state_dict(state)  # before the DataLoader exists, as in Lightning
+    assert _sampled_ids(resumed.train_dataloader()) == rest
+    assert "time_constraint" in state["train_sampler"]  # loading left the checkpoint dict intact
+
+    other_seed = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=2, seed=8)
+    other_seed.load_state_dict(state)
+    with pytest.raises(ValueError, match="seed=7"):
+        other_seed.train_dataloader()
+
+
+def test_worker_processes_load_batches(corpus: dict[str, Path]) -> None:
+    dm = LhotseAudioDataModule(
+        train_cuts=str(corpus["train"]), batch_size=2, num_workers=2, segment_seconds=0.25
+    )
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    batches = _batches(loader)
+    assert len(batches) == 4 and all(b.shape == (2, 1, 6000) for b in batches)
+
+
+def test_arguments_are_checked(corpus: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="segment_seconds must be > 0"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"]), segment_seconds=0.0)
+    with pytest.raises(ValueError, match="exactly one of batch_size and max_duration"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"]), max_duration=4.0)
+    with pytest.raises(ValueError, match="max_duration must be >= segment_seconds"):
+        LhotseAudioDataModule(batch_size=None, max_duration=0.5, segment_seconds=1.0)
+    missing = tmp_path / "nope.jsonl.gz"
+    with pytest.raises(FileNotFoundError, match=f"val_cuts: cut manifest {missing}"):
+        LhotseAudioDataModule(val_cuts=str(missing))
+    with pytest.raises(ValueError, match="test_cuts is not set"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"])).setup("test")
+    with pytest.raises(ValueError, match="fewer than 16 per batch"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=16).train_dataloader()
+    assert LhotseAudioDataModule(train_cuts=str(corpus["train"])).val_dataloader() == []
+
+
+def test_real_speech_recordings(tmp_path: Path) -> None:
+    speech = SHARED_DATA / "speech"
+    if not speech.is_dir():
+        pytest.skip("../shared/data is absent (real recordings are optional)")
+    paths = prepare_manifests(speech, tmp_path / "manifests", seed=0)
+    dm = LhotseAudioDataModule(
+        train_cuts=str(paths["train"]), val_cuts=str(paths["val"]), batch_size=4
+    )
+    dm.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no file of the corpus may be dropped
+        batch = next(iter(dm.train_dataloader()))
+        val = next(iter(dm.val_dataloader()))
+    assert batch.shape == (4, 1, SR) and val.shape[1:] == (1, SR)
+    assert torch.isfinite(batch).all() and batch.abs().amax(dim=(1, 2)).min() > 0
