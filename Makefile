@@ -1,0 +1,38 @@
+# codecplatform: `make quickstart` and `make test` are the whole set-up (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MLFLOW_URI := sqlite:///mlflow.db
+
+.PHONY: install quickstart test lint bench ui clean
+
+# The venv is rebuilt whenever pyproject.toml changes. torch/torchaudio 2.11 come from PyPI
+# (the CUDA build; it runs on CPU too, and torchaudio's wheel imports only with it).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Builds a small synthesized dataset, trains a tiny EnCodec on CPU, tests it against the same
+# model untrained, logs everything to MLflow and prints where to look.
+quickstart: install
+	$(BIN)/python -m codecplatform.quickstart
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/python -m ruff check codecplatform datamodules callbacks tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/codec_speed.py
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf mlruns mlflow.db data/demo outputs

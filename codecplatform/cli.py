@@ -1,0 +1,141 @@
+"""``codecplatform`` command line: LightningCLI subcommands plus data preparation.
+
+    codecplatform fit|validate|test|predict --config experiments/encodec/24khz_mono.yaml [--key value ...]
+    codecplatform prepare --audio_dir DIR --out_dir DIR
+
+Experiment YAMLs hold changes only. A YAML may start with ``_base_: [paths]`` (relative to the
+file); those are applied first, in order, then the file itself. Lists are replaced whole by a
+later file, so each list (discriminators, callbacks) lives in exactly one file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+
+BASE_KEY = "_base_"
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def expand_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[str]:
+    """``--config`` values for ``path``: its bases (recursively, in order) then its own content.
+
+    A file with a ``_base_`` key is passed on as a YAML string without that key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ValueError(f"config _base_ cycle: {chain}")
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+    bases = content.pop(BASE_KEY, None)
+    if bases is None:
+        return [str(path)]
+    if isinstance(bases, str):
+        bases = [bases]
+    expanded: list[str] = []
+    for base in bases:
+        expanded += expand_config(path.parent / base, (*_seen, resolved))
+    if content:
+        expanded.append(yaml.safe_dump(content, sort_keys=False))
+    return expanded
+
+
+def expand_args(args: list[str]) -> list[str]:
+    """Replace each ``--config FILE`` whose file has ``_base_`` by the expanded chain."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = None
+        if arg in CONFIG_FLAGS and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        if Path(value).suffix in (".yaml", ".yml") or Path(value).is_file():
+            for item in expand_config(value):
+                out += ["--config", item]
+        else:
+            out += ["--config", value]
+    return out
+
+
+class MLflowSaveConfigCallback(SaveConfigCallback):
+    """Stores the fully resolved config in the MLflow run (artifact ``config/<stage>.yaml``) and tags
+    the run with the codec's parts, sample rate, channels and maximum bitrate (the ``family`` tag
+    comes from the experiment's logger config). Runs on rank 0 only.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            if not isinstance(logger, MLFlowLogger):
+                continue
+            client, run_id = logger.experiment, logger.run_id
+            client.log_text(run_id, config, f"config/{stage}.yaml")
+            for key, value in run_tags(pl_module, stage).items():
+                client.set_tag(run_id, key, value)
+
+
+def run_tags(pl_module: LightningModule, stage: str) -> dict[str, str]:
+    tags = {"stage": stage, "module": type(pl_module).__name__}
+    codec = getattr(pl_module, "codec", None)
+    if codec is not None:
+        tags.update(
+            encoder=type(codec.encoder).__name__,
+            quantizer=type(codec.quantizer).__name__,
+            sample_rate=str(codec.sample_rate),
+            channels=str(codec.channels),
+            max_kbps=f"{codec.bitrate(codec.quantizer.n_q):g}",
+        )
+    return tags
+
+
+class CodecCLI(LightningCLI):
+    """LightningCLI with manual-optimization modules, MLflow config logging and YAML bases."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_callback", MLflowSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(*args, **kwargs)
+
+
+def cli_main(args: list[str] | None = None) -> CodecCLI | int:
+    """Entry point used by the console script and by tests (``cli_main(args=[...])``)."""
+    from_command_line = args is None
+    args = list(sys.argv[1:] if from_command_line else args)
+    if args and args[0] == "prepare":
+        from datamodules.manifests import prepare_main
+
+        return prepare_main(args[1:])
+    args = expand_args(args)
+    if from_command_line:  # LightningCLI reads sys.argv itself (and warns if given both)
+        sys.argv = [sys.argv[0], *args]
+        return CodecCLI()
+    return CodecCLI(args=args)
+
+
+def main() -> None:
+    result = cli_main()
+    if isinstance(result, int):
+        raise SystemExit(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: generated audio folders with lhotse manifests, an isolated working directory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+def write_tones(folder: Path, sample_rate: int, channels: int, n_files: int = 6, seconds: float = 1.0) -> None:
+    """Harmonic tones with a little noise: not silent, different per file and channel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    for i in range(n_files):
+        f0 = 110 * 2 ** (i / 4)
+        tone = sum(np.sin(2 * math.pi * f0 * k * t) / k for k in range(1, 5))
+        audio = np.stack([0.3 * tone * (1 - 0.2 * c) + 0.01 * rng.standard_normal(t.size) for c in range(channels)], axis=1)
+        sf.write(folder / f"clip{i}.wav", audio.astype(np.float32), sample_rate)
+
+
+@pytest.fixture
+def make_manifests(tmp_path):
+    """make_manifests(sample_rate, channels) -> {"train"|"val"|"test": cut manifest path}."""
+
+    def make(sample_rate: int = 16000, channels: int = 1, n_files: int = 6) -> dict[str, Path]:
+        from datamodules.manifests import prepare_manifests
+
+        root = tmp_path / f"audio_{sample_rate}_{channels}"
+        write_tones(root / "wav", sample_rate, channels, n_files)
+        return prepare_manifests(root / "wav", root / "manifests", val_fraction=0.2, test_fraction=0.2, seed=0)
+
+    return make
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path, monkeypatch):
+    """Run in a fresh directory, so mlflow.db, mlruns/ and outputs/ land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
