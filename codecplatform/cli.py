@@ -51,6 +51,24 @@ def expand_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[str]:
     return expanded
 
 
+def compose_config(path: str | Path) -> dict[str, Any]:
+    """The config chain of ``path`` merged into plain data (later files win, lists replaced whole),
+    without validation: for reading values such as the sample rate or the codec's config."""
+
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for key, value in b.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if both else value
+        return out
+
+    merged: dict[str, Any] = {}
+    for item in expand_config(path):
+        text = Path(item).read_text() if not item.count("\n") and Path(item).is_file() else item
+        merged = merge(merged, yaml.safe_load(text) or {})
+    return merged
+
+
 def expand_args(args: list[str]) -> list[str]:
     """Replace each ``--config FILE`` whose file has ``_base_`` by the expanded chain."""
     out: list[str] = []
@@ -82,6 +100,7 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         config = self.parser.dump(self.config, skip_none=False)
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
         for logger in trainer.loggers:
             if not isinstance(logger, MLFlowLogger):
                 continue

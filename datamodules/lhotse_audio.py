@@ -164,7 +164,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         self.max_eval_windows = max_eval_windows
         self.drop_last = drop_last
 
-        self._cuts: dict[str, CutSet] = {}  # "train": full cuts; "val"/"test": windows
+        self._cuts: dict[str, CutSet] = {}  # "train": draws of full cuts; "val"/"test": windows
         self._train_sampler: CountedCutSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
 
@@ -230,10 +230,20 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         for name in wanted.get(stage or "", given):
             self._cuts_of(name)
 
+    def _train_draws(self) -> CutSet:
+        """Each train cut once per ``segment_seconds`` of its audio (at least once), each draw a
+        window at its own random offset: an epoch covers the corpus about once, and a long
+        recording weighs in proportion to its duration, not as one example."""
+        return CutSet.from_cuts(
+            cut.with_id(f"{cut.id}#{i}")
+            for cut in self._load("train")
+            for i in range(max(1, round(cut.duration / self.segment_seconds)))
+        )
+
     def _cuts_of(self, name: str) -> CutSet:
-        """Train cuts (whole) or val/test windows, read once."""
+        """Train draws or val/test windows, read once."""
         if name not in self._cuts:
-            self._cuts[name] = self._load(name) if name == "train" else self._eval_windows(name)
+            self._cuts[name] = self._train_draws() if name == "train" else self._eval_windows(name)
         return self._cuts[name]
 
     def _loader(self, dataset: AudioWindowDataset, sampler: CountedCutSampler) -> DataLoader:
@@ -246,7 +256,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches (B, C, T), one random window per cut, sharded by rank."""
+        """Shuffled batches (B, C, T) of random windows (see ``_train_draws``), sharded by rank."""
         cuts = self._cuts_of("train")
         world_size, rank = self._world_size_rank()
         sampler = CountedCutSampler(
@@ -260,7 +270,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         )
         if len(sampler) == 0:
             raise ValueError(
-                f"train_cuts: {self.train_cuts} holds {len(cuts)} cuts, fewer than "
+                f"train_cuts: {self.train_cuts} gives {len(cuts)} windows per epoch, fewer than "
                 f"{sampler.batch_size} per batch x {world_size} rank(s): lower batch_size "
                 "(or max_duration), or set drop_last: false"
             )

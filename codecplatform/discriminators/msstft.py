@@ -147,7 +147,6 @@ class MultiScaleSTFTDiscriminator(Discriminator):
 
     def __init__(
         self,
-        channels: int = 1,
         filters: int = 32,
         n_ffts: Sequence[int] = (2048, 1024, 512, 256, 128),
         hop_divisor: int = 4,
@@ -172,9 +171,6 @@ class MultiScaleSTFTDiscriminator(Discriminator):
                 f"n_ffts must be >= 2 and hop_divisor={hop_divisor} must leave a hop of at least one "
                 f"sample for each of {n_ffts}"
             )
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
-        self.channels = channels
         self.n_ffts = n_ffts
         self.name = name
         self.discriminators = nn.ModuleList(
@@ -196,7 +192,7 @@ class MultiScaleSTFTDiscriminator(Discriminator):
 
     def forward(self, x: Tensor) -> DiscriminatorOutput:
         """(B, C, T) -> DiscriminatorOutput with len(n_ffts) entries of batch B*C."""
-        check_audio(x, channels=self.channels)
+        check_audio(x)
         if x.shape[-1] < max(self.n_ffts):
             raise ValueError(f"x has {x.shape[-1]} samples; the largest STFT (n_ffts) needs {max(self.n_ffts)}")
         batch, channels, length = x.shape

@@ -75,7 +75,7 @@ def test_train_and_val_batches_have_the_right_shape(corpus: dict[str, Path]) -> 
     dm.setup("fit")
     train = dm.train_dataloader()
     batches = _batches(train)
-    assert len(batches) == len(train) == 8 // 3  # drop_last
+    assert len(batches) == len(train) == (8 * 4) // 3  # 8 cuts x 4 draws (2 s / 0.5 s), drop_last
     for batch in batches:
         assert batch.shape == (3, 1, 12000) and batch.dtype == torch.float32
     val = dm.val_dataloader()
@@ -89,7 +89,8 @@ def test_max_duration_sets_windows_per_batch(corpus: dict[str, Path]) -> None:
     dm = LhotseAudioDataModule(
         train_cuts=str(corpus["train"]), batch_size=None, max_duration=2.0, segment_seconds=0.5
     )
-    assert [b.shape[0] for b in _batches(dm.train_dataloader())] == [4, 4]
+    # 8 cuts x 4 draws (2 s / 0.5 s) = 32 windows, 4 (2 s / 0.5 s) per batch
+    assert [b.shape[0] for b in _batches(dm.train_dataloader())] == [4] * 8
 
 
 def test_stereo_44k_becomes_24k_mono_or_stereo(corpus: dict[str, Path]) -> None:
@@ -136,7 +137,7 @@ def test_train_windows_change_across_epochs_and_calls(corpus: dict[str, Path]) -
     epoch0 = torch.cat(_batches(loader))
     loader.sampler.set_epoch(1)
     epoch1 = torch.cat(_batches(loader))
-    assert epoch0.shape == epoch1.shape == (8, 1, 12000)
+    assert epoch0.shape == epoch1.shape == (32, 1, 12000)  # 8 cuts x 4 draws
     assert not torch.equal(epoch0, epoch1)
 
     one_cut = load_cuts(corpus["train"]).subset(first=1)
@@ -161,13 +162,13 @@ def test_two_ranks_see_disjoint_cuts_and_equal_batch_counts(
         train = dm.train_dataloader()
         assert (train.sampler.world_size, train.sampler.rank) == (2, rank)
         seen[rank] = _sampled_ids(train)
-        assert len(seen[rank]) == len(train) == 2
+        assert len(seen[rank]) == len(train) == 4  # 8 cuts x 2 draws (2 s / 1 s), 2 per batch, 2 ranks
         val = dm.val_dataloader()
         val_counts[rank] = len(_sampled_ids(val))
         assert val_counts[rank] == len(val)
     ids0 = {i for batch in seen[0] for i in batch}
     ids1 = {i for batch in seen[1] for i in batch}
-    assert not ids0 & ids1 and len(ids0) == len(ids1) == 4
+    assert not ids0 & ids1 and len(ids0) == len(ids1) == 8
     assert val_counts[0] == val_counts[1] == 2  # 8 windows, 2 per batch, 2 ranks
 
 
@@ -224,7 +225,7 @@ def test_resumed_sampler_continues_where_it_stopped(corpus: dict[str, Path]) -> 
     rest = []
     while (cuts := next(it, None)) is not None:  # next(), not a for loop: iter() restarts the epoch
         rest.append([c.id for c in cuts])
-    assert len(done) + len(rest) == 4
+    assert len(done) + len(rest) == 8  # 8 cuts x 2 draws (2 s / 1 s), 2 per batch
 
     resumed = make()
     resumed.load_state_dict(state)  # before the DataLoader exists, as in Lightning
@@ -244,7 +245,7 @@ def test_worker_processes_load_batches(corpus: dict[str, Path]) -> None:
     loader = dm.train_dataloader()
     assert loader.persistent_workers
     batches = _batches(loader)
-    assert len(batches) == 4 and all(b.shape == (2, 1, 6000) for b in batches)
+    assert len(batches) == 32 and all(b.shape == (2, 1, 6000) for b in batches)  # 8 cuts x 8 draws
 
 
 def test_arguments_are_checked(corpus: dict[str, Path], tmp_path: Path) -> None:
@@ -259,8 +260,8 @@ def test_arguments_are_checked(corpus: dict[str, Path], tmp_path: Path) -> None:
         LhotseAudioDataModule(val_cuts=str(missing))
     with pytest.raises(ValueError, match="test_cuts is not set"):
         LhotseAudioDataModule(train_cuts=str(corpus["train"])).setup("test")
-    with pytest.raises(ValueError, match="fewer than 16 per batch"):
-        LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=16).train_dataloader()
+    with pytest.raises(ValueError, match="fewer than 64 per batch"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=64).train_dataloader()
     assert LhotseAudioDataModule(train_cuts=str(corpus["train"])).val_dataloader() == []
 
 
@@ -279,3 +280,16 @@ def test_real_speech_recordings(tmp_path: Path) -> None:
         val = next(iter(dm.val_dataloader()))
     assert batch.shape == (4, 1, SR) and val.shape[1:] == (1, SR)
     assert torch.isfinite(batch).all() and batch.abs().amax(dim=(1, 2)).min() > 0
+
+
+def test_train_draws_are_proportional_to_duration(tmp_path: Path) -> None:
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    sf.write(short, _tone(1.0, SR, 300.0), SR)
+    sf.write(long, _tone(6.0, SR, 500.0), SR)
+    cuts = _write_cuts([short, long], tmp_path / "cuts.jsonl.gz")
+    dm = LhotseAudioDataModule(train_cuts=str(cuts), segment_seconds=1.0, batch_size=1, drop_last=False)
+    dm.setup("fit")
+    ids = [i for batch in _sampled_ids(dm.train_dataloader()) for i in batch]
+    recordings = [i.split("#")[0] for i in ids]
+    assert recordings.count("short") == 1 and recordings.count("long") == 6
+    assert len(set(ids)) == 7  # each draw is its own example (own random offset)
