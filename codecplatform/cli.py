@@ -69,6 +69,12 @@ def compose_config(path: str | Path) -> dict[str, Any]:
     return merged
 
 
+def _is_config_file(value: str) -> bool:
+    if "\n" in value:
+        return False
+    return value.endswith((".yaml", ".yml")) or Path(value).is_file()
+
+
 def expand_args(args: list[str]) -> list[str]:
     """Replace each ``--config FILE`` whose file has ``_base_`` by the expanded chain."""
     out: list[str] = []
@@ -84,10 +90,10 @@ def expand_args(args: list[str]) -> list[str]:
             out.append(arg)
             i += 1
             continue
-        if Path(value).suffix in (".yaml", ".yml") or Path(value).is_file():
+        if _is_config_file(value):
             for item in expand_config(value):
                 out += ["--config", item]
-        else:
+        else:  # inline YAML (e.g. re-executed by Lightning's DDP launcher after expansion)
             out += ["--config", value]
     return out
 

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
@@ -128,6 +129,14 @@ class GANCodecModule(LightningModule):
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+            # One DDP wrapper, two backward passes per batch: the discriminator step uses none of
+            # the codec's parameters and the generator step none of the discriminator's.
+            raise ValueError(
+                "GANCodecModule needs trainer.strategy: ddp_find_unused_parameters_true (each of its two "
+                "backward passes per batch leaves the other network's parameters unused)"
+            )
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         for field in ("sample_rate", "channels"):
             expected, given = getattr(self.codec, field), getattr(data, field, None)
