@@ -226,6 +226,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             "fit": ["train", "val"] if self.val_cuts is not None else ["train"],
             "validate": ["val"],
             "test": ["test"],
+            "predict": ["test"],
         }
         for name in wanted.get(stage or "", given):
             self._cuts_of(name)
@@ -321,6 +322,10 @@ class LhotseAudioDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """Fixed windows (B, C, T) of the test cuts."""
+        return self._eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test windows, in order (``codecplatform predict`` reconstructs them)."""
         return self._eval_dataloader("test")
 
     # ---------------------------------------------------------------- checkpoints

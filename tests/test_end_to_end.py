@@ -62,3 +62,24 @@ def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir):
                      if k.startswith("codec.")}
     for k, v in codec.state_dict().items():
         assert torch.equal(v, trained_state[k]), k
+
+
+def test_predict_writes_reconstructions(make_manifests, in_tmp_dir):
+    import soundfile as sf
+
+    manifests = make_manifests(24000, 1)
+    common = [
+        "--config", str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        "--config", str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+    ]
+    fit = cli_main(["fit", *common, "--model.init_args.max_batches=1"])
+    out_dir = in_tmp_dir / "predictions"
+    writer = '{"class_path": "callbacks.ReconstructionWriter", "init_args": {"out_dir": "%s"}}' % out_dir
+    cli_main(["predict", *common, "--ckpt_path", fit.trainer.checkpoint_callback.last_model_path,
+              f"--trainer.callbacks+={writer}"])
+    written = sorted(out_dir.glob("*.wav"))
+    reconstructions = [p for p in written if not p.name.endswith("_input.wav")]
+    assert reconstructions and len(written) == 2 * len(reconstructions)
+    audio, rate = sf.read(reconstructions[0])
+    assert rate == 24000 and audio.shape[0] == 12000  # tiny config: 0.5 s windows
