@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.cli import LightningCLI
+
+from codecplatform.tracking import MLflowSaveConfigCallback
 
 BASE_KEY = "_base_"
 CONFIG_FLAGS = ("--config", "-c")
@@ -98,38 +98,6 @@ def expand_args(args: list[str]) -> list[str]:
     return out
 
 
-class MLflowSaveConfigCallback(SaveConfigCallback):
-    """Stores the fully resolved config in the MLflow run (artifact ``config/<stage>.yaml``) and tags
-    the run with the codec's parts, sample rate, channels and maximum bitrate (the ``family`` tag
-    comes from the experiment's logger config). Runs on rank 0 only.
-    """
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = self.parser.dump(self.config, skip_none=False)
-        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
-        for logger in trainer.loggers:
-            if not isinstance(logger, MLFlowLogger):
-                continue
-            client, run_id = logger.experiment, logger.run_id
-            client.log_text(run_id, config, f"config/{stage}.yaml")
-            for key, value in run_tags(pl_module, stage).items():
-                client.set_tag(run_id, key, value)
-
-
-def run_tags(pl_module: LightningModule, stage: str) -> dict[str, str]:
-    tags = {"stage": stage, "module": type(pl_module).__name__}
-    codec = getattr(pl_module, "codec", None)
-    if codec is not None:
-        tags.update(
-            encoder=type(codec.encoder).__name__,
-            quantizer=type(codec.quantizer).__name__,
-            sample_rate=str(codec.sample_rate),
-            channels=str(codec.channels),
-            max_kbps=f"{codec.bitrate(codec.quantizer.n_q):g}",
-        )
-    return tags
-
-
 class CodecCLI(LightningCLI):
     """LightningCLI with manual-optimization modules, MLflow config logging and YAML bases."""
 
@@ -139,6 +107,15 @@ class CodecCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config as given when ``--ckpt_path`` is set.
+
+        LightningCLI would replace the model's config by the checkpoint's hyperparameters, silently
+        dropping command-line changes such as a larger ``max_batches`` when resuming. Here the
+        config must describe the checkpoint's model; a mismatch fails when the weights load, naming
+        the differing keys.
+        """
 
 
 def cli_main(args: list[str] | None = None) -> CodecCLI | int:

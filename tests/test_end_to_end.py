@@ -83,3 +83,24 @@ def test_predict_writes_reconstructions(make_manifests, in_tmp_dir):
     assert reconstructions and len(written) == 2 * len(reconstructions)
     audio, rate = sf.read(reconstructions[0])
     assert rate == 24000 and audio.shape[0] == 12000  # tiny config: 0.5 s windows
+
+
+def test_resume_continues_the_batch_counter_and_balancer(make_manifests, in_tmp_dir):
+    manifests = make_manifests(24000, 1)
+    common = [
+        "--config", str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        "--config", str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+        "--trainer.logger=false", "--trainer.callbacks=[]",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=true",
+    ]
+    first = cli_main(["fit", *common, "--model.init_args.max_batches=2"])
+    checkpoint = first.trainer.checkpoint_callback.last_model_path
+    saved = torch.load(checkpoint, weights_only=False)
+    assert int(saved["state_dict"]["batch_counter"]) == 2
+    assert "train_sampler" in saved["LhotseAudioDataModule"]
+    resumed = cli_main(["fit", *common, "--model.init_args.max_batches=4", "--ckpt_path", checkpoint])
+    module = resumed.model
+    assert int(module.batch_counter) == 4
+    assert module.balancer.get_extra_state()["mel"][1] > 2.9  # EMA count went on from the checkpoint (2 + 2 steps, decayed)

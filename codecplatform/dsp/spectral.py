@@ -7,6 +7,7 @@ frequency bins and N frames; a mel filterbank is (n_mels, F), applied as ``fb @ 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -86,15 +87,19 @@ def mel_filterbank(
             f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, "
             f"sample_rate={sample_rate}"
         )
-    fb = AF.melscale_fbanks(
-        n_freqs=n_fft // 2 + 1,
-        f_min=f_min,
-        f_max=f_max,
-        n_mels=n_mels,
-        sample_rate=sample_rate,
-        norm=norm,
-        mel_scale=mel_scale,
-    )  # (F, n_mels)
+    with warnings.catch_warnings():
+        # Short windows leave the lowest bands without an FFT bin: they are all zero for x and
+        # x_hat alike and add nothing to a loss, as in the official EnCodec/DAC losses.
+        warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
+        fb = AF.melscale_fbanks(
+            n_freqs=n_fft // 2 + 1,
+            f_min=f_min,
+            f_max=f_max,
+            n_mels=n_mels,
+            sample_rate=sample_rate,
+            norm=norm,
+            mel_scale=mel_scale,
+        )  # (F, n_mels)
     return fb.T.contiguous()
 
 

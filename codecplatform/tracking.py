@@ -1,0 +1,59 @@
+"""MLflow tracking: the logger, the resolved config as a run artifact, and run tags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class MLflowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger that can log a later stage (``test``, ``validate``) into the run of
+    a fit (``run_id=...``): MLflow refuses to change a logged parameter, so parameters the run
+    already has keep their fit-time values; the later stage's whole config is still stored as the
+    artifact ``config/<stage>.yaml``.
+    """
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        flat = _flatten_dict(_convert_params(params))
+        existing = self.experiment.get_run(self.run_id).data.params
+        super().log_hyperparams({k: v for k, v in flat.items() if k not in existing})
+
+
+class MLflowSaveConfigCallback(SaveConfigCallback):
+    """Stores the fully resolved config in the MLflow run (artifact ``config/<stage>.yaml``) and tags
+    the run with the codec's parts, sample rate, channels and maximum bitrate (the ``family`` tag
+    comes from the experiment's logger config). Runs on rank 0 only.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False)
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+        for logger in trainer.loggers:
+            if not isinstance(logger, MLFlowLogger):
+                continue
+            client, run_id = logger.experiment, logger.run_id
+            client.log_text(run_id, config, f"config/{stage}.yaml")
+            for key, value in run_tags(pl_module, stage).items():
+                client.set_tag(run_id, key, value)
+
+
+def run_tags(pl_module: LightningModule, stage: str) -> dict[str, str]:
+    tags = {"stage": stage, "module": type(pl_module).__name__}
+    codec = getattr(pl_module, "codec", None)
+    if codec is not None:
+        tags.update(
+            encoder=type(codec.encoder).__name__,
+            quantizer=type(codec.quantizer).__name__,
+            sample_rate=str(codec.sample_rate),
+            channels=str(codec.channels),
+            max_kbps=f"{codec.bitrate(codec.quantizer.n_q):g}",
+        )
+    return tags
+
+
