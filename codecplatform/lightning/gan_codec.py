@@ -130,7 +130,7 @@ class GANCodecModule(LightningModule):
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+        if stage == "fit" and isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
             # One DDP wrapper, two backward passes per batch: the discriminator step uses none of
             # the codec's parameters and the generator step none of the discriminator's.
             raise ValueError(
@@ -218,6 +218,10 @@ class GANCodecModule(LightningModule):
         missing = [name for name in quantizer_losses if name not in self.loss_weights]
         if missing:
             raise ValueError(f"loss_weights has no weight for the quantizer loss(es) {missing} (0 to disable)")
+        known = {*self.reconstruction_losses, ADVERSARIAL, FEATURE_MATCHING, *quantizer_losses}
+        unknown = sorted(set(self.loss_weights) - known)
+        if unknown:
+            raise ValueError(f"loss_weights names no loss: {unknown}; the losses are {sorted(known)}")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Runs inside ``optimizer.step()``, after AMP unscaling: non-finite check, then clipping."""
