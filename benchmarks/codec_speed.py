@@ -80,24 +80,38 @@ def main(argv: list[str] | None = None) -> dict:
                 codec.decoder(codec.quantizer.decode(piece))
 
     reference = timed(reference_workload, opts.repeats)
-    rows = {"encode": timed(lambda: codec.encode(x, bandwidth=opts.bandwidth), opts.repeats),
-            "decode": timed(lambda: codec.decode(encoded), opts.repeats)}
+    rows = {
+        "encode": timed(lambda: codec.encode(x, bandwidth=opts.bandwidth), opts.repeats),
+        "decode": timed(lambda: codec.decode(encoded), opts.repeats),
+    }
     causal = all(getattr(m, "causal", True) for m in codec.modules() if hasattr(m, "causal"))
     if causal:
         rows["stream_encode"] = timed(stream_encode, opts.repeats)
         rows["stream_decode"] = timed(stream_decode, opts.repeats)
 
     results = {
-        "config": str(opts.config), "bandwidth_kbps": opts.bandwidth, "n_q": n_q, "seconds": opts.seconds,
-        "threads": opts.threads, "chunk_samples": chunk, "reference_seconds": reference, "rows": {},
+        "config": str(opts.config),
+        "bandwidth_kbps": opts.bandwidth,
+        "n_q": n_q,
+        "seconds": opts.seconds,
+        "threads": opts.threads,
+        "chunk_samples": chunk,
+        "reference_seconds": reference,
+        "rows": {},
     }
-    print(f"{Path(opts.config).name}: {opts.seconds:g} s audio, {opts.bandwidth:g} kbps ({n_q} codebooks), "
-          f"{opts.threads} thread(s); reference workload {reference * 1000:.1f} ms")
+    print(
+        f"{Path(opts.config).name}: {opts.seconds:g} s audio, {opts.bandwidth:g} kbps ({n_q} codebooks), "
+        f"{opts.threads} thread(s); reference workload {reference * 1000:.1f} ms"
+    )
     print(f"{'operation':<16}{'seconds':>10}{'RTF':>10}{'vs_reference':>14}{'vs_whole':>10}")
     for name, seconds in rows.items():
         whole = rows.get(name.replace("stream_", "")) if name.startswith("stream_") else None
-        row = {"seconds": seconds, "rtf": opts.seconds / seconds, "vs_reference": seconds / reference,
-               "vs_whole": seconds / whole if whole else None}
+        row = {
+            "seconds": seconds,
+            "rtf": opts.seconds / seconds,
+            "vs_reference": seconds / reference,
+            "vs_whole": seconds / whole if whole else None,
+        }
         results["rows"][name] = row
         vs_whole = f"{row['vs_whole']:.2f}" if whole else "-"
         print(f"{name:<16}{seconds:>10.3f}{row['rtf']:>10.2f}{row['vs_reference']:>14.2f}{vs_whole:>10}")

@@ -55,5 +55,3 @@ def run_tags(pl_module: LightningModule, stage: str) -> dict[str, str]:
             max_kbps=f"{codec.bitrate(codec.quantizer.n_q):g}",
         )
     return tags
-
-

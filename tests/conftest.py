@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+
 
 def write_tones(folder: Path, sample_rate: int, channels: int, n_files: int = 6, seconds: float = 1.0) -> None:
     """Harmonic tones with a little noise: not silent, different per file and channel."""
@@ -17,8 +19,21 @@ def write_tones(folder: Path, sample_rate: int, channels: int, n_files: int = 6,
     for i in range(n_files):
         f0 = 110 * 2 ** (i / 4)
         tone = sum(np.sin(2 * math.pi * f0 * k * t) / k for k in range(1, 5))
-        audio = np.stack([0.3 * tone * (1 - 0.2 * c) + 0.01 * rng.standard_normal(t.size) for c in range(channels)], axis=1)
+        audio = np.stack(
+            [0.3 * tone * (1 - 0.2 * c) + 0.01 * rng.standard_normal(t.size) for c in range(channels)], axis=1
+        )
         sf.write(folder / f"clip{i}.wav", audio.astype(np.float32), sample_rate)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch):
+    """Tiny models run several times faster on one thread (LSTM and small convs spend their time
+    in thread synchronisation on a 2-core machine); subprocesses and notebook kernels inherit it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture
@@ -41,3 +56,14 @@ def in_tmp_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
+
+@pytest.fixture
+def latest_checkpoint():
+    """latest_checkpoint(trainer) -> the path of the newest last.ckpt of a finished fit."""
+
+    def find(trainer) -> str:
+        paths = [c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path]
+        assert paths, "no ModelCheckpoint with save_last wrote a checkpoint"
+        return paths[0]
+
+    return find

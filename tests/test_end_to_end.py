@@ -3,6 +3,7 @@ run holds the metrics, parameters, config and checkpoints; the checkpoint loads 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -22,25 +23,39 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[st
     return out
 
 
-def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir):
+def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir, latest_checkpoint):
     manifests = make_manifests(24000, 1)
     common = [
-        "--config", str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config", str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+        "--config",
+        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        "--config",
+        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
         *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
     ]
     fit = cli_main(["fit", *common, "--model.init_args.max_batches=3", "--trainer.log_every_n_steps=1"])
     run_id = fit.trainer.logger.run_id
-    checkpoint = fit.trainer.checkpoint_callback.last_model_path
-    assert Path(checkpoint).is_file()
+    checkpoint = latest_checkpoint(fit.trainer)
+    assert Path(checkpoint).is_file() and Path(fit.trainer.checkpoint_callback.best_model_path).is_file()
+    assert int(torch.load(checkpoint, weights_only=False)["state_dict"]["batch_counter"]) == 3  # last = latest
     test = cli_main(["test", *common, "--ckpt_path", checkpoint, f"--trainer.logger.init_args.run_id={run_id}"])
     assert test.trainer.logger.run_id == run_id
 
     client = MlflowClient("sqlite:///mlflow.db")
     run = client.get_run(run_id)
     metrics = run.data.metrics
-    for key in ("train/g/mel", "train/g/time", "train/g/adv", "train/g/feat", "train/g/commit", "train/d/loss",
-                "train/balancer/mel", "val/mel_distance", "val/si_sdr", "test/mel_distance", "test/si_sdr"):
+    for key in (
+        "train/g/mel",
+        "train/g/time",
+        "train/g/adv",
+        "train/g/feat",
+        "train/g/commit",
+        "train/d/loss",
+        "train/balancer/mel",
+        "val/mel_distance",
+        "val/si_sdr",
+        "test/mel_distance",
+        "test/si_sdr",
+    ):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert len(client.get_metric_history(run_id, "train/g/mel")) == 3  # per-step losses
     params = run.data.params
@@ -58,26 +73,30 @@ def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir):
     encoded = codec.encode(x, bandwidth=1.5)
     assert encoded.codes.shape[1] == codec.n_q_for_bandwidth(1.5)
     assert codec.decode(encoded).shape == x.shape
-    trained_state = {k[len("codec."):]: v for k, v in torch.load(checkpoint, weights_only=False)["state_dict"].items()
-                     if k.startswith("codec.")}
+    trained_state = {
+        k[len("codec.") :]: v
+        for k, v in torch.load(checkpoint, weights_only=False)["state_dict"].items()
+        if k.startswith("codec.")
+    }
     for k, v in codec.state_dict().items():
         assert torch.equal(v, trained_state[k]), k
 
 
-def test_predict_writes_reconstructions(make_manifests, in_tmp_dir):
+def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, latest_checkpoint):
     import soundfile as sf
 
     manifests = make_manifests(24000, 1)
     common = [
-        "--config", str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config", str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+        "--config",
+        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        "--config",
+        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
         *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
     ]
     fit = cli_main(["fit", *common, "--model.init_args.max_batches=1"])
     out_dir = in_tmp_dir / "predictions"
-    writer = '{"class_path": "callbacks.ReconstructionWriter", "init_args": {"out_dir": "%s"}}' % out_dir
-    cli_main(["predict", *common, "--ckpt_path", fit.trainer.checkpoint_callback.last_model_path,
-              f"--trainer.callbacks+={writer}"])
+    writer = json.dumps({"class_path": "callbacks.ReconstructionWriter", "init_args": {"out_dir": str(out_dir)}})
+    cli_main(["predict", *common, "--ckpt_path", latest_checkpoint(fit.trainer), f"--trainer.callbacks+={writer}"])
     written = sorted(out_dir.glob("*.wav"))
     reconstructions = [p for p in written if not p.name.endswith("_input.wav")]
     assert reconstructions and len(written) == 2 * len(reconstructions)
@@ -85,22 +104,27 @@ def test_predict_writes_reconstructions(make_manifests, in_tmp_dir):
     assert rate == 24000 and audio.shape[0] == 12000  # tiny config: 0.5 s windows
 
 
-def test_resume_continues_the_batch_counter_and_balancer(make_manifests, in_tmp_dir):
+def test_resume_continues_the_batch_counter_and_balancer(make_manifests, in_tmp_dir, latest_checkpoint):
     manifests = make_manifests(24000, 1)
     common = [
-        "--config", str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config", str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+        "--config",
+        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        "--config",
+        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
         *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
-        "--trainer.logger=false", "--trainer.callbacks=[]",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.save_last=true",
     ]
     first = cli_main(["fit", *common, "--model.init_args.max_batches=2"])
-    checkpoint = first.trainer.checkpoint_callback.last_model_path
+    checkpoint = latest_checkpoint(first.trainer)
     saved = torch.load(checkpoint, weights_only=False)
     assert int(saved["state_dict"]["batch_counter"]) == 2
     assert "train_sampler" in saved["LhotseAudioDataModule"]
     resumed = cli_main(["fit", *common, "--model.init_args.max_batches=4", "--ckpt_path", checkpoint])
     module = resumed.model
     assert int(module.batch_counter) == 4
-    assert module.balancer.get_extra_state()["mel"][1] > 2.9  # EMA count went on from the checkpoint (2 + 2 steps, decayed)
+    assert (
+        module.balancer.get_extra_state()["mel"][1] > 2.9
+    )  # EMA count went on from the checkpoint (2 + 2 steps, decayed)

@@ -84,9 +84,19 @@ class GANCodecModule(LightningModule):
         self.automatic_optimization = False
         # Built from a config (LightningCLI): the hparams are that config, which is what
         # Codec.from_checkpoint needs. Built in Python: the modules stay out of the hparams.
-        modules = ["codec", "discriminators", "reconstruction_losses", "gan_loss", "feature_loss", "balancer",
-                   "discriminator_schedule", "generator_optimizer", "discriminator_optimizer",
-                   "generator_scheduler", "discriminator_scheduler"]
+        modules = [
+            "codec",
+            "discriminators",
+            "reconstruction_losses",
+            "gan_loss",
+            "feature_loss",
+            "balancer",
+            "discriminator_schedule",
+            "generator_optimizer",
+            "discriminator_optimizer",
+            "generator_scheduler",
+            "discriminator_scheduler",
+        ]
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
 
         unknown_losses = set(reconstruction_losses) & {ADVERSARIAL, FEATURE_MATCHING}
@@ -98,7 +108,10 @@ class GANCodecModule(LightningModule):
         negative = {k: v for k, v in loss_weights.items() if v < 0}
         if negative:
             raise ValueError(f"loss_weights must be >= 0, got {negative}")
-        for name, clip in (("generator_grad_clip", generator_grad_clip), ("discriminator_grad_clip", discriminator_grad_clip)):
+        for name, clip in (
+            ("generator_grad_clip", generator_grad_clip),
+            ("discriminator_grad_clip", discriminator_grad_clip),
+        ):
             if clip is not None and clip <= 0:
                 raise ValueError(f"{name} must be > 0 or null, got {clip}")
         if max_batches is not None and max_batches < 1:
@@ -124,13 +137,20 @@ class GANCodecModule(LightningModule):
         self.register_buffer("skipped_steps", torch.zeros(2, dtype=torch.long))  # generator, discriminator
         self._grad_norms = [torch.tensor(0.0), torch.tensor(0.0)]
         self.metrics = nn.ModuleDict(
-            {stage: nn.ModuleDict({"mel_distance": MelDistance(codec.sample_rate), "si_sdr": SISDR()}) for stage in ("val", "test")}
+            {
+                stage: nn.ModuleDict({"mel_distance": MelDistance(codec.sample_rate), "si_sdr": SISDR()})
+                for stage in ("val", "test")
+            }
         )
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
-        if stage == "fit" and isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+        if (
+            stage == "fit"
+            and isinstance(strategy, DDPStrategy)
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
+        ):
             # One DDP wrapper, two backward passes per batch: the discriminator step uses none of
             # the codec's parameters and the generator step none of the discriminator's.
             raise ValueError(
@@ -157,7 +177,9 @@ class GANCodecModule(LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch
         if x.shape[0] == 0:
-            warnings.warn(f"skipping an empty batch at batch {int(self.batch_counter)} (all its files were bad)")
+            warnings.warn(
+                f"skipping an empty batch at batch {int(self.batch_counter)} (all its files were bad)", stacklevel=2
+            )
             return
         step = int(self.batch_counter)
         g_opt, d_opt = self.optimizers()
@@ -210,7 +232,9 @@ class GANCodecModule(LightningModule):
         logs["train/skipped_steps/generator"] = self.skipped_steps[GENERATOR].float()
         logs["train/skipped_steps/discriminator"] = self.skipped_steps[DISCRIMINATOR].float()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        self.log("batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
+        self.log(
+            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0]
+        )
         if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
             self.trainer.should_stop = True
 
@@ -229,7 +253,9 @@ class GANCodecModule(LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params])
+        )
         self._grad_norms[which] = norm.detach()
         if not torch.isfinite(norm):
             # Identical on every rank (gradients are already all-reduced): all skip together.
@@ -251,7 +277,9 @@ class GANCodecModule(LightningModule):
             metric.update(x_hat, x.float())
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=x.shape[0])
         for name, loss in self.reconstruction_losses.items():
-            self.log(f"{stage}/g/{name}", loss(x, x_hat), on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+            self.log(
+                f"{stage}/g/{name}", loss(x, x_hat), on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0]
+            )
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -29,7 +29,9 @@ class Balancer(nn.Module):
     over DDP ranks, so every rank applies the same weights.
     """
 
-    def __init__(self, total_norm: float = 1.0, ema_decay: float = 0.999, per_batch_item: bool = True, epsilon: float = 1e-12):
+    def __init__(
+        self, total_norm: float = 1.0, ema_decay: float = 0.999, per_batch_item: bool = True, epsilon: float = 1e-12
+    ):
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
@@ -53,7 +55,9 @@ class Balancer(nn.Module):
             return grad.flatten(1).norm(dim=1).mean()
         return grad.norm()
 
-    def balanced_gradient(self, losses: dict[str, Tensor], weights: dict[str, float], x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def balanced_gradient(
+        self, losses: dict[str, Tensor], weights: dict[str, float], x_hat: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Gradient to send into ``x_hat`` for the weighted, balanced ``losses``.
 
         Returns (gradient shaped like x_hat, {name: fraction of the gradient norm}) where the
@@ -91,7 +95,9 @@ class Balancer(nn.Module):
         }
         return combined, {name: torch.tensor(share) for name, share in shares.items()}
 
-    def surrogate_loss(self, losses: dict[str, Tensor], weights: dict[str, float], x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def surrogate_loss(
+        self, losses: dict[str, Tensor], weights: dict[str, float], x_hat: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """A scalar whose gradient w.r.t. ``x_hat`` is the balanced gradient.
 
         Backpropagate it with ``LightningModule.manual_backward`` (so AMP loss scaling applies).

@@ -81,7 +81,9 @@ class Codec(nn.Module):
         return self.frame_rate * sum(self.quantizer.bits_per_frame[:n_q]) / 1000.0
 
     # -- training / evaluation ------------------------------------------------------------------
-    def forward(self, x: Tensor, n_q: int | Tensor | None = None, generator: torch.Generator | None = None) -> CodecOutput:
+    def forward(
+        self, x: Tensor, n_q: int | Tensor | None = None, generator: torch.Generator | None = None
+    ) -> CodecOutput:
         """(B, C, T) -> CodecOutput(x_hat (B, C, T), z (B, D, T'), quantized).
 
         In training mode with ``n_q=None`` the codebook counts come from the quantizer's dropout
@@ -155,9 +157,7 @@ class Codec(nn.Module):
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         config = checkpoint.get("codec_config")
         if not isinstance(config, dict):
-            raise ValueError(
-                f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit`?"
-            )
+            raise ValueError(f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit`?")
         codec = cls.from_config(config)
         prefix = "codec."
         state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -173,4 +173,3 @@ class Codec(nn.Module):
             "decoder": count(self.decoder),
             "total": count(self),
         }
-

@@ -15,10 +15,11 @@ through an exception) clears it, so the next ``with streaming(...)`` starts a ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 
@@ -78,3 +79,19 @@ def streaming(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for sub in started:
             sub.stop_streaming()
+
+
+def run_in_chunks(module: nn.Module, x: Tensor, chunk_sizes: Sequence[int]) -> Tensor:
+    """Stream ``x`` (..., T) through ``module`` in consecutive chunks along the last axis, whose
+    sizes cycle through ``chunk_sizes`` (a size of 0 sends an empty chunk), and concatenate the
+    outputs: what a real-time client receives, frame by frame.
+    """
+    if not chunk_sizes or any(size < 0 for size in chunk_sizes) or not any(chunk_sizes):
+        raise ValueError(f"chunk_sizes must be >= 0 with at least one > 0, got {list(chunk_sizes)}")
+    outputs, start, i = [], 0, 0
+    with torch.no_grad(), streaming(module):
+        while start < x.shape[-1]:
+            size = chunk_sizes[i % len(chunk_sizes)]
+            outputs.append(module(x[..., start : start + size]))
+            start, i = start + size, i + 1
+    return torch.cat(outputs, dim=-1)

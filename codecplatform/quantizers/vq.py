@@ -47,9 +47,7 @@ def sample_rows(x: Tensor, n: int) -> Tensor:
 
 def nearest(x: Tensor, codebook: Tensor) -> Tensor:
     """Index of the nearest codebook row (K, D) for each row of x (N, D), Euclidean."""
-    distance = (
-        x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None, :]
-    )  # (N, K)
+    distance = x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None, :]  # (N, K)
     return distance.argmin(dim=1)
 
 
@@ -88,8 +86,10 @@ class EMACodebook(nn.Module):
         self.epsilon = epsilon
         self.kmeans_iters = kmeans_iters
         self.threshold_ema_dead_code = threshold_ema_dead_code
-        embed = torch.zeros(codebook_size, dimension) if kmeans_init else nn.init.kaiming_uniform_(
-            torch.empty(codebook_size, dimension)
+        embed = (
+            torch.zeros(codebook_size, dimension)
+            if kmeans_init
+            else nn.init.kaiming_uniform_(torch.empty(codebook_size, dimension))
         )
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
@@ -173,4 +173,6 @@ class EMACodebook(nn.Module):
         candidates = broadcast_(sample_rows(pool, self.codebook_size))
         self.embed.copy_(torch.where(expired[:, None], candidates, self.embed))
         self.embed_avg.copy_(torch.where(expired[:, None], candidates * self.threshold_ema_dead_code, self.embed_avg))
-        self.cluster_size.copy_(torch.where(expired, torch.full_like(self.cluster_size, self.threshold_ema_dead_code), self.cluster_size))
+        self.cluster_size.copy_(
+            torch.where(expired, torch.full_like(self.cluster_size, self.threshold_ema_dead_code), self.cluster_size)
+        )

@@ -6,31 +6,16 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
-from codecplatform.nn.streaming import streaming
+from codecplatform.nn.streaming import run_in_chunks, streaming
 
 TINY = dict(n_filters=4, dimension=8, ratios=[4, 2])
 
 
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def split(x: Tensor, sizes: list[int]) -> list[Tensor]:
-    """Cut (..., T) into consecutive chunks whose sizes cycle through ``sizes``."""
-    chunks, start, i = [], 0, 0
-    while start < x.shape[-1]:
-        chunks.append(x[..., start : start + sizes[i % len(sizes)]])
-        start += sizes[i % len(sizes)]
-        i += 1
-    return chunks
-
-
-def stream(module: nn.Module, x: Tensor, sizes: list[int]) -> Tensor:
-    with torch.no_grad(), streaming(module):
-        return torch.cat([module(chunk) for chunk in split(x, sizes)], dim=-1)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -172,22 +157,20 @@ def test_causal_encoder_streaming_equals_whole(sizes: list[int]) -> None:
     x = torch.randn(2, 1, 8 * 30)
     with torch.no_grad():
         whole = enc(x)
-    streamed = stream(enc, x, sizes)
+    streamed = run_in_chunks(enc, x, sizes)
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
     # state was cleared: a second stream gives the same frames
-    torch.testing.assert_close(stream(enc, x, sizes), streamed, atol=0, rtol=0)
+    torch.testing.assert_close(run_in_chunks(enc, x, sizes), streamed, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("pad_mode", ["constant", "replicate"])
 def test_causal_encoder_streaming_other_pad_modes(pad_mode: str) -> None:
     torch.manual_seed(0)
-    enc = SEANetEncoder(
-        causal=True, pad_mode=pad_mode, true_skip=True, n_residual_layers=2, **TINY
-    ).eval()
+    enc = SEANetEncoder(causal=True, pad_mode=pad_mode, true_skip=True, n_residual_layers=2, **TINY).eval()
     x = torch.randn(1, 1, 8 * 20)
     with torch.no_grad():
         whole = enc(x)
-    torch.testing.assert_close(stream(enc, x, [5, 3]), whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(run_in_chunks(enc, x, [5, 3]), whole, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("sizes", [[1], [2, 3], [7], [0, 4]])
@@ -198,17 +181,18 @@ def test_causal_decoder_streaming_equals_whole(sizes: list[int], trim_right_rati
     z = torch.randn(2, 8, 20)
     with torch.no_grad():
         whole = dec(z)
-    streamed = stream(dec, z, sizes)
+    streamed = run_in_chunks(dec, z, sizes)
     if trim_right_ratio == 1.0:
         assert streamed.shape == whole.shape
     torch.testing.assert_close(streamed, whole[..., : streamed.shape[-1]], atol=1e-5, rtol=0)
-    torch.testing.assert_close(stream(dec, z, sizes), streamed, atol=0, rtol=0)
+    torch.testing.assert_close(run_in_chunks(dec, z, sizes), streamed, atol=0, rtol=0)
 
 
 def test_non_causal_seanet_refuses_to_stream() -> None:
     with pytest.raises(RuntimeError, match="causal=True"), streaming(SEANetEncoder(**TINY)):
         pass
-    with pytest.raises(RuntimeError, match="time_layer_norm"), streaming(
-        SEANetDecoder(causal=True, norm="time_layer_norm", **TINY)
+    with (
+        pytest.raises(RuntimeError, match="time_layer_norm"),
+        streaming(SEANetDecoder(causal=True, norm="time_layer_norm", **TINY)),
     ):
         pass

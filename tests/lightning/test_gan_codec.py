@@ -59,7 +59,10 @@ def tiny_module(**overrides) -> GANCodecModule:
     kwargs = dict(
         codec=tiny_codec(),
         discriminators=[MultiScaleSTFTDiscriminator(filters=4, n_ffts=[128, 64])],
-        reconstruction_losses={"time": TimeL1Loss(), "mel": MultiScaleMelLoss(SR, window_lengths=[64, 128], n_mels=[16, 16])},
+        reconstruction_losses={
+            "time": TimeL1Loss(),
+            "mel": MultiScaleMelLoss(SR, window_lengths=[64, 128], n_mels=[16, 16]),
+        },
         loss_weights={"time": 0.1, "mel": 1.0, "adv": 3.0, "feat": 3.0, "commit": 1.0},
     )
     kwargs.update(overrides)
@@ -183,7 +186,9 @@ def test_gradient_clipping_bounds_the_update():
     torch.manual_seed(0)
     lr, clip = 1.0, 1e-4
     sgd = lambda params: torch.optim.SGD(params, lr=lr)  # noqa: E731
-    module = tiny_module(generator_optimizer=sgd, discriminator_optimizer=sgd, generator_grad_clip=clip, discriminator_grad_clip=clip)
+    module = tiny_module(
+        generator_optimizer=sgd, discriminator_optimizer=sgd, generator_grad_clip=clip, discriminator_grad_clip=clip
+    )
     g_before = {k: v.clone() for k, v in module.codec.named_parameters()}
     d_before = {k: v.clone() for k, v in module.discriminator.named_parameters()}
     fit(module, batches=1)
@@ -259,10 +264,19 @@ def _fit_with_cpu_grad_scaler(module: GANCodecModule, init_scale: float):
     """16-mixed with an explicit GradScaler, so the AMP unscale/skip path runs on CPU too."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    plugin = MixedPrecision(precision="16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))
+    plugin = MixedPrecision(
+        precision="16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale)
+    )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, plugins=[plugin],
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        plugins=[plugin],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(NoiseAudio(), batch_size=4))
     return plugin.scaler
@@ -272,7 +286,9 @@ def test_16_mixed_clips_unscaled_gradients():
     torch.manual_seed(0)
     lr, clip = 1.0, 1e-4
     sgd = lambda params: torch.optim.SGD(params, lr=lr)  # noqa: E731
-    module = tiny_module(generator_optimizer=sgd, discriminator_optimizer=sgd, generator_grad_clip=clip, discriminator_grad_clip=clip)
+    module = tiny_module(
+        generator_optimizer=sgd, discriminator_optimizer=sgd, generator_grad_clip=clip, discriminator_grad_clip=clip
+    )
     g_before = {k: v.clone() for k, v in module.codec.named_parameters()}
     _fit_with_cpu_grad_scaler(module, init_scale=4.0)
     g_step = torch.sqrt(sum((p - g_before[k]).pow(2).sum() for k, p in module.codec.named_parameters()))

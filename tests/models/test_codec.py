@@ -11,7 +11,9 @@ from codecplatform.nn.streaming import streaming
 from codecplatform.quantizers.rvq import ResidualVectorQuantizer
 
 
-def make_codec(sample_rate=24000, ratios=(8, 5, 4, 2), n_q=32, channels=1, normalize=False, bandwidths=None, causal=True):
+def make_codec(
+    sample_rate=24000, ratios=(8, 5, 4, 2), n_q=32, channels=1, normalize=False, bandwidths=None, causal=True
+):
     kw = dict(channels=channels, dimension=8, n_filters=2, ratios=list(ratios), lstm_layers=1, causal=causal)
     quantizer = ResidualVectorQuantizer(dimension=8, n_q=n_q, codebook_size=1024, kmeans_iters=2)
     return Codec(SEANetEncoder(**kw), quantizer, SEANetDecoder(**kw), sample_rate, bandwidths, normalize)
@@ -32,7 +34,9 @@ def test_encodec_bandwidths_map_to_codebooks():
 
 def test_training_draws_counts_from_the_bandwidths_and_eval_honours_bandwidth():
     torch.manual_seed(0)
-    codec = make_codec(ratios=(4, 2), sample_rate=24000 // 40, n_q=8, bandwidths=[1.5, 3.0])  # 75 Hz, 0.75 kbps a codebook
+    codec = make_codec(
+        ratios=(4, 2), sample_rate=24000 // 40, n_q=8, bandwidths=[1.5, 3.0]
+    )  # 75 Hz, 0.75 kbps a codebook
     from codecplatform.quantizers.dropout import PerBatchChoice
 
     codec.quantizer.dropout = PerBatchChoice()
@@ -89,9 +93,18 @@ def test_from_config_builds_the_codec():
         "class_path": "codecplatform.models.codec.Codec",
         "init_args": {
             "sample_rate": 16000,
-            "encoder": {"class_path": "codecplatform.generators.seanet.SEANetEncoder", "init_args": {"dimension": 4, "n_filters": 2, "ratios": [2]}},
-            "quantizer": {"class_path": "codecplatform.quantizers.rvq.ResidualVectorQuantizer", "init_args": {"dimension": 4, "n_q": 2, "codebook_size": 8}},
-            "decoder": {"class_path": "codecplatform.generators.seanet.SEANetDecoder", "init_args": {"dimension": 4, "n_filters": 2, "ratios": [2]}},
+            "encoder": {
+                "class_path": "codecplatform.generators.seanet.SEANetEncoder",
+                "init_args": {"dimension": 4, "n_filters": 2, "ratios": [2]},
+            },
+            "quantizer": {
+                "class_path": "codecplatform.quantizers.rvq.ResidualVectorQuantizer",
+                "init_args": {"dimension": 4, "n_q": 2, "codebook_size": 8},
+            },
+            "decoder": {
+                "class_path": "codecplatform.generators.seanet.SEANetDecoder",
+                "init_args": {"dimension": 4, "n_filters": 2, "ratios": [2]},
+            },
         },
     }
     codec = Codec.from_config(config)

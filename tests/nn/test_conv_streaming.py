@@ -6,27 +6,11 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from codecplatform.nn.conv import StreamableConv1d, StreamableConvTranspose1d, pad1d
 from codecplatform.nn.lstm import StreamableLSTM
-from codecplatform.nn.streaming import streaming
-
-
-def split(x: Tensor, sizes: list[int]) -> list[Tensor]:
-    """Cut (..., T) into consecutive chunks whose sizes cycle through ``sizes``."""
-    chunks, start, i = [], 0, 0
-    while start < x.shape[-1]:
-        chunks.append(x[..., start : start + sizes[i % len(sizes)]])
-        start += sizes[i % len(sizes)]
-        i += 1
-    return chunks
-
-
-def stream(module: nn.Module, x: Tensor, sizes: list[int]) -> Tensor:
-    with torch.no_grad(), streaming(module):
-        return torch.cat([module(chunk) for chunk in split(x, sizes)], dim=-1)
-
+from codecplatform.nn.streaming import run_in_chunks, streaming
 
 CHUNKINGS = [[1], [3], [7, 2, 11], [64], [5, 0, 13]]
 
@@ -35,9 +19,7 @@ CHUNKINGS = [[1], [3], [7, 2, 11], [64], [5, 0, 13]]
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize(
-    "k,s,d", [(7, 1, 1), (3, 1, 4), (4, 2, 1), (16, 8, 1), (10, 5, 1), (1, 1, 1), (3, 2, 2)]
-)
+@pytest.mark.parametrize("k,s,d", [(7, 1, 1), (3, 1, 4), (4, 2, 1), (16, 8, 1), (10, 5, 1), (1, 1, 1), (3, 2, 2)])
 @pytest.mark.parametrize("length", [1, 5, 37, 40, 101])
 def test_conv1d_output_length(causal: bool, k: int, s: int, d: int, length: int) -> None:
     conv = StreamableConv1d(2, 3, k, stride=s, dilation=d, causal=causal)
@@ -155,38 +137,28 @@ def test_invalid_options() -> None:
 # ----------------------------------------------------------------------------- streaming
 
 
-@pytest.mark.parametrize(
-    "k,s,d", [(7, 1, 1), (3, 1, 4), (8, 4, 1), (10, 5, 1), (4, 2, 3), (1, 1, 1)]
-)
+@pytest.mark.parametrize("k,s,d", [(7, 1, 1), (3, 1, 4), (8, 4, 1), (10, 5, 1), (4, 2, 3), (1, 1, 1)])
 @pytest.mark.parametrize("pad_mode", ["reflect", "constant", "replicate"])
 @pytest.mark.parametrize("sizes", CHUNKINGS)
-def test_conv1d_streaming_equals_whole(
-    k: int, s: int, d: int, pad_mode: str, sizes: list[int]
-) -> None:
+def test_conv1d_streaming_equals_whole(k: int, s: int, d: int, pad_mode: str, sizes: list[int]) -> None:
     torch.manual_seed(0)
-    conv = StreamableConv1d(
-        2, 3, k, stride=s, dilation=d, causal=True, pad_mode=pad_mode, norm="weight_norm"
-    )
+    conv = StreamableConv1d(2, 3, k, stride=s, dilation=d, causal=True, pad_mode=pad_mode, norm="weight_norm")
     x = torch.randn(2, 2, 20 * s)
     with torch.no_grad():
         whole = conv(x)
-    torch.testing.assert_close(stream(conv, x, sizes), whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(run_in_chunks(conv, x, sizes), whole, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("k,s", [(4, 2), (16, 8), (10, 5), (3, 1), (7, 3)])
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 @pytest.mark.parametrize("sizes", [[1], [2, 5], [0, 3]])
-def test_conv_transpose_streaming_equals_whole(
-    k: int, s: int, ratio: float, sizes: list[int]
-) -> None:
+def test_conv_transpose_streaming_equals_whole(k: int, s: int, ratio: float, sizes: list[int]) -> None:
     torch.manual_seed(0)
-    convtr = StreamableConvTranspose1d(
-        3, 2, k, s, causal=True, norm="weight_norm", trim_right_ratio=ratio
-    )
+    convtr = StreamableConvTranspose1d(3, 2, k, s, causal=True, norm="weight_norm", trim_right_ratio=ratio)
     x = torch.randn(2, 3, 12)
     with torch.no_grad():
         whole = convtr(x)
-    streamed = stream(convtr, x, sizes)
+    streamed = run_in_chunks(convtr, x, sizes)
     # the stream never emits the trimmed tail of the last frame; with ratio 1 that is nothing
     assert streamed.shape[-1] == whole.shape[-1] - convtr.padding_left
     torch.testing.assert_close(streamed, whole[..., : streamed.shape[-1]], atol=1e-5, rtol=0)
@@ -199,7 +171,7 @@ def test_lstm_streaming_equals_whole(sizes: list[int]) -> None:
     x = torch.randn(2, 6, 25)
     with torch.no_grad():
         whole = lstm(x)
-    torch.testing.assert_close(stream(lstm, x, sizes), whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(run_in_chunks(lstm, x, sizes), whole, atol=1e-5, rtol=0)
 
 
 def test_lstm_shape_skip_and_keys() -> None:
@@ -211,10 +183,7 @@ def test_lstm_shape_skip_and_keys() -> None:
     assert y.shape == (3, 8, 11)
     torch.testing.assert_close(y, no_skip(x) + x)
     assert set(lstm.state_dict()) == {
-        f"lstm.{kind}_{part}_l{layer}"
-        for kind in ("weight", "bias")
-        for part in ("ih", "hh")
-        for layer in (0, 1)
+        f"lstm.{kind}_{part}_l{layer}" for kind in ("weight", "bias") for part in ("ih", "hh") for layer in (0, 1)
     }
 
 
@@ -227,10 +196,10 @@ def test_state_is_cleared_and_a_second_stream_starts_fresh() -> None:
         StreamableConvTranspose1d(4, 1, 4, 2, causal=True),
     )
     x = torch.randn(1, 1, 40)
-    first = stream(model, x, [3, 7])
+    first = run_in_chunks(model, x, [3, 7])
     assert all(getattr(m, "_stream_state", None) is None for m in model.modules())
     assert not any(getattr(m, "is_streaming", False) for m in model.modules())
-    second = stream(model, x, [3, 7])
+    second = run_in_chunks(model, x, [3, 7])
     torch.testing.assert_close(first, second, atol=0, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(first, model(x), atol=1e-5, rtol=0)

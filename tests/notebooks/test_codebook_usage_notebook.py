@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
@@ -34,25 +33,19 @@ def ensure_python3_kernel() -> None:
         install(prefix=sys.prefix)
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """Tiny models on a busy 2-core machine: one intra-op thread is several times faster than two
-    (the LSTM's threads otherwise wait on each other). Here and in the notebook's kernel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
 def entropy_bits(counts: list[int]) -> float:
     total = sum(counts)
     return -sum(c / total * math.log2(c / total) for c in counts if c)
 
 
 def stream_text(nb) -> list[str]:
-    return [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-            for out in cell.get("outputs", []) if out.output_type == "stream" and out.name == "stdout"]
+    return [
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.output_type == "stream" and out.name == "stdout"
+    ]
 
 
 def test_stored_without_outputs():
@@ -63,16 +56,21 @@ def test_stored_without_outputs():
     assert "parameters" in code[0].metadata.get("tags", [])
 
 
-def test_notebook_runs_on_a_tiny_trained_codec(make_manifests, in_tmp_dir, monkeypatch, one_thread):
+def test_notebook_runs_on_a_tiny_trained_codec(make_manifests, in_tmp_dir, monkeypatch, latest_checkpoint):
     manifests = make_manifests(24000, 1)
-    fit = cli_main([
-        "fit",
-        "--config", str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config", str(EXPERIMENTS / "tiny" / "encodec.yaml"),
-        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
-        "--model.init_args.max_batches=2", "--trainer.log_every_n_steps=1",
-    ])
-    checkpoint = Path(fit.trainer.checkpoint_callback.last_model_path).resolve()
+    fit = cli_main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+            "--config",
+            str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+            *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+            "--model.init_args.max_batches=2",
+            "--trainer.log_every_n_steps=1",
+        ]
+    )
+    checkpoint = Path(latest_checkpoint(fit.trainer)).resolve()
     wav_dir = manifests["train"].parents[1] / "wav"
     assert checkpoint.is_file() and any(wav_dir.glob("*.wav"))
 
@@ -83,10 +81,12 @@ def test_notebook_runs_on_a_tiny_trained_codec(make_manifests, in_tmp_dir, monke
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(in_tmp_dir)}}).execute()
 
-    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == "error"]
+    errors = [
+        out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == "error"
+    ]
     assert not errors, errors
     text = "".join(stream_text(nb))
-    results = [line[len(RESULT_PREFIX):] for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
+    results = [line[len(RESULT_PREFIX) :] for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
     assert len(results) == 1
     result = json.loads(results[0])
 

@@ -20,7 +20,8 @@ def data_args(manifests: dict[str, Path]) -> list[str]:
 def experiment_files() -> list[Path]:
     skip = {"_base", "tiny", "launch"}
     return sorted(
-        p for p in EXPERIMENTS.rglob("*.yaml")
+        p
+        for p in EXPERIMENTS.rglob("*.yaml")
         if not skip & set(p.relative_to(EXPERIMENTS).parts) and not p.name.startswith("_")
     )
 
@@ -38,8 +39,17 @@ def test_experiment_trains_one_batch_with_tiny_override(config, make_manifests, 
     assert tiny.is_file(), f"no tiny override for family {family!r}: add {tiny}"
     data = merged["data"]["init_args"]
     manifests = make_manifests(data["sample_rate"], data["channels"], n_files=5)
-    cli = cli_main(["fit", "--config", str(config), "--config", str(tiny), *data_args(manifests),
-                    "--model.init_args.max_batches=1"])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--config",
+            str(tiny),
+            *data_args(manifests),
+            "--model.init_args.max_batches=1",
+        ]
+    )
     module = cli.model
     assert int(module.batch_counter) == 1
     assert all(math.isfinite(float(v)) for k, v in cli.trainer.callback_metrics.items())
@@ -61,8 +71,10 @@ def test_real_config_builds_and_reports_parameter_counts(name, in_tmp_dir, capsy
     discriminator = sum(p.numel() for p in cli.model.discriminator.parameters())
     codebooks = sum(b.numel() for n, b in cli.model.codec.quantizer.named_buffers() if n.endswith(".embed"))
     with capsys.disabled():
-        print(f"\n{name}: encoder {counts['encoder']:,} decoder {counts['decoder']:,} "
-              f"codec {counts['total']:,} codebook entries {codebooks:,} discriminator {discriminator:,}")
+        print(
+            f"\n{name}: encoder {counts['encoder']:,} decoder {counts['decoder']:,} "
+            f"codec {counts['total']:,} codebook entries {codebooks:,} discriminator {discriminator:,}"
+        )
     generator, disc = REAL_COUNTS[name]
     assert counts["total"] == generator
     if disc is not None:
