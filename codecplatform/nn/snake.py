@@ -1,0 +1,54 @@
+"""Snake activation (Liu et al. 2020; BigVGAN; DAC section 3.1): a periodic inductive bias.
+
+    snake(x) = x + 1 / (alpha + 1e-9) * sin(alpha * x) ** 2
+
+with one learnable ``alpha`` per channel (initialised to 1). The 1e-9 keeps the reciprocal
+finite at alpha = 0, as in descript-audio-codec ``dac/nn/layers.py``; the parameter is named
+``alpha`` with shape (1, C, 1) there too, so official ``*.alpha`` state-dict entries load as they
+are.
+
+Precision: the formula is evaluated in at least float32 and the result is returned in the input's
+dtype, so under bf16/fp16 autocast the activation neither loses the phase of ``sin(alpha x)``
+for large ``|x|`` nor doubles the memory of the activations it passes on (a plain
+``bf16 * fp32`` product would promote the whole output to float32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def snake(x: Tensor, alpha: Tensor) -> Tensor:
+    """Snake of ``x`` (B, C, ...) with per-channel frequencies ``alpha`` broadcastable to it,
+    e.g. (1, C, 1) for (B, C, T). Returns a tensor of ``x``'s shape and dtype.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf, af = x.to(dtype), alpha.to(dtype)
+    y = xf + (af + 1e-9).reciprocal() * torch.sin(af * xf).square()
+    return y.to(x.dtype)
+
+
+class Snake1d(nn.Module):
+    """Snake with a learnable frequency per channel: (B, C, T) -> (B, C, T).
+
+    ``alpha``: parameter of shape (1, C, 1), initialised to ones.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.channels = channels
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, T) -> (B, C, T), same dtype as ``x``."""
+        if x.dim() != 3 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"Snake1d expects (batch, {self.channels}, time), got shape {tuple(x.shape)}"
+            )
+        return snake(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
