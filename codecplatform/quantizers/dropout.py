@@ -45,3 +45,67 @@ class PerExampleDropout(QuantizerDropout):
         drawn = choices[torch.randint(len(n_q_choices), (batch_size,), generator=generator)]
         dropped = torch.rand(batch_size, generator=generator) < self.p
         return torch.where(dropped, drawn, torch.full_like(drawn, max(n_q_choices)))
+
+
+class BiasedRangeDropout(QuantizerDropout):
+    """Levels drawn from ranges with per-level weights, plus a full bypass (SpectroStream).
+
+    Args:
+        ranges: inclusive (first, last) codebook counts, non-overlapping, each first >= 1
+            (SpectroStream: [(1, 16), (17, 32), (33, 64)]).
+        weights: relative weight of *each level* of the matching range (SpectroStream:
+            [4, 2, 1]); level n in range r has probability weights[r] / sum over all levels
+            of their weights, so ranges are uniform inside and a range's total probability
+            grows with its length (4:2:1 on 16/16/32 levels -> 1/2, 1/4, 1/4).
+        bypass_rate: probability that an example bypasses the quantizer altogether
+            (SpectroStream's ``full_quantizer_dropout_rate``, 0.5).
+
+    A bypassed example gets the count **0**: the quantizer passes its latent through unchanged
+    (z_q = z), uses no codes and adds no loss. Only quantizers that accept n_q = 0 (e.g.
+    ``FactorizedResidualVectorQuantizer``) can be trained with ``bypass_rate > 0``;
+    ``ResidualVectorQuantizer`` refuses counts below 1 with a clear error.
+
+    The levels come from ``ranges``, not from the allowed counts passed to ``sample``; those
+    only bound them: a range reaching above max(n_q_choices) is an error.
+    """
+
+    def __init__(self, ranges: list[tuple[int, int]], weights: list[float], bypass_rate: float = 0.0):
+        ranges = [tuple(r) for r in ranges]
+        if not ranges:
+            raise ValueError("ranges must hold at least one (first, last) range of codebook counts")
+        for r in ranges:
+            if len(r) != 2 or not all(isinstance(v, int) for v in r) or not 1 <= r[0] <= r[1]:
+                raise ValueError(f"ranges entries must be integer (first, last) with 1 <= first <= last, got {r}")
+        ordered = sorted(ranges)
+        for (_, last), (first, _) in zip(ordered, ordered[1:]):
+            if first <= last:
+                raise ValueError(f"ranges must not overlap, got {ranges}")
+        weights = [float(w) for w in weights]
+        if len(weights) != len(ranges):
+            raise ValueError(f"weights must have one entry per range ({len(ranges)}), got {len(weights)}")
+        if any(not (w >= 0.0 and w != float("inf")) for w in weights) or sum(weights) <= 0.0:
+            raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights}")
+        if not 0.0 <= bypass_rate <= 1.0:
+            raise ValueError(
+                f"bypass_rate (fraction of examples bypassing the quantizer) must be in [0, 1], got {bypass_rate}"
+            )
+        self.ranges = ranges
+        self.weights = weights
+        self.bypass_rate = bypass_rate
+        levels, probs = [], []
+        for (first, last), w in zip(ranges, weights):
+            levels += list(range(first, last + 1))
+            probs += [w] * (last - first + 1)
+        self.levels = torch.tensor(levels, dtype=torch.long)
+        self.probs = torch.tensor(probs, dtype=torch.float64) / sum(probs)
+
+    def sample(self, batch_size: int, n_q_choices: list[int], generator: torch.Generator | None = None) -> Tensor:
+        """-> (B,) int64: a level from the ranges per example, 0 for bypassed examples."""
+        top = int(self.levels.max())
+        if top > max(n_q_choices):
+            raise ValueError(f"ranges reach {top} codebooks but at most {max(n_q_choices)} are allowed")
+        if batch_size == 0:
+            return torch.zeros(0, dtype=torch.long)
+        drawn = self.levels[torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)]
+        bypass = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.bypass_rate
+        return torch.where(bypass, torch.zeros_like(drawn), drawn)

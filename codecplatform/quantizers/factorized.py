@@ -1,0 +1,318 @@
+"""DAC's quantizer: factorized (low-dimensional), L2-normalized codebooks in a residual stack.
+
+``FactorizedCodebook`` is one DAC layer (Improved VQGAN tricks, DAC paper sec. 3.2 and
+appendix A): a weight-normed 1x1 conv projects the latent D -> M (``codebook_dim``, 8 in DAC),
+the nearest entry is found by cosine similarity (projected latents and codebook rows are
+L2-normalized for the lookup), and a second weight-normed 1x1 conv maps the entry back M -> D.
+The codebook is a plain ``nn.Embedding`` trained by gradient through the VQ-VAE codebook loss
+(no EMA, no k-means, no dead-code replacement).
+
+``FactorizedResidualVectorQuantizer`` stacks them as DAC's ``ResidualVectorQuantize``.
+
+``residual_stack`` is the residual loop itself, written so that both this stack and the EMA
+stack of ``rvq.py`` can run on it (``detach_outputs=True`` reproduces ``rvq.py``'s loop
+exactly; a test checks that).
+
+Facts taken from the official code (descriptinc/descript-audio-codec, ``dac/nn/quantize.py``,
+``dac/nn/layers.py``, ``dac/model/dac.py``):
+
+* ``in_proj``/``out_proj`` are ``weight_norm(nn.Conv1d(.., kernel_size=1))`` with bias.
+* The losses compare the *raw* projected latent ``z_e`` and the *raw* codebook row (the L2
+  normalization is used for the lookup only), with MSE averaged per example over (M, T'):
+  ``commit = mse(z_e, sg(e_k))``, ``codebook = mse(e_k, sg(z_e))``. (The paper's appendix
+  writes the losses between normalized vectors; the released code does not normalize them. We
+  follow the code.)
+* Straight-through in the projected space, then ``out_proj``: the codebook receives gradient
+  from the codebook loss only.
+* The stack subtracts each layer's (straight-through) output from the residual, adds the
+  output to the sum under the dropout mask, and *sums* the per-layer losses over codebooks,
+  each per-layer loss being ``(per_example_loss * mask).mean()`` over the whole batch.
+* ``DAC.apply(init_weights)`` draws conv weights from a truncated normal and zeros the biases;
+  with ``torch.nn.utils.weight_norm`` the weight is recomputed from (g, v) before every
+  forward, so only the zero biases last: we zero the projection biases too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from codecplatform.quantizers.base import Quantizer
+from codecplatform.quantizers.dropout import QuantizerDropout
+from codecplatform.types import QuantizerOutput
+
+_LOSSES = ("commit", "codebook")
+
+
+def masked_mean(per_example: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``per_example`` (B,) over the examples where ``mask`` (B,) is True (0 if none).
+
+    Always a function of every element, so parameters stay in the autograd graph even when no
+    example is active (DDP needs every parameter to receive a gradient, zero or not).
+    """
+    weights = mask.to(per_example.dtype)
+    return (per_example * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+class FactorizedCodebook(nn.Module):
+    """One DAC codebook: (B, D, T') -> QuantizerOutput with codes (B, 1, T').
+
+    Args:
+        dimension: latent size D (DAC: 1024).
+        codebook_size: number of entries K (DAC: 1024).
+        codebook_dim: size M of the projected lookup space (DAC: 8).
+
+    Parameters: ``in_proj`` (weight-normed 1x1 conv D -> M), ``out_proj`` (weight-normed 1x1
+    conv M -> D), ``codebook`` (``nn.Embedding(K, M)``, default N(0, 1) init as in DAC).
+    """
+
+    def __init__(self, dimension: int, codebook_size: int = 1024, codebook_dim: int = 8):
+        super().__init__()
+        if dimension < 1:
+            raise ValueError(f"dimension must be >= 1, got {dimension}")
+        if codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+        if codebook_dim < 1:
+            raise ValueError(f"codebook_dim must be >= 1, got {codebook_dim}")
+        self.dimension = dimension
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.in_proj = weight_norm(nn.Conv1d(dimension, codebook_dim, kernel_size=1))
+        self.out_proj = weight_norm(nn.Conv1d(codebook_dim, dimension, kernel_size=1))
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        with torch.no_grad():  # the effective init of the official model (see module docstring)
+            self.in_proj.bias.zero_()
+            self.out_proj.bias.zero_()
+
+    # -- pieces ----------------------------------------------------------------------------
+    def lookup(self, z_e: Tensor) -> Tensor:
+        """Projected latents (B, M, T') -> codes (B, T'): nearest entry by cosine similarity."""
+        b, m, t = z_e.shape
+        flat = F.normalize(z_e.transpose(1, 2).reshape(-1, m), dim=1)  # (B,M,T)->(B*T,M)
+        entries = F.normalize(self.codebook.weight, dim=1)  # (K, M)
+        return (flat @ entries.t()).argmax(dim=1).view(b, t)
+
+    def embed(self, codes: Tensor) -> Tensor:
+        """codes (B, T') -> raw (unnormalized) codebook rows (B, M, T')."""
+        return self.codebook(codes).transpose(1, 2)
+
+    # -- inference -------------------------------------------------------------------------
+    def encode(self, z: Tensor) -> Tensor:
+        """(B, D, T') -> codes (B, T')."""
+        return self.lookup(self.in_proj(z))
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (B, T') -> (B, D, T') through ``out_proj``."""
+        return self.out_proj(self.embed(codes))
+
+    # -- training --------------------------------------------------------------------------
+    def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+        """Quantize z (B, D, T'); ``mask`` (B,) bool marks the examples this codebook serves.
+
+        Returns z_q (B, D, T') = out_proj(z_e + sg(e_k - z_e)) (straight-through in the
+        projected space, so d z_q / d z = W_out W_in), codes (B, 1, T') and the losses
+        ``commit`` = mse(z_e, sg(e_k)) (gradient to in_proj and the input only) and
+        ``codebook`` = mse(e_k, sg(z_e)) (gradient to the codebook only), each averaged over
+        the masked-in examples.
+        """
+        b, d, _ = z.shape
+        if d != self.dimension:
+            raise ValueError(f"latent has {d} channels, codebook dimension is {self.dimension}")
+        if mask is None:
+            mask = torch.ones(b, dtype=torch.bool, device=z.device)
+        z_e = self.in_proj(z)  # (B, M, T')
+        codes = self.lookup(z_e)  # (B, T')
+        e_k = self.embed(codes)  # (B, M, T')
+        commit = F.mse_loss(z_e, e_k.detach(), reduction="none").mean(dim=(1, 2))  # (B,)
+        codebook = F.mse_loss(e_k, z_e.detach(), reduction="none").mean(dim=(1, 2))  # (B,)
+        z_q = self.out_proj(z_e + (e_k - z_e).detach())
+        return QuantizerOutput(
+            z_q=z_q,
+            codes=codes[:, None, :],
+            losses={"commit": masked_mean(commit, mask), "codebook": masked_mean(codebook, mask)},
+        )
+
+
+@dataclass
+class ResidualPass:
+    """What ``residual_stack`` returns.
+
+    z_q:    (B, D, T') sum of the layer outputs each example uses; z itself where n_q = 0.
+    codes:  (B, max(n_q), T') codes of the layers up to the largest count (entries of layers an
+            example does not use are computed but meaningless).
+    losses: per layer run, that layer's losses (averaged over its active examples).
+    active: per layer run, (B,) bool: the examples that use it.
+    """
+
+    z_q: Tensor
+    codes: Tensor
+    losses: list[dict[str, Tensor]]
+    active: list[Tensor]
+
+
+def residual_stack(
+    layers: Sequence[nn.Module], z: Tensor, n_q: Tensor, *, detach_outputs: bool, n_layers: int | None = None
+) -> ResidualPass:
+    """Run residual quantization layers on z (B, D, T') with per-example counts n_q (B,).
+
+    Layer k is called as ``layers[k](residual, mask)`` with ``mask = n_q > k`` and must return
+    a QuantizerOutput with codes (B, 1, T'). Its output, masked, is subtracted from the residual
+    and added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply
+    the straight-through estimator once for the sum, as ``rvq.py``); without it gradients flow
+    through every layer and every residual (DAC).
+
+    ``n_layers`` (default ``max(n_q)``) layers are run; running more (DAC in training: all of
+    them) keeps every parameter in the graph with a zero gradient. Examples with n_q = 0
+    bypass the quantizer: their z_q is z (gradient: identity).
+    """
+    if n_layers is None:
+        n_layers = int(n_q.max()) if n_q.numel() else 0
+    residual = z
+    z_q = torch.zeros_like(z)
+    codes, losses, active = [], [], []
+    for k in range(n_layers):
+        mask = n_q > k  # (B,)
+        out = layers[k](residual, mask)
+        q = out.z_q.detach() if detach_outputs else out.z_q
+        q = q * mask[:, None, None]
+        residual = residual - q
+        z_q = z_q + q
+        codes.append(out.codes)
+        losses.append(out.losses)
+        active.append(mask)
+    bypass = n_q == 0
+    if bool(bypass.any()):
+        z_q = torch.where(bypass[:, None, None], z, z_q)
+    used = int(n_q.max()) if n_q.numel() else 0
+    if codes:
+        all_codes = torch.cat(codes, dim=1)[:, :used]
+    else:
+        all_codes = torch.zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long, device=z.device)
+    return ResidualPass(z_q=z_q, codes=all_codes, losses=losses, active=active)
+
+
+class FactorizedResidualVectorQuantizer(Quantizer):
+    """DAC's residual vector quantizer: (B, D, T') -> QuantizerOutput, codes (B, K, T').
+
+    Args:
+        dimension: latent size D (DAC: 1024).
+        n_q: number of codebooks (DAC 44 kHz: 9).
+        codebook_size: entries per codebook (DAC: 1024).
+        codebook_dim: lookup space size M, one for all codebooks or one per codebook (DAC: 8).
+        dropout: how many codebooks each training example uses (``None``: all of them). DAC's
+            recipe is ``PerExampleDropout(p=0.5)``.
+
+    Counts per example: ``n_q`` is None (all), an int or a (B,) tensor with values in
+    0..n_q. Example b adds (and trains) codebooks 0..n_q[b]-1; n_q[b] = 0 means the example
+    bypasses quantization (z_q = z, no codes used, no loss). In training every codebook runs
+    on the whole batch, masked (as the official code does), so every parameter receives a
+    gradient on every step (DDP without ``find_unused_parameters``); in eval only max(n_q)
+    run. The returned codes have K = max(n_q) rows.
+
+    Gradients (as the official code): layer i gets residual r_i (r_0 = z) and outputs
+    z_q_i = out_proj_i(z_e_i + sg(e_k - z_e_i)), z_e_i = in_proj_i(r_i), and
+    r_{i+1} = r_i - z_q_i. With P_i = W_out_i W_in_i (the D x D linear part of the two 1x1
+    convs), for an example using n codebooks
+
+        d z_q / d z = sum_i P_i (I - P_{i-1}) ... (I - P_0) = I - (I - P_{n-1}) ... (I - P_0),
+
+    not the identity (unlike ``ResidualVectorQuantizer``); for n = 0 it is the identity. The
+    reconstruction gradient also trains every in_proj/out_proj; the codebooks learn from the
+    codebook loss only.
+
+    Losses (official reduction): for each loss, sum over codebooks of the batch mean of the
+    per-example loss with unused codebooks counted as 0, i.e.
+    ``loss = (1/B) sum_b sum_{i < n_q[b]} mse_{b,i}``. They are summed, not averaged, over
+    codebooks, so DAC's weights (codebook 1.0, commit 0.25) apply unchanged.
+
+    Runs in float32 with autocast disabled; z_q is float32.
+    """
+
+    def __init__(
+        self,
+        dimension: int = 1024,
+        n_q: int = 9,
+        codebook_size: int = 1024,
+        codebook_dim: int | list[int] = 8,
+        dropout: QuantizerDropout | None = None,
+    ):
+        super().__init__()
+        if n_q < 1:
+            raise ValueError(f"n_q must be >= 1, got {n_q}")
+        dims = [codebook_dim] * n_q if isinstance(codebook_dim, int) else list(codebook_dim)
+        if len(dims) != n_q:
+            raise ValueError(f"codebook_dim has {len(dims)} entries, expected one per codebook ({n_q})")
+        self.dimension = dimension
+        self.n_q = n_q
+        self.codebook_sizes = [codebook_size] * n_q
+        self.codebook_dims = dims
+        self.dropout = dropout if dropout is not None else QuantizerDropout()
+        self.layers = nn.ModuleList(FactorizedCodebook(dimension, codebook_size, m) for m in dims)
+
+    def _resolve_n_q(self, z: Tensor, n_q: int | Tensor | None) -> Tensor:
+        """n_q argument -> (B,) int64 tensor on z's device, each in [0, self.n_q] (0: bypass)."""
+        batch = z.shape[0]
+        if n_q is None:
+            n_q = self.n_q
+        if isinstance(n_q, int):
+            if not 0 <= n_q <= self.n_q:
+                raise ValueError(f"n_q={n_q} is out of range: this quantizer has 1..{self.n_q} codebooks (0: bypass)")
+            return torch.full((batch,), n_q, dtype=torch.long, device=z.device)
+        n_q = n_q.to(device=z.device, dtype=torch.long)
+        if n_q.shape != (batch,):
+            raise ValueError(f"n_q must be an int or a ({batch},) tensor, got shape {tuple(n_q.shape)}")
+        if int(n_q.min()) < 0 or int(n_q.max()) > self.n_q:
+            raise ValueError(f"n_q values must lie in 0..{self.n_q} (0: bypass), got {n_q.tolist()}")
+        return n_q
+
+    def _check_latent(self, z: Tensor) -> None:
+        if z.dim() != 3 or z.shape[1] != self.dimension:
+            raise ValueError(f"z must be (B, {self.dimension}, T'), got shape {tuple(z.shape)}")
+
+    def forward(self, z: Tensor, n_q: int | Tensor | None = None) -> QuantizerOutput:
+        self._check_latent(z)
+        n_q = self._resolve_n_q(z, n_q)  # (B,)
+        batch = z.shape[0]
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            n_layers = self.n_q if self.training else int(n_q.max())
+            run = residual_stack(self.layers, z, n_q, detach_outputs=False, n_layers=n_layers)
+            losses = {}
+            for name in _LOSSES:
+                total = z.new_zeros(())
+                for layer_losses, active in zip(run.losses, run.active):
+                    # mean over active examples * active/B == official (loss_b * mask_b).mean()
+                    total = total + layer_losses[name] * (active.sum() / batch)
+                losses[name] = total
+        return QuantizerOutput(z_q=run.z_q, codes=run.codes, losses=losses, n_q=n_q)
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
+        """(B, D, T') -> codes (B, n_q, T') int64 (n_q in 1..self.n_q, default all)."""
+        self._check_latent(z)
+        n = self.n_q if n_q is None else n_q
+        if not 1 <= n <= self.n_q:
+            raise ValueError(f"n_q={n} is out of range: this quantizer has 1..{self.n_q} codebooks")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            residual = z.float()
+            codes = []
+            for layer in self.layers[:n]:
+                c = layer.encode(residual)
+                residual = residual - layer.decode(c)
+                codes.append(c)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (B, K, T') -> z_q (B, D, T'), 1 <= K <= n_q."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_q:
+            raise ValueError(f"codes must be (B, K, T') with 1 <= K <= {self.n_q}, got shape {tuple(codes.shape)}")
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            z_q = self.layers[0].decode(codes[:, 0])
+            for k in range(1, codes.shape[1]):
+                z_q = z_q + self.layers[k].decode(codes[:, k])
+        return z_q
