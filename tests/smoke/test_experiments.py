@@ -60,6 +60,10 @@ REAL_COUNTS = {
     # SEANet encoder + decoder (EMA codebooks are buffers, not parameters), MS-STFT discriminator.
     "encodec/24khz_mono.yaml": (14_851_810, 472_490),
     "encodec/48khz_stereo.yaml": (14_856_294, None),
+    # DAC encoder + decoder + factorized quantizer (weight-normed projections), MPD + MRD.
+    "dac/44khz.yaml": (76_651_890, 42_519_760),
+    "dac/24khz.yaml": (74_708_706, None),
+    "dac/16khz.yaml": (74_175_906, None),
 }
 
 
@@ -70,10 +74,11 @@ def test_real_config_builds_and_reports_parameter_counts(name, in_tmp_dir, capsy
     counts = cli.model.codec.num_parameters()
     discriminator = sum(p.numel() for p in cli.model.discriminator.parameters())
     codebooks = sum(b.numel() for n, b in cli.model.codec.quantizer.named_buffers() if n.endswith(".embed"))
+    codebooks += sum(p.numel() for n, p in cli.model.codec.quantizer.named_parameters() if n.endswith("codebook.weight"))
     with capsys.disabled():
         print(
             f"\n{name}: encoder {counts['encoder']:,} decoder {counts['decoder']:,} "
-            f"codec {counts['total']:,} codebook entries {codebooks:,} discriminator {discriminator:,}"
+            f"codec {counts['total']:,} codebook entries x dim {codebooks:,} discriminator {discriminator:,}"
         )
     generator, disc = REAL_COUNTS[name]
     assert counts["total"] == generator
