@@ -18,7 +18,8 @@ class Quantizer(nn.Module):
     ``codebook_sizes`` (entries per codebook, one per codebook).
 
     ``forward(z, n_q)`` quantizes for training and evaluation: ``n_q`` is None (all codebooks),
-    an int (the same for the whole batch) or a (B,) tensor (per example, quantizer dropout).
+    an int (the same for the whole batch) or a (B,) tensor (per example, quantizer dropout);
+    0 bypasses quantization for that example (z_q = z).
     ``encode``/``decode`` are the inference path: codes (B, K, T') <-> z_q (B, D, T').
     """
 
@@ -60,17 +61,17 @@ class Quantizer(nn.Module):
         return max(1, n)
 
     def _resolve_n_q(self, z: Tensor, n_q: int | Tensor | None) -> Tensor:
-        """n_q argument -> (B,) int64 tensor on z's device, each in [1, self.n_q]."""
+        """n_q argument -> (B,) int64 tensor on z's device, each in [0, self.n_q] (0: bypass)."""
         batch = z.shape[0]
         if n_q is None:
             n_q = self.n_q
         if isinstance(n_q, int):
-            if not 1 <= n_q <= self.n_q:
-                raise ValueError(f"n_q={n_q} is out of range: this quantizer has 1..{self.n_q} codebooks")
+            if not 0 <= n_q <= self.n_q:
+                raise ValueError(f"n_q={n_q} is out of range: this quantizer has 1..{self.n_q} codebooks (0: bypass)")
             return torch.full((batch,), n_q, dtype=torch.long, device=z.device)
         n_q = n_q.to(device=z.device, dtype=torch.long)
         if n_q.shape != (batch,):
             raise ValueError(f"n_q must be an int or a ({batch},) tensor, got shape {tuple(n_q.shape)}")
-        if int(n_q.min()) < 1 or int(n_q.max()) > self.n_q:
-            raise ValueError(f"n_q values must lie in 1..{self.n_q}, got {n_q.tolist()}")
+        if int(n_q.min()) < 0 or int(n_q.max()) > self.n_q:
+            raise ValueError(f"n_q values must lie in 0..{self.n_q} (0: bypass), got {n_q.tolist()}")
         return n_q

@@ -34,9 +34,6 @@ Facts taken from the official code (descriptinc/descript-audio-codec, ``dac/nn/q
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,6 +41,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from codecplatform.quantizers.base import Quantizer
 from codecplatform.quantizers.dropout import QuantizerDropout
+from codecplatform.quantizers.residual import residual_stack
 from codecplatform.types import QuantizerOutput
 
 _LOSSES = ("commit", "codebook")
@@ -138,64 +136,6 @@ class FactorizedCodebook(nn.Module):
         )
 
 
-@dataclass
-class ResidualPass:
-    """What ``residual_stack`` returns.
-
-    z_q:    (B, D, T') sum of the layer outputs each example uses; z itself where n_q = 0.
-    codes:  (B, max(n_q), T') codes of the layers up to the largest count (entries of layers an
-            example does not use are computed but meaningless).
-    losses: per layer run, that layer's losses (averaged over its active examples).
-    active: per layer run, (B,) bool: the examples that use it.
-    """
-
-    z_q: Tensor
-    codes: Tensor
-    losses: list[dict[str, Tensor]]
-    active: list[Tensor]
-
-
-def residual_stack(
-    layers: Sequence[nn.Module], z: Tensor, n_q: Tensor, *, detach_outputs: bool, n_layers: int | None = None
-) -> ResidualPass:
-    """Run residual quantization layers on z (B, D, T') with per-example counts n_q (B,).
-
-    Layer k is called as ``layers[k](residual, mask)`` with ``mask = n_q > k`` and must return
-    a QuantizerOutput with codes (B, 1, T'). Its output, masked, is subtracted from the residual
-    and added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply
-    the straight-through estimator once for the sum, as ``rvq.py``); without it gradients flow
-    through every layer and every residual (DAC).
-
-    ``n_layers`` (default ``max(n_q)``) layers are run; running more (DAC in training: all of
-    them) keeps every parameter in the graph with a zero gradient. Examples with n_q = 0
-    bypass the quantizer: their z_q is z (gradient: identity).
-    """
-    if n_layers is None:
-        n_layers = int(n_q.max()) if n_q.numel() else 0
-    residual = z
-    z_q = torch.zeros_like(z)
-    codes, losses, active = [], [], []
-    for k in range(n_layers):
-        mask = n_q > k  # (B,)
-        out = layers[k](residual, mask)
-        q = out.z_q.detach() if detach_outputs else out.z_q
-        q = q * mask[:, None, None]
-        residual = residual - q
-        z_q = z_q + q
-        codes.append(out.codes)
-        losses.append(out.losses)
-        active.append(mask)
-    bypass = n_q == 0
-    if bool(bypass.any()):
-        z_q = torch.where(bypass[:, None, None], z, z_q)
-    used = int(n_q.max()) if n_q.numel() else 0
-    if codes:
-        all_codes = torch.cat(codes, dim=1)[:, :used]
-    else:
-        all_codes = torch.zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long, device=z.device)
-    return ResidualPass(z_q=z_q, codes=all_codes, losses=losses, active=active)
-
-
 class FactorizedResidualVectorQuantizer(Quantizer):
     """DAC's residual vector quantizer: (B, D, T') -> QuantizerOutput, codes (B, K, T').
 
@@ -253,22 +193,6 @@ class FactorizedResidualVectorQuantizer(Quantizer):
         self.codebook_dims = dims
         self.dropout = dropout if dropout is not None else QuantizerDropout()
         self.layers = nn.ModuleList(FactorizedCodebook(dimension, codebook_size, m) for m in dims)
-
-    def _resolve_n_q(self, z: Tensor, n_q: int | Tensor | None) -> Tensor:
-        """n_q argument -> (B,) int64 tensor on z's device, each in [0, self.n_q] (0: bypass)."""
-        batch = z.shape[0]
-        if n_q is None:
-            n_q = self.n_q
-        if isinstance(n_q, int):
-            if not 0 <= n_q <= self.n_q:
-                raise ValueError(f"n_q={n_q} is out of range: this quantizer has 1..{self.n_q} codebooks (0: bypass)")
-            return torch.full((batch,), n_q, dtype=torch.long, device=z.device)
-        n_q = n_q.to(device=z.device, dtype=torch.long)
-        if n_q.shape != (batch,):
-            raise ValueError(f"n_q must be an int or a ({batch},) tensor, got shape {tuple(n_q.shape)}")
-        if int(n_q.min()) < 0 or int(n_q.max()) > self.n_q:
-            raise ValueError(f"n_q values must lie in 0..{self.n_q} (0: bypass), got {n_q.tolist()}")
-        return n_q
 
     def _check_latent(self, z: Tensor) -> None:
         if z.dim() != 3 or z.shape[1] != self.dimension:

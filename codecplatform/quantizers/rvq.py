@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from codecplatform.quantizers.base import Quantizer
 from codecplatform.quantizers.dropout import QuantizerDropout
+from codecplatform.quantizers.residual import residual_stack
 from codecplatform.quantizers.vq import EMACodebook
 from codecplatform.types import QuantizerOutput
 
@@ -22,8 +23,9 @@ class ResidualVectorQuantizer(Quantizer):
         dropout: how many codebooks each training example uses (``None``: all of them).
 
     With per-example counts, every codebook up to the largest count runs on the whole batch,
-    and example b only adds (and trains) codebooks 0..n_q[b]-1. The straight-through estimator
-    is applied once to the sum, so d z_q / d z is the identity whatever n_q is.
+    and example b only adds (and trains) codebooks 0..n_q[b]-1; n_q[b] = 0 bypasses quantization
+    (z_q = z). The straight-through estimator is applied once to the sum, so d z_q / d z is the
+    identity whatever n_q is.
     """
 
     def __init__(
@@ -54,24 +56,11 @@ class ResidualVectorQuantizer(Quantizer):
         n_q = self._resolve_n_q(z, n_q)  # (B,)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
-            residual = z
-            z_q = torch.zeros_like(z)
-            codes, commits = [], []
-            for k in range(int(n_q.max())):
-                mask = n_q > k  # (B,)
-                out = self.layers[k](residual, mask)
-                q = out.z_q.detach() * mask[:, None, None]
-                residual = residual - q
-                z_q = z_q + q
-                codes.append(out.codes)
-                commits.append(out.losses["commit"])
-            z_q = z + (z_q - z).detach()  # straight-through for the whole stack
-        return QuantizerOutput(
-            z_q=z_q,
-            codes=torch.cat(codes, dim=1),
-            losses={"commit": torch.stack(commits).mean()},
-            n_q=n_q,
-        )
+            run = residual_stack(self.layers, z, n_q, detach_outputs=True)
+            z_q = z + (run.z_q - z).detach()  # straight-through for the whole stack
+            commits = [losses["commit"] for losses in run.losses]
+            commit = torch.stack(commits).mean() if commits else z.sum() * 0.0
+        return QuantizerOutput(z_q=z_q, codes=run.codes, losses={"commit": commit}, n_q=n_q)
 
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:

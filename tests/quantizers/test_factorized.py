@@ -10,8 +10,8 @@ from codecplatform.quantizers.dropout import BiasedRangeDropout, PerExampleDropo
 from codecplatform.quantizers.factorized import (
     FactorizedCodebook,
     FactorizedResidualVectorQuantizer,
-    residual_stack,
 )
+from codecplatform.quantizers.residual import residual_stack
 from codecplatform.quantizers.rvq import ResidualVectorQuantizer
 
 
@@ -223,7 +223,7 @@ def test_n_q_zero_bypasses_the_quantizer():
         assert out.losses["commit"].item() == 0.0 and out.losses["codebook"].item() == 0.0
 
 
-def test_bypass_policy_drives_the_stack_and_rvq_refuses_it():
+def test_bypass_policy_drives_both_residual_stacks():
     policy = BiasedRangeDropout(ranges=[(1, 2), (3, 4)], weights=[2.0, 1.0], bypass_rate=0.5)
     rvq = FactorizedResidualVectorQuantizer(dimension=8, n_q=4, codebook_size=16, codebook_dim=3, dropout=policy)
     n_q = rvq.sample_n_q(16, generator=torch.Generator().manual_seed(3))
@@ -231,9 +231,10 @@ def test_bypass_policy_drives_the_stack_and_rvq_refuses_it():
     z = torch.randn(16, 8, 5)
     out = rvq.train()(z, n_q)
     assert torch.equal(out.z_q[n_q == 0], z[n_q == 0])
-    ema = ResidualVectorQuantizer(dimension=8, n_q=4, codebook_size=16, kmeans_init=False, dropout=policy)
-    with pytest.raises(ValueError, match="n_q"):
-        ema(z, n_q)
+    ema = ResidualVectorQuantizer(dimension=8, n_q=4, codebook_size=16, kmeans_iters=2, dropout=policy)
+    out = ema.train()(z, n_q)
+    assert torch.equal(out.z_q[n_q == 0], z[n_q == 0])
+    assert not torch.equal(out.z_q[n_q > 0], z[n_q > 0])
 
 
 def test_error_falls_with_more_codebooks_after_training():

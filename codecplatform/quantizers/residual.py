@@ -1,0 +1,67 @@
+"""The residual loop shared by residual quantizers (EMA and factorized codebooks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ResidualPass:
+    """What ``residual_stack`` returns.
+
+    z_q:    (B, D, T') sum of the layer outputs each example uses; z itself where n_q = 0.
+    codes:  (B, max(n_q), T') codes of the layers up to the largest count (entries of layers an
+            example does not use are computed but meaningless).
+    losses: per layer run, that layer's losses (averaged over its active examples).
+    active: per layer run, (B,) bool: the examples that use it.
+    """
+
+    z_q: Tensor
+    codes: Tensor
+    losses: list[dict[str, Tensor]]
+    active: list[Tensor]
+
+
+def residual_stack(
+    layers: Sequence[nn.Module], z: Tensor, n_q: Tensor, *, detach_outputs: bool, n_layers: int | None = None
+) -> ResidualPass:
+    """Run residual quantization layers on z (B, D, T') with per-example counts n_q (B,).
+
+    Layer k is called as ``layers[k](residual, mask)`` with ``mask = n_q > k`` and must return
+    a QuantizerOutput with codes (B, 1, T'). Its output, masked, is subtracted from the residual
+    and added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply
+    the straight-through estimator once for the sum, as ``rvq.py``); without it gradients flow
+    through every layer and every residual (DAC).
+
+    ``n_layers`` (default ``max(n_q)``) layers are run; running more (DAC in training: all of
+    them) keeps every parameter in the graph with a zero gradient. Examples with n_q = 0
+    bypass the quantizer: their z_q is z (gradient: identity).
+    """
+    if n_layers is None:
+        n_layers = int(n_q.max()) if n_q.numel() else 0
+    residual = z
+    z_q = torch.zeros_like(z)
+    codes, losses, active = [], [], []
+    for k in range(n_layers):
+        mask = n_q > k  # (B,)
+        out = layers[k](residual, mask)
+        q = out.z_q.detach() if detach_outputs else out.z_q
+        q = q * mask[:, None, None]
+        residual = residual - q
+        z_q = z_q + q
+        codes.append(out.codes)
+        losses.append(out.losses)
+        active.append(mask)
+    bypass = n_q == 0
+    if bool(bypass.any()):
+        z_q = torch.where(bypass[:, None, None], z, z_q)
+    used = int(n_q.max()) if n_q.numel() else 0
+    if codes:
+        all_codes = torch.cat(codes, dim=1)[:, :used]
+    else:
+        all_codes = torch.zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long, device=z.device)
+    return ResidualPass(z_q=z_q, codes=all_codes, losses=losses, active=active)
