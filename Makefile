@@ -9,10 +9,17 @@ MLFLOW_URI := sqlite:///mlflow.db
 
 # The venv is rebuilt whenever pyproject.toml changes. torch/torchaudio 2.11 come from PyPI
 # (the CUDA build; it runs on CPU too, and torchaudio's wheel imports only with it).
+#
+# The parity tests compare against the reference packages encodec and descript-audio-codec.
+# descript-audiotools pins protobuf<3.20, and with that protobuf `import mlflow` fails, while dac
+# itself runs with current protobuf: so dac and audiotools come with --no-deps, and the modules
+# they really import come from the `parity` extra.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
+	$(BIN)/python -m pip install --quiet --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
+	$(BIN)/python -c "import dac, encodec, mlflow"
 	touch $(STAMP)
 
 install: $(STAMP)
