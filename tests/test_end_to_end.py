@@ -51,6 +51,8 @@ def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir, lat
         "train/g/commit",
         "train/d/loss",
         "train/balancer/mel",
+        "train/lr/generator",
+        "train/lr/discriminator",
         "val/mel_distance",
         "val/si_sdr",
         "test/mel_distance",

@@ -229,6 +229,8 @@ class GANCodecModule(LightningModule):
         logs.update({f"train/g/{name}": value.detach() for name, value in {**losses, **quantizer_losses}.items()})
         logs["train/g/grad_norm"] = self._grad_norms[GENERATOR]
         logs["train/n_q"] = out.quantized.n_q.float().mean()
+        logs["train/lr/generator"] = torch.tensor(g_opt.param_groups[0]["lr"])
+        logs["train/lr/discriminator"] = torch.tensor(d_opt.param_groups[0]["lr"])
         logs["train/skipped_steps/generator"] = self.skipped_steps[GENERATOR].float()
         logs["train/skipped_steps/discriminator"] = self.skipped_steps[DISCRIMINATOR].float()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
