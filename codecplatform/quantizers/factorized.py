@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from codecplatform.quantizers.base import Quantizer
 from codecplatform.quantizers.dropout import QuantizerDropout
-from codecplatform.quantizers.residual import residual_stack
+from codecplatform.quantizers.residual import ResidualQuantizer, residual_stack
 from codecplatform.types import QuantizerOutput
 
 _LOSSES = ("commit", "codebook")
@@ -136,7 +135,7 @@ class FactorizedCodebook(nn.Module):
         )
 
 
-class FactorizedResidualVectorQuantizer(Quantizer):
+class FactorizedResidualVectorQuantizer(ResidualQuantizer):
     """DAC's residual vector quantizer: (B, D, T') -> QuantizerOutput, codes (B, K, T').
 
     Args:
@@ -194,10 +193,6 @@ class FactorizedResidualVectorQuantizer(Quantizer):
         self.dropout = dropout if dropout is not None else QuantizerDropout()
         self.layers = nn.ModuleList(FactorizedCodebook(dimension, codebook_size, m) for m in dims)
 
-    def _check_latent(self, z: Tensor) -> None:
-        if z.dim() != 3 or z.shape[1] != self.dimension:
-            raise ValueError(f"z must be (B, {self.dimension}, T'), got shape {tuple(z.shape)}")
-
     def forward(self, z: Tensor, n_q: int | Tensor | None = None) -> QuantizerOutput:
         self._check_latent(z)
         n_q = self._resolve_n_q(z, n_q)  # (B,)
@@ -214,29 +209,3 @@ class FactorizedResidualVectorQuantizer(Quantizer):
                     total = total + layer_losses[name] * (active.sum() / batch)
                 losses[name] = total
         return QuantizerOutput(z_q=run.z_q, codes=run.codes, losses=losses, n_q=n_q)
-
-    @torch.no_grad()
-    def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
-        """(B, D, T') -> codes (B, n_q, T') int64 (n_q in 1..self.n_q, default all)."""
-        self._check_latent(z)
-        n = self.n_q if n_q is None else n_q
-        if not 1 <= n <= self.n_q:
-            raise ValueError(f"n_q={n} is out of range: this quantizer has 1..{self.n_q} codebooks")
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            residual = z.float()
-            codes = []
-            for layer in self.layers[:n]:
-                c = layer.encode(residual)
-                residual = residual - layer.decode(c)
-                codes.append(c)
-        return torch.stack(codes, dim=1)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes (B, K, T') -> z_q (B, D, T'), 1 <= K <= n_q."""
-        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_q:
-            raise ValueError(f"codes must be (B, K, T') with 1 <= K <= {self.n_q}, got shape {tuple(codes.shape)}")
-        with torch.autocast(device_type=codes.device.type, enabled=False):
-            z_q = self.layers[0].decode(codes[:, 0])
-            for k in range(1, codes.shape[1]):
-                z_q = z_q + self.layers[k].decode(codes[:, k])
-        return z_q

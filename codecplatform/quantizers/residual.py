@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from codecplatform.quantizers.base import Quantizer
+
 
 @dataclass
 class ResidualPass:
@@ -65,3 +67,42 @@ def residual_stack(
     else:
         all_codes = torch.zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long, device=z.device)
     return ResidualPass(z_q=z_q, codes=all_codes, losses=losses, active=active)
+
+
+class ResidualQuantizer(Quantizer):
+    """A quantizer made of ``self.layers``, one codebook each (``layer.encode(z) -> (B, T')``,
+    ``layer.decode(codes) -> (B, D, T')``), applied to what the previous layers left. Provides the
+    inference path; subclasses provide ``forward`` (through ``residual_stack``).
+    """
+
+    layers: nn.ModuleList
+
+    def _check_latent(self, z: Tensor) -> None:
+        if z.dim() != 3 or z.shape[1] != self.dimension:
+            raise ValueError(f"z must be (B, {self.dimension}, T'), got shape {tuple(z.shape)}")
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
+        """(B, D, T') -> codes (B, n_q, T') int64 (n_q in 1..self.n_q, default all)."""
+        self._check_latent(z)
+        n = self.n_q if n_q is None else n_q
+        if not 1 <= n <= self.n_q:
+            raise ValueError(f"n_q={n} is out of range: this quantizer has 1..{self.n_q} codebooks")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            residual = z.float()
+            codes = []
+            for layer in self.layers[:n]:
+                c = layer.encode(residual)
+                residual = residual - layer.decode(c)
+                codes.append(c)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (B, K, T') -> z_q (B, D, T'), 1 <= K <= n_q."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_q:
+            raise ValueError(f"codes must be (B, K, T') with 1 <= K <= {self.n_q}, got shape {tuple(codes.shape)}")
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            z_q = self.layers[0].decode(codes[:, 0])
+            for k in range(1, codes.shape[1]):
+                z_q = z_q + self.layers[k].decode(codes[:, k])
+        return z_q

@@ -5,14 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codecplatform.quantizers.base import Quantizer
 from codecplatform.quantizers.dropout import QuantizerDropout
-from codecplatform.quantizers.residual import residual_stack
+from codecplatform.quantizers.residual import ResidualQuantizer, residual_stack
 from codecplatform.quantizers.vq import EMACodebook
 from codecplatform.types import QuantizerOutput
 
 
-class ResidualVectorQuantizer(Quantizer):
+class ResidualVectorQuantizer(ResidualQuantizer):
     """RVQ with EMA codebooks (EnCodec): (B, D, T') -> QuantizerOutput, codes (B, K, T').
 
     Args:
@@ -53,6 +52,7 @@ class ResidualVectorQuantizer(Quantizer):
         )
 
     def forward(self, z: Tensor, n_q: int | Tensor | None = None) -> QuantizerOutput:
+        self._check_latent(z)
         n_q = self._resolve_n_q(z, n_q)  # (B,)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
@@ -61,26 +61,3 @@ class ResidualVectorQuantizer(Quantizer):
             commits = [losses["commit"] for losses in run.losses]
             commit = torch.stack(commits).mean() if commits else z.sum() * 0.0
         return QuantizerOutput(z_q=z_q, codes=run.codes, losses={"commit": commit}, n_q=n_q)
-
-    @torch.no_grad()
-    def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
-        """(B, D, T') -> codes (B, n_q, T') int64."""
-        n = self.n_q if n_q is None else n_q
-        if not 1 <= n <= self.n_q:
-            raise ValueError(f"n_q={n} is out of range: this quantizer has 1..{self.n_q} codebooks")
-        residual = z.float()
-        codes = []
-        for layer in self.layers[:n]:
-            c = layer.encode(residual)
-            residual = residual - layer.decode(c)
-            codes.append(c)
-        return torch.stack(codes, dim=1)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes (B, K, T') -> z_q (B, D, T'), K <= n_q."""
-        if codes.dim() != 3 or codes.shape[1] > self.n_q:
-            raise ValueError(f"codes must be (B, K<= {self.n_q}, T'), got shape {tuple(codes.shape)}")
-        z_q = 0.0
-        for k in range(codes.shape[1]):
-            z_q = z_q + self.layers[k].decode(codes[:, k])
-        return z_q
