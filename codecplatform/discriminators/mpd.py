@@ -12,20 +12,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codecplatform.discriminators.base import Discriminator
+from codecplatform.discriminators.base import ChannelFoldedDiscriminator
 from codecplatform.discriminators.msstft import Conv2dNorm, _conv2d
-from codecplatform.types import DiscriminatorOutput, check_audio
-
-
-def remove_dc_and_normalize_peak(x: Tensor, peak: float = 0.8, eps: float = 1e-9) -> Tensor:
-    """DAC's discriminator input preprocessing, per row of the last axis: (..., T) -> (..., T).
-
-    Subtracts the mean over time (DC offset), then scales so that max |x| = ``peak``:
-    ``peak * (x - mean) / (max|x - mean| + eps)``. The official ``Discriminator.preprocess``
-    applies this (peak 0.8, eps 1e-9) to real and generated audio before every sub-discriminator.
-    """
-    x = x - x.mean(dim=-1, keepdim=True)
-    return peak * x / (x.abs().amax(dim=-1, keepdim=True) + eps)
 
 
 class PeriodDiscriminator(nn.Module):
@@ -91,7 +79,7 @@ class PeriodDiscriminator(nn.Module):
         return self.conv_post(z), features
 
 
-class MultiPeriodDiscriminator(Discriminator):
+class MultiPeriodDiscriminator(ChannelFoldedDiscriminator):
     """DAC's MPD: (B, C, T) -> one logits tensor per period.
 
     Channels are processed separately with shared weights: (B, C, T) is folded to (B*C, 1, T), so
@@ -125,6 +113,7 @@ class MultiPeriodDiscriminator(Discriminator):
         if len(set(periods)) != len(periods):
             raise ValueError(f"periods must be distinct (they name the sub-discriminators), got {periods}")
         self.periods = periods
+        self.scales = periods
         self.normalize_input = normalize_input
         self.name = name
         self.discriminators = nn.ModuleList(
@@ -139,19 +128,5 @@ class MultiPeriodDiscriminator(Discriminator):
             for p in periods
         )
 
-    def forward(self, x: Tensor) -> DiscriminatorOutput:
-        """(B, C, T) -> DiscriminatorOutput with len(periods) entries of batch B*C."""
-        check_audio(x)
-        if x.shape[-1] < max(self.periods):
-            raise ValueError(f"x has {x.shape[-1]} samples; the largest period needs {max(self.periods)}")
-        batch, channels, length = x.shape
-        mono = x.reshape(batch * channels, 1, length)  # (B, C, T) -> (B*C, 1, T)
-        if self.normalize_input:
-            mono = remove_dc_and_normalize_peak(mono)
-        logits, features = [], []
-        for disc in self.discriminators:
-            logit, fmap = disc(mono)
-            logits.append(logit)
-            features.append(fmap)
-        return DiscriminatorOutput(logits=logits, features=features, names=[f"{self.name}_{p}" for p in self.periods])
-
+    def min_length(self) -> tuple[int, str]:
+        return max(self.periods), "the largest period"

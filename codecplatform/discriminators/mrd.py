@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codecplatform.discriminators.base import Discriminator
-from codecplatform.discriminators.mpd import remove_dc_and_normalize_peak
+from codecplatform.discriminators.base import ChannelFoldedDiscriminator
 from codecplatform.discriminators.msstft import Conv2dNorm, _conv2d
 from codecplatform.dsp.spectral import stft
-from codecplatform.types import DiscriminatorOutput, check_audio
 
 BANDS: tuple[tuple[float, float], ...] = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
@@ -143,7 +141,7 @@ class BandSTFTDiscriminator(nn.Module):
         return self.conv_post(z), features
 
 
-class MultiBandSTFTDiscriminator(Discriminator):
+class MultiBandSTFTDiscriminator(ChannelFoldedDiscriminator):
     """DAC's multi-band multi-scale complex STFT discriminator: (B, C, T) -> one logits tensor per window.
 
     Channels are processed separately with shared weights: (B, C, T) is folded to (B*C, 1, T), so
@@ -179,6 +177,7 @@ class MultiBandSTFTDiscriminator(Discriminator):
                 f"window_lengths must be distinct (they name the sub-discriminators), got {window_lengths}"
             )
         self.window_lengths = window_lengths
+        self.scales = window_lengths
         self.normalize_input = normalize_input
         self.name = name
         self.discriminators = nn.ModuleList(
@@ -194,23 +193,5 @@ class MultiBandSTFTDiscriminator(Discriminator):
             for w in window_lengths
         )
 
-    def forward(self, x: Tensor) -> DiscriminatorOutput:
-        """(B, C, T) -> DiscriminatorOutput with len(window_lengths) entries of batch B*C."""
-        check_audio(x)
-        if x.shape[-1] < max(self.window_lengths):
-            raise ValueError(
-                f"x has {x.shape[-1]} samples; the largest STFT window (window_lengths) needs "
-                f"{max(self.window_lengths)}"
-            )
-        batch, channels, length = x.shape
-        mono = x.reshape(batch * channels, 1, length)  # (B, C, T) -> (B*C, 1, T)
-        if self.normalize_input:
-            mono = remove_dc_and_normalize_peak(mono)
-        logits, features = [], []
-        for disc in self.discriminators:
-            logit, fmap = disc(mono)
-            logits.append(logit)
-            features.append(fmap)
-        return DiscriminatorOutput(
-            logits=logits, features=features, names=[f"{self.name}_{w}" for w in self.window_lengths]
-        )
+    def min_length(self) -> tuple[int, str]:
+        return max(self.window_lengths), "the largest STFT window (window_lengths)"

@@ -14,9 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from codecplatform.discriminators.base import Discriminator
+from codecplatform.discriminators.base import ChannelFoldedDiscriminator
 from codecplatform.dsp.spectral import stft
-from codecplatform.types import DiscriminatorOutput, check_audio
 
 Conv2dNorm = Literal["none", "weight_norm", "spectral_norm"]
 
@@ -128,7 +127,7 @@ class STFTDiscriminator(nn.Module):
         return self.conv_post(z), features
 
 
-class MultiScaleSTFTDiscriminator(Discriminator):
+class MultiScaleSTFTDiscriminator(ChannelFoldedDiscriminator):
     """EnCodec MS-STFT discriminator: (B, C, T) -> one logits tensor per STFT scale.
 
     Scale i runs ``STFTDiscriminator`` with n_fft = win = ``n_ffts[i]`` and hop =
@@ -172,6 +171,7 @@ class MultiScaleSTFTDiscriminator(Discriminator):
                 f"sample for each of {n_ffts}"
             )
         self.n_ffts = n_ffts
+        self.scales = n_ffts
         self.name = name
         self.discriminators = nn.ModuleList(
             STFTDiscriminator(
@@ -190,16 +190,5 @@ class MultiScaleSTFTDiscriminator(Discriminator):
             for n in n_ffts
         )
 
-    def forward(self, x: Tensor) -> DiscriminatorOutput:
-        """(B, C, T) -> DiscriminatorOutput with len(n_ffts) entries of batch B*C."""
-        check_audio(x)
-        if x.shape[-1] < max(self.n_ffts):
-            raise ValueError(f"x has {x.shape[-1]} samples; the largest STFT (n_ffts) needs {max(self.n_ffts)}")
-        batch, channels, length = x.shape
-        mono = x.reshape(batch * channels, 1, length)  # (B, C, T) -> (B*C, 1, T)
-        logits, features = [], []
-        for disc in self.discriminators:
-            logit, fmap = disc(mono)
-            logits.append(logit)
-            features.append(fmap)
-        return DiscriminatorOutput(logits=logits, features=features, names=[f"{self.name}_{n}" for n in self.n_ffts])
+    def min_length(self) -> tuple[int, str]:
+        return max(self.n_ffts), "the largest STFT (n_ffts)"

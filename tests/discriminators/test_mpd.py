@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from codecplatform.discriminators.mpd import (
     MultiPeriodDiscriminator,
     PeriodDiscriminator,
-    remove_dc_and_normalize_peak,
 )
+from codecplatform.dsp.level import remove_dc_and_normalize_peak
 
 T = 22050  # 0.5 s at 44.1 kHz
 
