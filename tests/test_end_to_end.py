@@ -16,6 +16,17 @@ from codecplatform.models.codec import Codec
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
+def tiny_encodec(manifests: dict[str, Path]) -> list[str]:
+    """CLI arguments: the 24 kHz EnCodec with its tiny override on the given manifests."""
+    return [
+        "--config",
+        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        "--config",
+        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
+        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+    ]
+
+
 def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
     out = []
     for item in client.list_artifacts(run_id, path):
@@ -25,13 +36,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[st
 
 def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir, latest_checkpoint):
     manifests = make_manifests(24000, 1)
-    common = [
-        "--config",
-        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config",
-        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
-        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
-    ]
+    common = tiny_encodec(manifests)
     fit = cli_main(["fit", *common, "--model.init_args.max_batches=3", "--trainer.log_every_n_steps=1"])
     run_id = fit.trainer.logger.run_id
     checkpoint = latest_checkpoint(fit.trainer)
@@ -88,13 +93,7 @@ def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, latest_check
     import soundfile as sf
 
     manifests = make_manifests(24000, 1)
-    common = [
-        "--config",
-        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config",
-        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
-        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
-    ]
+    common = tiny_encodec(manifests)
     fit = cli_main(["fit", *common, "--model.init_args.max_batches=1"])
     out_dir = in_tmp_dir / "predictions"
     writer = json.dumps({"class_path": "callbacks.ReconstructionWriter", "init_args": {"out_dir": str(out_dir)}})
@@ -109,11 +108,7 @@ def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, latest_check
 def test_resume_continues_the_batch_counter_and_balancer(make_manifests, in_tmp_dir, latest_checkpoint):
     manifests = make_manifests(24000, 1)
     common = [
-        "--config",
-        str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
-        "--config",
-        str(EXPERIMENTS / "tiny" / "encodec.yaml"),
-        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+        *tiny_encodec(manifests),
         "--trainer.logger=false",
         "--trainer.callbacks=[]",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
