@@ -126,6 +126,10 @@ def cli_main(args: list[str] | None = None) -> CodecCLI | int:
         from datamodules.manifests import prepare_main
 
         return prepare_main(args[1:])
+    if args and args[0] == "import-checkpoint":
+        from codecplatform.checkpoints.cli import main as import_checkpoint_main
+
+        return import_checkpoint_main(args[1:])
     args = expand_args(args)
     if from_command_line:  # LightningCLI reads sys.argv itself (and warns if given both)
         sys.argv = [sys.argv[0], *args]

@@ -59,6 +59,10 @@ class GANCodecModule(LightningModule):
         generator_grad_clip, discriminator_grad_clip: max gradient norms (None: no clipping).
         max_batches: stop training after this many batches (None: the trainer decides).
         seed: seeds the per-batch draws (quantizer dropout), identical on all ranks.
+        init_codec_from: a file with codec weights to start fitting from: an imported official
+            checkpoint (``codecplatform import-checkpoint``) or a training checkpoint. Loaded
+            strictly in ``setup("fit")``; a different architecture is an error naming the keys.
+            Resuming with ``--ckpt_path`` restores that checkpoint's weights afterwards.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class GANCodecModule(LightningModule):
         discriminator_grad_clip: float | None = None,
         max_batches: int | None = None,
         seed: int = 0,
+        init_codec_from: str | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -132,6 +137,7 @@ class GANCodecModule(LightningModule):
         self.grad_clip = (generator_grad_clip, discriminator_grad_clip)
         self.max_batches = max_batches
         self.seed = seed
+        self.init_codec_from = init_codec_from
 
         self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("skipped_steps", torch.zeros(2, dtype=torch.long))  # generator, discriminator
@@ -162,6 +168,17 @@ class GANCodecModule(LightningModule):
             expected, given = getattr(self.codec, field), getattr(data, field, None)
             if given is not None and given != expected:
                 raise ValueError(f"data.{field}={given} but the codec expects {field}={expected}: make them equal")
+        if stage == "fit" and self.init_codec_from is not None:
+            self._load_codec_weights(self.init_codec_from)
+
+    def _load_codec_weights(self, path: str) -> None:
+        """Strictly load the codec weights of ``path`` (see ``init_codec_from``)."""
+        from codecplatform.checkpoints.dac import check_codec_state
+        from codecplatform.models.codec import load_codec_state
+
+        _, state = load_codec_state(path)
+        check_codec_state(self.codec, state, f"codec of init_codec_from={path}")
+        self.codec.load_state_dict(state, strict=True)
 
     def configure_optimizers(self) -> Any:
         default = lambda params: torch.optim.Adam(params, lr=3e-4, betas=(0.5, 0.9))  # noqa: E731

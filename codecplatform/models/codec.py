@@ -149,18 +149,11 @@ class Codec(nn.Module):
         """Load the codec of a training checkpoint (from ``codecplatform fit``) without Lightning.
 
         The checkpoint carries the codec's config (``codec_config``) and the training module's
-        state dict, whose ``codec.`` entries are the codec's weights and codebooks.
+        state dict, whose ``codec.`` entries are the codec's weights and codebooks (see
+        :func:`load_codec_state`; imported official weights have the same layout).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        config = checkpoint.get("codec_config")
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit`?")
+        config, state = load_codec_state(path, map_location)
         codec = cls.from_config(config)
-        prefix = "codec."
-        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         codec.load_state_dict(state)
         return codec.eval()
 
@@ -173,3 +166,26 @@ class Codec(nn.Module):
             "decoder": count(self.decoder),
             "total": count(self),
         }
+
+
+def load_codec_state(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(codec config, codec state dict) of a training checkpoint or an imported one.
+
+    Both hold ``codec_config`` (``{class_path, init_args}``) and a ``state_dict`` whose
+    ``codec.`` entries are the codec's weights; the prefix is removed here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    config = checkpoint.get("codec_config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit` "
+            "or `codecplatform import-checkpoint`?"
+        )
+    prefix = "codec."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return config, state

@@ -74,7 +74,9 @@ def test_real_config_builds_and_reports_parameter_counts(name, in_tmp_dir, capsy
     counts = cli.model.codec.num_parameters()
     discriminator = sum(p.numel() for p in cli.model.discriminator.parameters())
     codebooks = sum(b.numel() for n, b in cli.model.codec.quantizer.named_buffers() if n.endswith(".embed"))
-    codebooks += sum(p.numel() for n, p in cli.model.codec.quantizer.named_parameters() if n.endswith("codebook.weight"))
+    codebooks += sum(
+        p.numel() for n, p in cli.model.codec.quantizer.named_parameters() if n.endswith("codebook.weight")
+    )
     with capsys.disabled():
         print(
             f"\n{name}: encoder {counts['encoder']:,} decoder {counts['decoder']:,} "
