@@ -48,7 +48,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from codecplatform.models.codec import Codec
+from codecplatform.models.codec import Codec, check_codec_state, key_list
 
 DACVariant = Literal["44khz", "24khz", "16khz"]
 VARIANTS: tuple[str, ...] = ("44khz", "24khz", "16khz")
@@ -219,9 +219,9 @@ def convert_dac_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
         else:
             out[new] = value
     if unknown:
-        raise ValueError(f"unknown keys in the official DAC state dict ({len(unknown)}): {_names(unknown)}")
+        raise ValueError(f"unknown keys in the official DAC state dict ({len(unknown)}): {key_list(unknown)}")
     if duplicates:
-        raise ValueError(f"parameters given twice (old- and new-style weight norm?): {_names(duplicates)}")
+        raise ValueError(f"parameters given twice (old- and new-style weight norm?): {key_list(duplicates)}")
     return out
 
 
@@ -243,33 +243,6 @@ def _convert_key(key: str) -> str | None:
     if m := _QUANTIZER_CODEBOOK.match(key):
         return f"quantizer.layers.{m.group(1)}.codebook.weight"
     return None
-
-
-def _names(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def check_codec_state(codec: torch.nn.Module, state: dict[str, Tensor], what: str = "state dict") -> None:
-    """Raise ValueError naming missing and unexpected keys and shape mismatches of ``state``
-    against ``codec``'s own state dict (what a strict ``load_state_dict`` would refuse)."""
-    own = codec.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {_names(shapes)}")
-    if problems:
-        raise ValueError(f"the {what} does not fit this codec (different architecture): " + "; ".join(problems))
 
 
 # -- files ---------------------------------------------------------------------------------------

@@ -173,8 +173,7 @@ class GANCodecModule(LightningModule):
 
     def _load_codec_weights(self, path: str) -> None:
         """Strictly load the codec weights of ``path`` (see ``init_codec_from``)."""
-        from codecplatform.checkpoints.dac import check_codec_state
-        from codecplatform.models.codec import load_codec_state
+        from codecplatform.models.codec import check_codec_state, load_codec_state
 
         _, state = load_codec_state(path)
         check_codec_state(self.codec, state, f"codec of init_codec_from={path}")

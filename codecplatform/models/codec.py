@@ -189,3 +189,31 @@ def load_codec_state(
     prefix = "codec."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     return config, state
+
+
+def key_list(keys: list[str], limit: int = 12) -> str:
+    """The first ``limit`` of ``keys``, comma-separated, and how many more (for error messages)."""
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_codec_state(codec: torch.nn.Module, state: dict[str, Tensor], what: str = "state dict") -> None:
+    """Raise ValueError naming missing and unexpected keys and shape mismatches of ``state``
+    against ``codec``'s own state dict (what a strict ``load_state_dict`` would refuse)."""
+    own = codec.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {key_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {key_list(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): {key_list(shapes)}")
+    if problems:
+        raise ValueError(f"the {what} does not fit this codec (different architecture): " + "; ".join(problems))
