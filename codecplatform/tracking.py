@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
@@ -12,17 +13,32 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 class MLflowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger that can log a later stage (``test``, ``validate``) into the run of
-    a fit (``run_id=...``): MLflow refuses to change a logged parameter, so parameters the run
-    already has keep their fit-time values; the later stage's whole config is still stored as the
-    artifact ``config/<stage>.yaml``.
+    """Lightning's MLFlowLogger with two fixes.
+
+    - A relative sqlite store (``sqlite:///mlflow.db``) is resolved against the working directory
+      when the logger is made: MLflow caches stores by URI, so within one process a relative URI
+      would keep pointing at the first directory it was used in.
+    - It can log a later stage (``test``, ``validate``) into the run of a fit (``run_id=...``):
+      MLflow refuses to change a logged parameter, so parameters the run already has keep their
+      fit-time values; the later stage's whole config is still stored as ``config/<stage>.yaml``.
     """
+
+    def __init__(self, *args: Any, tracking_uri: str | None = None, **kwargs: Any):
+        super().__init__(*args, tracking_uri=absolute_sqlite_uri(tracking_uri), **kwargs)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         flat = _flatten_dict(_convert_params(params))
         existing = self.experiment.get_run(self.run_id).data.params
         super().log_hyperparams({k: v for k, v in flat.items() if k not in existing})
+
+
+def absolute_sqlite_uri(uri: str | None) -> str | None:
+    """``sqlite:///relative/path.db`` -> ``sqlite:////absolute/path.db``; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri is None or not uri.startswith(prefix) or uri[len(prefix) :].startswith("/"):
+        return uri
+    return prefix + os.path.abspath(uri[len(prefix) :])
 
 
 class MLflowSaveConfigCallback(SaveConfigCallback):

@@ -45,7 +45,7 @@ def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir, lat
     test = cli_main(["test", *common, "--ckpt_path", checkpoint, f"--trainer.logger.init_args.run_id={run_id}"])
     assert test.trainer.logger.run_id == run_id
 
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{in_tmp_dir / 'mlflow.db'}")
     run = client.get_run(run_id)
     metrics = run.data.metrics
     for key in (
