@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import dac  # installed by `make test` (parity extra); a missing install must fail, not skip
 import numpy as np
 import pytest
 import torch
@@ -20,11 +21,23 @@ from codecplatform.checkpoints.dac import (
 from codecplatform.models.codec import Codec, load_codec_state
 from codecplatform.types import EncodedAudio
 
-dac = pytest.importorskip("dac")
-
 SAMPLE_RATE = 44100
 LENGTH = 2 * SAMPLE_RATE + 123  # not a multiple of the hop (512): exercises the padding
 DECODE_FRAMES = 16  # frames decoded per codebook count below the full one (the decoder is slow on CPU)
+
+
+#: An official DAC with the sizes of experiments/tiny/dac.yaml.
+TINY_DAC_KWARGS = dict(
+    encoder_dim=4,
+    encoder_rates=[2, 4],
+    latent_dim=16,
+    decoder_dim=16,
+    decoder_rates=[4, 2],
+    n_codebooks=3,
+    codebook_size=16,
+    codebook_dim=4,
+    sample_rate=44100,
+)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:
@@ -163,19 +176,8 @@ def test_decoded_audio_matches_for_every_codebook_count(models, encoded):
 
 # -- conversion errors ---------------------------------------------------------------------------
 def tiny_official(**overrides) -> torch.nn.Module:
-    kwargs = dict(
-        encoder_dim=4,
-        encoder_rates=[2, 4],
-        latent_dim=16,
-        decoder_dim=16,
-        decoder_rates=[4, 2],
-        n_codebooks=3,
-        codebook_size=16,
-        codebook_dim=4,
-        sample_rate=44100,
-    )
     torch.manual_seed(0)
-    return dac.DAC(**{**kwargs, **overrides})
+    return dac.DAC(**{**TINY_DAC_KWARGS, **overrides})
 
 
 def test_conversion_accepts_old_and_new_weight_norm_names():
@@ -225,18 +227,7 @@ def test_missing_keys_are_named(tmp_path):
 
 
 def tiny_official_kwargs() -> dict:
-    return dict(
-        encoder_dim=4,
-        encoder_rates=[2, 4],
-        latent_dim=16,
-        decoder_dim=16,
-        decoder_rates=[4, 2],
-        n_codebooks=3,
-        codebook_size=16,
-        codebook_dim=4,
-        quantizer_dropout=False,
-        sample_rate=44100,
-    )
+    return {**TINY_DAC_KWARGS, "quantizer_dropout": False}
 
 
 def test_variant_mismatch_with_metadata_is_an_error(tmp_path):

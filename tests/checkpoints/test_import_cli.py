@@ -4,35 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dac  # installed by `make test` (parity extra); a missing install must fail, not skip
 import pytest
 import torch
+from test_dac_parity import TINY_DAC_KWARGS  # same folder: pytest puts it on sys.path
 
 from codecplatform.checkpoints import cli as import_cli
 from codecplatform.cli import cli_main
 from codecplatform.lightning.gan_codec import GANCodecModule
 from codecplatform.models.codec import Codec, load_codec_state
 
-dac = pytest.importorskip("dac")
-
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-#: An official DAC with the sizes of experiments/tiny/dac.yaml.
-TINY_KWARGS = dict(
-    encoder_dim=4,
-    encoder_rates=[2, 4],
-    latent_dim=16,
-    decoder_dim=16,
-    decoder_rates=[4, 2],
-    n_codebooks=3,
-    codebook_size=16,
-    codebook_dim=4,
-    sample_rate=44100,
-)
 
 
 def official_file(folder: Path, seed: int = 0, **overrides) -> Path:
     """A randomly initialised official DAC saved as ``DAC.save`` does (state_dict + metadata kwargs)."""
     torch.manual_seed(seed)
-    model = dac.DAC(**{**TINY_KWARGS, **overrides})
+    model = dac.DAC(**{**TINY_DAC_KWARGS, **overrides})
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
