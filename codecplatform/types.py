@@ -82,8 +82,10 @@ def check_audio(x: Tensor, channels: int | None = None, name: str = "x") -> None
 class EncodedAudio:
     """What ``Codec.encode`` returns and ``Codec.decode`` takes.
 
-    codes:  (B, K, T') int64 code indices.
-    scale:  (B, 1, 1) per-example input scale when the codec normalizes its input, else None.
+    codes:  (B, K, T') int64 code indices; with segmented inference (``Codec.segment_seconds``)
+            the segments' frames are joined along time.
+    scale:  (B, S, 1) input scale per example and segment (S = 1 without segments) when the
+            codec normalizes its input, else None.
     length: number of audio samples of the original signal (decode trims to it).
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ class Codec(nn.Module):
             None: every count 1..n_q is allowed.
         normalize: divide each input by its RMS before encoding and multiply the output back
             (EnCodec's non-streamable 48 kHz model); the scale travels in ``EncodedAudio``.
+        segment_seconds: inference only (``encode``/``decode``, not ``forward``): cut the audio
+            into segments of this duration, encode each on its own (normalized by its own scale
+            when ``normalize``) and overlap-add the decoded segments with linear cross-fades
+            (EnCodec's 48 kHz model: 1 s). None (default): the whole signal is one segment.
+        segment_overlap: fraction of a segment shared with the next one (EnCodec: 0.01); the
+            segment stride is ``max(1, int((1 - segment_overlap) * segment_length))``.
     """
 
     def __init__(
@@ -37,6 +44,8 @@ class Codec(nn.Module):
         sample_rate: int,
         bandwidths: list[float] | None = None,
         normalize: bool = False,
+        segment_seconds: float | None = None,
+        segment_overlap: float = 0.01,
     ):
         super().__init__()
         if encoder.dimension != quantizer.dimension or decoder.dimension != quantizer.dimension:
@@ -50,6 +59,10 @@ class Codec(nn.Module):
             raise ValueError(f"encoder channels {encoder.channels} != decoder channels {decoder.channels}")
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        if segment_seconds is not None and int(segment_seconds * sample_rate) < 1:
+            raise ValueError(f"segment_seconds must give at least one sample, got {segment_seconds}")
+        if not 0.0 <= segment_overlap < 1.0:
+            raise ValueError(f"segment_overlap must be in [0, 1), got {segment_overlap}")
         self.encoder = encoder
         self.quantizer = quantizer
         self.decoder = decoder
@@ -57,6 +70,10 @@ class Codec(nn.Module):
         self.channels = encoder.channels
         self.hop_length = encoder.hop_length
         self.normalize = normalize
+        self.segment_length = None if segment_seconds is None else int(segment_seconds * sample_rate)
+        self.segment_stride = (
+            None if self.segment_length is None else max(1, int((1.0 - segment_overlap) * self.segment_length))
+        )
         self.bandwidths = sorted(bandwidths) if bandwidths else None
         self.n_q_choices = sorted({self.n_q_for_bandwidth(bw) for bw in self.bandwidths}) if self.bandwidths else None
 
@@ -108,30 +125,76 @@ class Codec(nn.Module):
         return x / scale, scale
 
     # -- inference ---------------------------------------------------------------------------
+    def segments(self, length: int) -> list[tuple[int, int]]:
+        """(offset, samples) of each inference segment of a ``length``-sample signal.
+
+        One segment ``(0, length)`` without ``segment_seconds``; else segments of
+        ``segment_length`` samples every ``segment_stride`` samples, the last one shorter.
+        """
+        if self.segment_length is None or self.segment_stride is None:
+            return [(0, length)]
+        offsets = range(0, max(length, 1), self.segment_stride)
+        return [(offset, min(self.segment_length, length - offset)) for offset in offsets]
+
     @torch.no_grad()
     def encode(self, x: Tensor, bandwidth: float | None = None, n_q: int | None = None) -> EncodedAudio:
-        """(B, C, T) audio -> EncodedAudio with codes (B, K, T'), K from ``bandwidth`` (kbps) or
-        ``n_q`` (default: all codebooks)."""
+        """(B, C, T) audio -> EncodedAudio, K codebooks from ``bandwidth`` (kbps) or ``n_q``
+        (default: all codebooks).
+
+        With S = ``len(self.segments(T))`` segments (S = 1 unless ``segment_seconds``), the
+        segments' codes are concatenated along time: codes (B, K, sum_s ceil(T_s / hop)), and
+        ``scale`` is (B, S, 1), the per-segment input scale (None unless ``normalize``).
+        """
         if bandwidth is not None and n_q is not None:
             raise ValueError("give bandwidth or n_q, not both")
         check_audio(x, self.channels)
         if bandwidth is not None:
             n_q = self.n_q_for_bandwidth(bandwidth)
-        length = x.shape[-1]
-        x, scale = self._normalize(x)
-        codes = self.quantizer.encode(self.encoder(x), n_q)
-        return EncodedAudio(codes=codes, scale=scale, length=length)
+        codes: list[Tensor] = []
+        scales: list[Tensor] = []
+        for offset, size in self.segments(x.shape[-1]):
+            segment, scale = self._normalize(x[..., offset : offset + size])
+            codes.append(self.quantizer.encode(self.encoder(segment), n_q))  # (B, K, ceil(size / hop))
+            if scale is not None:
+                scales.append(scale)  # (B, 1, 1)
+        return EncodedAudio(
+            codes=torch.cat(codes, dim=-1),
+            scale=torch.cat(scales, dim=1) if scales else None,
+            length=x.shape[-1],
+        )
 
     @torch.no_grad()
     def decode(self, encoded: EncodedAudio | Tensor) -> Tensor:
-        """EncodedAudio (or bare codes (B, K, T')) -> audio (B, C, T)."""
+        """EncodedAudio (or bare codes (B, K, T') of an unsegmented codec) -> audio (B, C, T).
+
+        Segmented codes are decoded segment by segment, each multiplied by its scale, and
+        overlap-added with EnCodec's triangular weights (:func:`linear_overlap_add`).
+        """
         if isinstance(encoded, Tensor):
+            if self.segment_length is not None:
+                raise ValueError(
+                    "a segmented codec (segment_seconds set) decodes EncodedAudio, not bare codes: "
+                    "the segment layout follows from its length"
+                )
             encoded = EncodedAudio(codes=encoded, scale=None, length=encoded.shape[-1] * self.hop_length)
-        z_q = self.quantizer.decode(encoded.codes)
-        x_hat = self.decoder(z_q)[..., : encoded.length]
-        if encoded.scale is not None:
-            x_hat = x_hat * encoded.scale
-        return x_hat
+        segments = self.segments(encoded.length)
+        frames = [math.ceil(size / self.hop_length) for _, size in segments]
+        if sum(frames) != encoded.codes.shape[-1]:
+            raise ValueError(
+                f"codes have {encoded.codes.shape[-1]} frames, {len(segments)} segment(s) of "
+                f"{encoded.length} samples need {sum(frames)}"
+            )
+        if encoded.scale is not None and encoded.scale.shape[1] != len(segments):
+            raise ValueError(f"scale has {encoded.scale.shape[1]} entries for {len(segments)} segment(s)")
+        outputs: list[Tensor] = []
+        for s, codes in enumerate(encoded.codes.split(frames, dim=-1)):
+            x_hat = self.decoder(self.quantizer.decode(codes))  # (B, C, frames_s * hop)
+            if encoded.scale is not None:
+                x_hat = x_hat * encoded.scale[:, s : s + 1]
+            outputs.append(x_hat)
+        if self.segment_stride is None:
+            return outputs[0][..., : encoded.length]
+        return linear_overlap_add(outputs, self.segment_stride)[..., : encoded.length]
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -189,6 +252,32 @@ def load_codec_state(
     prefix = "codec."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     return config, state
+
+
+def linear_overlap_add(frames: list[Tensor], stride: int) -> Tensor:
+    """Overlap-add segments (B, C, T_s) placed every ``stride`` samples -> (B, C, total).
+
+    Each segment is weighted by a triangle peaking at its middle (the first segment's length
+    sets the triangle; shorter segments use its start) and every output sample is divided by
+    the sum of the weights covering it: a sample covered once is unchanged, two overlapping
+    segments cross-fade linearly. ``total = stride * (S - 1) + T_last``. (EnCodec's
+    ``_linear_overlap_add``.)
+    """
+    n = frames[0].shape[-1]
+    t = torch.arange(1, n + 1, device=frames[0].device, dtype=frames[0].dtype) / (n + 1)
+    weight = 0.5 - (t - 0.5).abs()  # (n,) > 0
+    total = stride * (len(frames) - 1) + frames[-1].shape[-1]
+    out = frames[0].new_zeros(*frames[0].shape[:-1], total)
+    weight_sum = frames[0].new_zeros(total)
+    for s, frame in enumerate(frames):
+        size = frame.shape[-1]
+        if size > n:
+            raise ValueError(f"segment {s} has {size} samples, more than the first one ({n})")
+        out[..., s * stride : s * stride + size] += weight[:size] * frame
+        weight_sum[s * stride : s * stride + size] += weight[:size]
+    if bool((weight_sum <= 0).any()):
+        raise ValueError(f"stride {stride} leaves gaps between segments of {n} samples")
+    return out / weight_sum
 
 
 def key_list(keys: list[str], limit: int = 12) -> str:
