@@ -48,7 +48,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from codecplatform.models.codec import Codec, check_codec_state, key_list
+from codecplatform.checkpoints.keymap import rename_state_dict
+from codecplatform.models.codec import Codec, check_codec_state
 
 DACVariant = Literal["44khz", "24khz", "16khz"]
 VARIANTS: tuple[str, ...] = ("44khz", "24khz", "16khz")
@@ -207,22 +208,7 @@ def convert_dac_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises ValueError naming every key that is not a DAC encoder/decoder/quantizer parameter,
     and every parameter given twice (old- and new-style weight norm together).
     """
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    duplicates: list[str] = []
-    for key, value in official.items():
-        new = _convert_key(key)
-        if new is None:
-            unknown.append(key)
-        elif new in out:
-            duplicates.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise ValueError(f"unknown keys in the official DAC state dict ({len(unknown)}): {key_list(unknown)}")
-    if duplicates:
-        raise ValueError(f"parameters given twice (old- and new-style weight norm?): {key_list(duplicates)}")
-    return out
+    return rename_state_dict(official, _convert_key, "DAC")
 
 
 def _convert_key(key: str) -> str | None:

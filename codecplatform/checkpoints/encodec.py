@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from codecplatform.checkpoints.keymap import rename_state_dict
 from codecplatform.models.codec import Codec, check_codec_state, key_list
 from codecplatform.nn.conv import StreamableConvTranspose1d
 
@@ -209,23 +210,12 @@ def convert_encodec_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]
     entry given twice (old- and new-style weight norm together) and every ``inited`` that is not
     one 0/1 value. Missing entries are found against the architecture by :func:`import_encodec`.
     """
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    duplicates: list[str] = []
-    for key, value in official.items():
-        new = _convert_key(key)
-        if new is None:
-            unknown.append(key)
-            continue
-        if new in out:
-            duplicates.append(key)
-            continue
-        out[new] = _inited_to_bool(key, value) if key.endswith(".inited") else value
-    if unknown:
-        raise ValueError(f"unknown keys in the official EnCodec state dict ({len(unknown)}): {key_list(unknown)}")
-    if duplicates:
-        raise ValueError(f"entries given twice (old- and new-style weight norm?): {key_list(duplicates)}")
-    return out
+    return rename_state_dict(
+        official,
+        _convert_key,
+        "EnCodec",
+        lambda key, value: _inited_to_bool(key, value) if key.endswith(".inited") else value,
+    )
 
 
 def _convert_key(key: str) -> str | None:
