@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
 	$(BIN)/python -m pip install --quiet --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
-	$(BIN)/python -c "import dac, encodec, mlflow"
+	$(BIN)/python -c "import dac, encodec, mlflow, pesq, pystoi, visqol"
 	touch $(STAMP)
 
 install: $(STAMP)

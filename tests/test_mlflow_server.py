@@ -1,0 +1,136 @@
+"""Comparing runs on a real tracking server: a local ``mlflow server`` on 127.0.0.1, two tiny codecs
+of different families trained and tested against it, then read back through ``MlflowClient`` the
+way the UI's comparison view reads them."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from codecplatform.cli import cli_main
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """URI of an ``mlflow server`` with a sqlite store and proxied artifacts in ``tmp_path``."""
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server_artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def fit_and_test(family: str, variant: str, manifests: dict[str, Path], uri: str) -> str:
+    """Fit a tiny ``family`` codec for 2 batches against the server, test its last checkpoint into
+    the same run; returns the run id."""
+    common = [
+        "--config",
+        str(EXPERIMENTS / family / variant),
+        "--config",
+        str(EXPERIMENTS / "tiny" / f"{family}.yaml"),
+        f"--trainer.logger.init_args.tracking_uri={uri}",
+        *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+    ]
+    fit = cli_main(["fit", *common, "--model.init_args.max_batches=2", "--trainer.val_check_interval=2"])
+    run_id = fit.trainer.logger.run_id
+    checkpoint = fit.trainer.checkpoint_callbacks[-1].last_model_path
+    cli_main(["test", *common, "--ckpt_path", checkpoint, f"--trainer.logger.init_args.run_id={run_id}"])
+    return run_id
+
+
+@pytest.mark.slow
+def test_two_families_on_a_tracking_server_hold_comparable_runs(mlflow_server, make_manifests, in_tmp_dir):
+    manifests = make_manifests(24000, 1)
+    run_ids = {
+        "encodec": fit_and_test("encodec", "24khz_mono.yaml", manifests, mlflow_server),
+        "dac": fit_and_test("dac", "24khz.yaml", manifests, mlflow_server),
+    }
+    assert not (in_tmp_dir / "mlflow.db").exists()  # everything went to the server
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("codecplatform")
+    assert experiment is not None
+    # What the UI's search box does: both runs are found by their sample-rate tag, and by family.
+    found = client.search_runs([experiment.experiment_id], filter_string="tags.sample_rate = '24000'")
+    assert {run.info.run_id for run in found} == set(run_ids.values())
+    for family, run_id in run_ids.items():
+        (run,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.family = '{family}'")
+        assert run.info.run_id == run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["channels"] == "1"
+        assert float(run.data.tags["max_kbps"]) > 0
+
+    # Comparable: the same evaluation metrics, all finite, on the same held-out windows.
+    runs = {family: client.get_run(run_id) for family, run_id in run_ids.items()}
+    keys = {family: {k for k in run.data.metrics if k.startswith(("val/", "test/"))} for family, run in runs.items()}
+    shared = keys["encodec"] & keys["dac"]
+    for key in ("val/mel_distance", "val/si_sdr", "test/mel_distance", "test/si_sdr"):
+        assert key in shared, key
+        for run in runs.values():
+            assert math.isfinite(run.data.metrics[key]), key
+    # The runs differ where the models differ, and their parameters say which codec each one was.
+    assert runs["encodec"].data.metrics["test/mel_distance"] != runs["dac"].data.metrics["test/mel_distance"]
+    assert "SEANet" in runs["encodec"].data.params["codec/init_args/encoder/class_path"]
+    assert "DAC" in runs["dac"].data.params["codec/init_args/encoder/class_path"]
+
+    # Artifacts went through the server's proxy: the configs and checkpoints can be fetched back.
+    for run_id in run_ids.values():
+        names = [item.path for item in client.list_artifacts(run_id, "config")]
+        assert names == ["config/fit.yaml", "config/test.yaml"]
+        local = client.download_artifacts(run_id, "config/fit.yaml", str(in_tmp_dir))
+        assert "class_path" in Path(local).read_text()
