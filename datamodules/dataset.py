@@ -10,6 +10,8 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 
+from datamodules.augment import Augmentation
+
 _SILENT_RMS = 1e-6  # a window whose RMS is below this is left as it is by normalize_db
 
 
@@ -19,6 +21,13 @@ def cut_source(cut: Cut) -> str:
     if recording is None or not recording.sources:
         return "<unknown source>"
     return str(recording.sources[0].source)
+
+
+def cut_domain(cut: Cut) -> str:
+    """``cut.custom["domain"]`` ("speech", "music", "general", ...); ``"general"`` when absent."""
+    custom = getattr(cut, "custom", None) or {}
+    domain = custom.get("domain")
+    return "general" if domain is None else str(domain)
 
 
 def map_channels(audio: np.ndarray, channels: int, name: str) -> np.ndarray:
@@ -72,6 +81,12 @@ class AudioWindowDataset(torch.utils.data.Dataset):
     so B may be smaller than the sampler's batch, and 0 when every cut failed: the result is then
     an empty (0, C, T) tensor that the training module must skip.
 
+    With an ``augmentation`` (training), each cut's window is re-drawn at another random offset
+    while it is clipped (at most ``augmentation.tries_per_cut`` windows; then the cut is dropped
+    with a warning), and the loaded windows go through the augmentation together with their
+    domains (:func:`cut_domain`); it fills the slots of dropped cuts from the rest of the batch,
+    so B is the sampler's batch size unless every cut failed (then B = 0 as above).
+
     Args:
         sample_rate: output sample rate in Hz.
         channels: output channel count C.
@@ -80,6 +95,7 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         normalize_db: target RMS level of each window in dBFS (e.g. -24.0); None keeps levels.
         seed: seed of the offset generator.
         rank: distributed rank; each rank and each DataLoader worker draws its own offsets.
+        augmentation: on-the-fly augmentation of each batch (training only); None: none.
     """
 
     def __init__(
@@ -91,6 +107,7 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         normalize_db: float | None = None,
         seed: int = 0,
         rank: int = 0,
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
         if sample_rate <= 0:
@@ -104,13 +121,12 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         self.segment_seconds = segment_seconds
         self.num_samples = round(segment_seconds * sample_rate)
         if self.num_samples < 1:
-            raise ValueError(
-                f"segment_seconds={segment_seconds} is shorter than one sample at {sample_rate} Hz"
-            )
+            raise ValueError(f"segment_seconds={segment_seconds} is shorter than one sample at {sample_rate} Hz")
         self.random_offset = random_offset
         self.normalize_db = normalize_db
         self.seed = seed
         self.rank = rank
+        self.augmentation = augmentation
         self._rng = random.Random(f"{seed}/rank{rank}/main")
         self._rng_worker: int | None = None  # DataLoader worker id the generator was seeded for
 
@@ -136,6 +152,11 @@ class AudioWindowDataset(torch.utils.data.Dataset):
 
     def load_window(self, cut: Cut) -> np.ndarray | None:
         """Load one window of ``cut``: (channels, T) float32, or None (with a warning) if bad."""
+        audio = self._load_raw(cut)
+        return None if audio is None else self._finish(audio)
+
+    def _load_raw(self, cut: Cut) -> np.ndarray | None:
+        """One window of ``cut`` as recorded: (channels, <= T) float32, or None if bad."""
         window = self._window(cut.resample(self.sample_rate))
         try:
             audio = window.load_audio()  # (C_in, N)
@@ -157,19 +178,55 @@ class AudioWindowDataset(torch.utils.data.Dataset):
             )
             return None
         audio = map_channels(audio, self.channels, f"recording {cut_source(cut)}")
-        audio = audio[:, : self.num_samples]  # (C, <= T)
+        return audio[:, : self.num_samples]  # (C, <= T)
+
+    def _finish(self, audio: np.ndarray) -> np.ndarray:
+        """Normalize (``normalize_db``) and zero-pad a raw window: (C, <= T) -> (C, T)."""
         if self.normalize_db is not None:
             audio = normalize_rms(audio, self.normalize_db)
         if audio.shape[1] < self.num_samples:
             audio = np.pad(audio, ((0, 0), (0, self.num_samples - audio.shape[1])))
         return audio
 
+    def load_unclipped_window(self, cut: Cut) -> np.ndarray | None:
+        """Load a window of ``cut`` that the augmentation does not count as clipped, trying new
+        random offsets: (channels, T) float32, or None (with a warning) if bad or all clipped."""
+        assert self.augmentation is not None
+        # one offset only: a window from the start, or a cut no longer than the window
+        fixed = not self.random_offset or cut.resample(self.sample_rate).num_samples <= self.num_samples
+        tries = 1 if fixed else self.augmentation.tries_per_cut
+        for _ in range(tries):
+            audio = self._load_raw(cut)
+            if audio is None:
+                return None
+            if not self.augmentation.is_clipped(audio):
+                return self._finish(audio)
+        aug = self.augmentation
+        warnings.warn(
+            f"skipping cut {cut.id}: {'the window' if tries == 1 else f'all {tries} windows'} drawn "
+            f"from {cut_source(cut)} clipped ({aug.clip_min_run} or more consecutive samples at "
+            f"|x| >= {aug.clip_threshold})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
     def __getitem__(self, cuts: CutSet) -> torch.Tensor:
-        """Load a batch of cuts: a ``CutSet`` of B cuts -> (B', C, T) float32 with B' <= B."""
+        """Load a batch of cuts: a ``CutSet`` of B cuts -> (B', C, T) float32 with B' <= B
+        (B' = B with an augmentation unless every cut failed)."""
+        if self.augmentation is not None:
+            cut_list = list(cuts)
+            loaded = [self.load_unclipped_window(cut) for cut in cut_list]
+            if all(w is None for w in loaded):
+                return torch.zeros(0, self.channels, self.num_samples)
+            batch = self.augmentation(
+                loaded, [cut_domain(cut) for cut in cut_list], self.sample_rate, self._generator()
+            )
+            return torch.from_numpy(batch)  # (B, C, T)
         windows = [w for w in (self.load_window(cut) for cut in cuts) if w is not None]
         if not windows:
             return torch.zeros(0, self.channels, self.num_samples)
         return torch.from_numpy(np.stack(windows))  # (B', C, T)
 
 
-__all__ = ["AudioWindowDataset", "cut_source", "map_channels", "normalize_rms"]
+__all__ = ["AudioWindowDataset", "cut_domain", "cut_source", "map_channels", "normalize_rms"]
