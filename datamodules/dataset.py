@@ -139,13 +139,27 @@ class AudioWindowDataset(torch.utils.data.Dataset):
             self._rng_worker = worker
         return self._rng
 
-    def _window(self, cut: Cut) -> Cut:
+    def _draw_generator(self, cut: Cut) -> random.Random:
+        """The generator of one draw: seeded by its ``draw_key`` (``sampling.with_draw_key``), the
+        same in every run, rank and worker; without a key, this process's generator."""
+        key = (cut.custom or {}).get("draw_key")
+        return self._generator() if key is None else random.Random(f"{self.seed}/draw/{key}")
+
+    def _batch_generator(self, cuts: list[Cut]) -> random.Random:
+        """The generator of a batch's augmentation: seeded by its cuts' draw keys when all have
+        one (a resumed run augments a batch as the uninterrupted run did), else this process's."""
+        keys = [(cut.custom or {}).get("draw_key") for cut in cuts]
+        if any(key is None for key in keys):
+            return self._generator()
+        return random.Random(f"{self.seed}/batch/" + "|".join(keys))
+
+    def _window(self, cut: Cut, rng: random.Random | None = None) -> Cut:
         """The part of ``cut`` (already at ``sample_rate``) to load: at most one window long."""
         if cut.num_samples <= self.num_samples:
             return cut
         start = 0
         if self.random_offset:
-            start = self._generator().randint(0, cut.num_samples - self.num_samples)
+            start = (rng or self._draw_generator(cut)).randint(0, cut.num_samples - self.num_samples)
         offset = start / self.sample_rate
         duration = min(self.num_samples / self.sample_rate, cut.duration - offset)
         return cut.truncate(offset=offset, duration=duration, preserve_id=True)
@@ -155,9 +169,9 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         audio = self._load_raw(cut)
         return None if audio is None else self._finish(audio)
 
-    def _load_raw(self, cut: Cut) -> np.ndarray | None:
+    def _load_raw(self, cut: Cut, rng: random.Random | None = None) -> np.ndarray | None:
         """One window of ``cut`` as recorded: (channels, <= T) float32, or None if bad."""
-        window = self._window(cut.resample(self.sample_rate))
+        window = self._window(cut.resample(self.sample_rate), rng)
         try:
             audio = window.load_audio()  # (C_in, N)
         except Exception as err:
@@ -195,8 +209,9 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         # one offset only: a window from the start, or a cut no longer than the window
         fixed = not self.random_offset or cut.resample(self.sample_rate).num_samples <= self.num_samples
         tries = 1 if fixed else self.augmentation.tries_per_cut
+        rng = self._draw_generator(cut)  # successive offsets of this draw
         for _ in range(tries):
-            audio = self._load_raw(cut)
+            audio = self._load_raw(cut, rng)
             if audio is None:
                 return None
             if not self.augmentation.is_clipped(audio):
@@ -220,7 +235,7 @@ class AudioWindowDataset(torch.utils.data.Dataset):
             if all(w is None for w in loaded):
                 return torch.zeros(0, self.channels, self.num_samples)
             batch = self.augmentation(
-                loaded, [cut_domain(cut) for cut in cut_list], self.sample_rate, self._generator()
+                loaded, [cut_domain(cut) for cut in cut_list], self.sample_rate, self._batch_generator(cut_list)
             )
             return torch.from_numpy(batch)  # (B, C, T)
         windows = [w for w in (self.load_window(cut) for cut in cuts) if w is not None]

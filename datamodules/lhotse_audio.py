@@ -1,13 +1,18 @@
-"""LhotseAudioDataModule: cut manifests -> DataLoaders of fixed-length audio windows (B, C, T).
+"""LhotseAudioDataModule: cut manifests or Shar shards -> DataLoaders of audio windows (B, C, T).
 
-Sharding across ranks is done by the lhotse samplers themselves (every rank sees different cuts
-and the same number of batches), so the trainer must run with ``use_distributed_sampler: false``.
+Sharding across ranks is done by the samplers themselves (every rank sees different cuts and the
+same number of batches), so the trainer must run with ``use_distributed_sampler: false``. Two
+training modes: finite epochs over one manifest (:class:`CountedCutSampler`), or an endless,
+step-based stream with domain weights and a full-band quota
+(:class:`~datamodules.sampling.BalancedStreamSampler`). Both resume exactly (see
+:meth:`LhotseAudioDataModule.state_dict`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,10 @@ from lhotse import CutSet
 from lhotse.dataset import SimpleCutSampler
 from torch.utils.data import DataLoader
 
-from datamodules.dataset import AudioWindowDataset
+from datamodules.augment import Augmentation
+from datamodules.dataset import AudioWindowDataset, cut_domain
 from datamodules.manifests import load_cuts
+from datamodules.sampling import BalancedStreamSampler, CutStream, Shard, rank_shards, with_draw_key
 
 
 class CountedCutSampler(SimpleCutSampler):
@@ -26,6 +33,11 @@ class CountedCutSampler(SimpleCutSampler):
     Lhotse samplers have no ``len``; with a fixed number of cuts per batch the number of batches
     each rank yields per epoch follows from the number of cuts, which gives Lightning a finite
     epoch length (progress bar, ``estimated_stepping_batches``).
+
+    With ``draw_keys``, every cut of a batch carries the key ``seed/epoch/cut id`` that seeds its
+    window offset and augmentation in the dataset (see ``sampling.with_draw_key``): the windows of
+    an epoch are fixed by the seed (a resumed run loads the same audio) and change from one epoch
+    to the next.
 
     Args:
         cuts: the cuts to sample (eager ``CutSet``).
@@ -36,6 +48,7 @@ class CountedCutSampler(SimpleCutSampler):
         world_size: number of ranks.
         rank: this rank.
         seed: shuffling seed, the same on every rank.
+        draw_keys: give every cut its draw key (else the dataset's generator draws offsets).
     """
 
     def __init__(
@@ -47,6 +60,7 @@ class CountedCutSampler(SimpleCutSampler):
         world_size: int,
         rank: int,
         seed: int,
+        draw_keys: bool = False,
     ) -> None:
         super().__init__(
             cuts,
@@ -59,6 +73,27 @@ class CountedCutSampler(SimpleCutSampler):
         )
         self.batch_size = batch_size
         self.total_cuts = len(cuts)
+        self.draw_keys = draw_keys
+        self._skip: tuple[int, int] | None = None  # (epoch, batches) to skip at the next iter()
+        if draw_keys:
+            self.map(self._keyed)
+
+    def _keyed(self, cuts: CutSet) -> CutSet:
+        key = f"{self.seed}/{self.epoch}/"
+        return CutSet.from_cuts(with_draw_key(c, key + c.id) for c in cuts)
+
+    def skip_next(self, epoch: int, batches: int) -> None:
+        """Make the next iteration of ``epoch`` start after its first ``batches`` batches (a
+        resumed run); the first batch of another epoch forgets this."""
+        self._skip = (epoch, batches)
+
+    def __next__(self) -> CutSet:
+        # The skip happens at the first batch, not in iter(): DataLoader calls iter() twice.
+        skip, self._skip = self._skip, None
+        if skip is not None and skip[0] == self.epoch:
+            for _ in range(skip[1]):
+                super().__next__()
+        return super().__next__()
 
     def __len__(self) -> int:
         """Batches this rank yields in one full epoch."""
@@ -68,20 +103,42 @@ class CountedCutSampler(SimpleCutSampler):
 
 
 class LhotseAudioDataModule(pl.LightningDataModule):
-    """Fixed-length audio windows from lhotse cut manifests; every batch is (B, C, T) float32.
+    """Fixed-length audio windows from lhotse cut manifests or Shar shards; batches (B, C, T) float32.
 
-    Training draws one window of ``segment_seconds`` at a random offset from each cut (cuts
-    shorter than a window are zero-padded). Validation and test cut every cut into consecutive
-    windows of ``eval_segment_seconds`` beforehand (windows shorter than half a window are
-    dropped), so their batches are identical from one pass to the next.
+    Training, finite mode (one ``train_cuts`` manifest, ``infinite: false``): epochs over the
+    manifest; each cut is drawn once per ``segment_seconds`` of its audio per epoch, each draw a
+    window at its own offset (cuts shorter than a window are zero-padded).
+
+    Training, stream mode (``infinite: true``, or any of ``train_shar``, a dict of manifests,
+    ``domain_weights``, ``min_full_band_per_batch``): an endless, shuffled, repeated stream
+    (:mod:`datamodules.sampling`); epochs are meaningless, the run length is the model's
+    ``max_batches`` or the trainer's ``max_steps``, and ``val_check_interval`` must be an int
+    (batches). Each rank reads its own share of the data: every world-size-th cut of a manifest,
+    or every world-size-th Shar shard (export enough shards). Domains: the keys of a dict given
+    as ``train_cuts``/``train_shar``, else each cut's ``custom["domain"]`` (``general`` if
+    absent), as written by ``codecplatform prepare``. With ``domain_weights``, every batch shares
+    its slots among the domains by weight (within one slot of ``B x weight``); with
+    ``min_full_band_per_batch: N``, every batch holds at least N cuts with
+    ``custom["full_band"]`` true, exactly.
+
+    Validation and test cut every cut of their manifest into consecutive windows of
+    ``eval_segment_seconds`` beforehand (windows shorter than half a window are dropped), so their
+    batches are identical from one pass to the next.
 
     Samplers shard by rank themselves (world size and global rank are read from the attached
     trainer, see :meth:`_world_size_rank`): run the trainer with ``use_distributed_sampler: false``.
     A batch can hold fewer than ``batch_size`` windows, or none, when files fail to load (see
     :class:`~datamodules.dataset.AudioWindowDataset`): the training module must skip empty batches.
 
+    Resuming: the position (batches the training loop consumed, counted in
+    :meth:`on_before_batch_transfer`, so batches prefetched by DataLoader workers do not count)
+    is saved in checkpoints; a resumed run trains on exactly the batches an uninterrupted run
+    would have, on every rank. With ``stable_windows`` (default) every draw carries a key that
+    seeds its window offset, the offsets re-drawn for clipped windows and the batch's
+    augmentation, so the audio is the same too.
+
     Args:
-        train_cuts: path of the training cut manifest (``cuts_train.jsonl.gz``); needed to fit.
+        train_cuts: training cut manifest (``cuts_train.jsonl.gz``), or ``{domain: manifest}``.
         val_cuts: path of the validation cut manifest; without it, validation is skipped.
         test_cuts: path of the test cut manifest; needed to test.
         sample_rate: sample rate in Hz of the batches (cuts are resampled).
@@ -99,12 +156,21 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         seed: seed of the shuffling (the same on every rank) and of the window offsets.
         max_eval_windows: at most this many validation/test windows, evenly spread over the
             manifest (deterministic); None keeps all.
-        drop_last: drop the last incomplete training batch.
+        drop_last: drop the last incomplete training batch (finite mode).
+        train_shar: Shar folder (``codecplatform prepare --shar_dir``: ``DIR/train``), or
+            ``{domain: folder}``; instead of ``train_cuts``. Always stream mode.
+        infinite: stream mode for a single ``train_cuts`` manifest too.
+        domain_weights: ``{domain: weight}`` (e.g. ``{speech: 1, music: 1, general: 1}``, DAC's
+            equal shares); the domains must be those of the data. None: one pool, natural shares.
+        min_full_band_per_batch: full-band cuts in every training batch (0: no quota).
+        stable_windows: seed each draw's window offset and augmentation from its draw id (exact
+            resume); false: the dataset's per-rank, per-worker generator draws them.
+        augmentation: on-the-fly augmentation of training batches (not validation/test).
     """
 
     def __init__(
         self,
-        train_cuts: str | None = None,
+        train_cuts: str | dict[str, str] | None = None,
         val_cuts: str | None = None,
         test_cuts: str | None = None,
         sample_rate: int = 24000,
@@ -118,12 +184,30 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         seed: int = 0,
         max_eval_windows: int | None = None,
         drop_last: bool = True,
+        train_shar: str | dict[str, str] | None = None,
+        infinite: bool = False,
+        domain_weights: dict[str, float] | None = None,
+        min_full_band_per_batch: int = 0,
+        stable_windows: bool = True,
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
-        manifests = {"train_cuts": train_cuts, "val_cuts": val_cuts, "test_cuts": test_cuts}
+        manifests = {"val_cuts": val_cuts, "test_cuts": test_cuts}
+        if isinstance(train_cuts, Mapping):
+            manifests.update({f"train_cuts[{k}]": v for k, v in train_cuts.items()})
+        else:
+            manifests["train_cuts"] = train_cuts
         for name, path in manifests.items():
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{name}: cut manifest {path} does not exist")
+        shar = train_shar if isinstance(train_shar, Mapping) else {"train_shar": train_shar}
+        for name, path in shar.items():
+            if path is not None and not Path(path).is_dir():
+                raise FileNotFoundError(f"train_shar: Shar folder {path} ({name}) does not exist")
+        if train_cuts is not None and train_shar is not None:
+            raise ValueError("set train_cuts or train_shar, not both")
+        if isinstance(train_cuts, Mapping) and not train_cuts or isinstance(train_shar, Mapping) and not train_shar:
+            raise ValueError("train_cuts/train_shar: an empty dict names no data")
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
         if channels <= 0:
@@ -140,22 +224,26 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         if batch_size is not None and batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         if max_duration is not None and max_duration < segment_seconds:
-            raise ValueError(
-                f"max_duration must be >= segment_seconds ({segment_seconds}), got {max_duration}"
-            )
+            raise ValueError(f"max_duration must be >= segment_seconds ({segment_seconds}), got {max_duration}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if max_eval_windows is not None and max_eval_windows <= 0:
             raise ValueError(f"max_eval_windows must be > 0, got {max_eval_windows}")
+        if domain_weights is not None:
+            if not domain_weights or any(w <= 0 for w in domain_weights.values()):
+                raise ValueError(f"domain_weights must name domains with weights > 0, got {domain_weights}")
+            keyed = train_cuts if isinstance(train_cuts, Mapping) else train_shar
+            if isinstance(keyed, Mapping) and set(keyed) != set(domain_weights):
+                raise ValueError(f"domain_weights names {sorted(domain_weights)}, the training data {sorted(keyed)}")
+        if min_full_band_per_batch < 0:
+            raise ValueError(f"min_full_band_per_batch must be >= 0, got {min_full_band_per_batch}")
         self.train_cuts = train_cuts
         self.val_cuts = val_cuts
         self.test_cuts = test_cuts
         self.sample_rate = sample_rate
         self.channels = channels
         self.segment_seconds = segment_seconds
-        self.eval_segment_seconds = (
-            segment_seconds if eval_segment_seconds is None else eval_segment_seconds
-        )
+        self.eval_segment_seconds = segment_seconds if eval_segment_seconds is None else eval_segment_seconds
         self.batch_size = batch_size
         self.max_duration = max_duration
         self.num_workers = num_workers
@@ -163,10 +251,23 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         self.seed = seed
         self.max_eval_windows = max_eval_windows
         self.drop_last = drop_last
+        self.train_shar = train_shar
+        self.domain_weights = domain_weights
+        self.min_full_band_per_batch = min_full_band_per_batch
+        self.stable_windows = stable_windows
+        self.augmentation = augmentation
+        self.infinite = bool(
+            infinite
+            or train_shar is not None
+            or isinstance(train_cuts, Mapping)
+            or domain_weights is not None
+            or min_full_band_per_batch > 0
+        )
 
         self._cuts: dict[str, CutSet] = {}  # "train": draws of full cuts; "val"/"test": windows
-        self._train_sampler: CountedCutSampler | None = None
+        self._train_sampler: CountedCutSampler | BalancedStreamSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
+        self._position: dict[str, int] = {"epoch": 0, "batches": 0}  # consumed by training
 
     # ---------------------------------------------------------------- distributed
     def _world_size_rank(self) -> tuple[int, int]:
@@ -203,9 +304,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         """Consecutive windows of eval_segment_seconds of the ``name`` cuts (>= half a window)."""
         seconds = self.eval_segment_seconds
         windows = CutSet.from_cuts(
-            cut
-            for cut in self._load(name).cut_into_windows(duration=seconds)
-            if cut.duration >= 0.5 * seconds
+            cut for cut in self._load(name).cut_into_windows(duration=seconds) if cut.duration >= 0.5 * seconds
         )
         if len(windows) == 0:
             raise ValueError(
@@ -220,7 +319,8 @@ class LhotseAudioDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifests the stage needs: ``fit`` train (and val if given), ``validate`` val,
-        ``test`` test; any other stage every manifest given."""
+        ``test`` test; any other stage every manifest given. Stream-mode training data is read
+        when the train DataLoader is built (it depends on the rank)."""
         given = [n for n in ("train", "val", "test") if getattr(self, f"{n}_cuts") is not None]
         wanted = {
             "fit": ["train", "val"] if self.val_cuts is not None else ["train"],
@@ -229,12 +329,14 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             "predict": ["test"],
         }
         for name in wanted.get(stage or "", given):
+            if name == "train" and self.infinite:
+                continue
             self._cuts_of(name)
 
     def _train_draws(self) -> CutSet:
         """Each train cut once per ``segment_seconds`` of its audio (at least once), each draw a
-        window at its own random offset: an epoch covers the corpus about once, and a long
-        recording weighs in proportion to its duration, not as one example."""
+        window at its own offset: an epoch covers the corpus about once, and a long recording
+        weighs in proportion to its duration, not as one example."""
         return CutSet.from_cuts(
             cut.with_id(f"{cut.id}#{i}")
             for cut in self._load("train")
@@ -247,7 +349,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             self._cuts[name] = self._train_draws() if name == "train" else self._eval_windows(name)
         return self._cuts[name]
 
-    def _loader(self, dataset: AudioWindowDataset, sampler: CountedCutSampler) -> DataLoader:
+    def _loader(self, dataset: AudioWindowDataset, sampler: CountedCutSampler | BalancedStreamSampler) -> DataLoader:
         return DataLoader(
             dataset,
             sampler=sampler,
@@ -256,10 +358,60 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled batches (B, C, T) of random windows (see ``_train_draws``), sharded by rank."""
+    def _stream_sampler(self, world_size: int, rank: int) -> BalancedStreamSampler:
+        """This rank's endless sampler: its share of every source, domain streams, full-band stream."""
+        if self.train_cuts is None and self.train_shar is None:
+            raise ValueError("train_cuts is not set: give a training cut manifest (or train_shar)")
+        sources: dict[str, list[Shard]] = {}
+        if self.train_shar is not None:
+            dirs = self.train_shar if isinstance(self.train_shar, Mapping) else {"train": self.train_shar}
+            for name, path in dirs.items():
+                sources[name] = rank_shards(f"train_shar[{name}]", None, path, world_size, rank)
+        else:
+            assert self.train_cuts is not None
+            paths = self.train_cuts if isinstance(self.train_cuts, Mapping) else {"train": self.train_cuts}
+            for name, path in paths.items():
+                cuts = load_cuts(path)
+                if len(cuts) < world_size:
+                    raise ValueError(
+                        f"train_cuts[{name}]: {path} holds {len(cuts)} cut(s), fewer than the {world_size} ranks"
+                    )
+                sources[name] = rank_shards(f"train_cuts[{name}]", cuts, None, world_size, rank)
+        every = [shard for shards in sources.values() for shard in shards]
+        stream_seed = self.seed * 100_003 + rank  # every rank its own shuffling
+        where = f"rank {rank} of {world_size}" if world_size > 1 else "the training data"
+
+        def stream(name: str, shards: list[Shard], predicate: Any = None, what: str = "") -> CutStream:
+            try:
+                return CutStream(name, shards, self.segment_seconds, stream_seed, predicate, self.stable_windows)
+            except ValueError as err:
+                raise ValueError(f"{where} holds no {what or name} cut: {err}") from err
+
+        keyed = isinstance(self.train_cuts, Mapping) or isinstance(self.train_shar, Mapping)
+        if self.domain_weights is None:
+            streams, weights = {"train": stream("train", every)}, {"train": 1.0}
+        elif keyed:
+            streams = {d: stream(d, sources[d], what=f"{d!r}") for d in self.domain_weights}
+            weights = dict(self.domain_weights)
+        else:
+            streams = {
+                d: stream(d, every, lambda c, d=d: cut_domain(c) == d, f"domain {d!r}") for d in self.domain_weights
+            }
+            weights = dict(self.domain_weights)
+        full_band = None
+        if self.min_full_band_per_batch > 0:
+            full_band = stream(
+                "full_band", every, lambda c: bool((c.custom or {}).get("full_band", False)), "full-band"
+            )
+        batch_size = self._cuts_per_batch(self.segment_seconds)
+        if self.min_full_band_per_batch >= batch_size:
+            raise ValueError(
+                f"min_full_band_per_batch ({self.min_full_band_per_batch}) must be < the batch size ({batch_size})"
+            )
+        return BalancedStreamSampler(streams, weights, batch_size, full_band, self.min_full_band_per_batch)
+
+    def _epoch_sampler(self, world_size: int, rank: int) -> CountedCutSampler:
         cuts = self._cuts_of("train")
-        world_size, rank = self._world_size_rank()
         sampler = CountedCutSampler(
             cuts,
             batch_size=self._cuts_per_batch(self.segment_seconds),
@@ -268,6 +420,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             world_size=world_size,
             rank=rank,
             seed=self.seed,
+            draw_keys=self.stable_windows,
         )
         if len(sampler) == 0:
             raise ValueError(
@@ -275,8 +428,18 @@ class LhotseAudioDataModule(pl.LightningDataModule):
                 f"{sampler.batch_size} per batch x {world_size} rank(s): lower batch_size "
                 "(or max_duration), or set drop_last: false"
             )
+        return sampler
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches (B, C, T) of training windows, sharded by rank: finite epochs of shuffled draws
+        (see ``_train_draws``) or an endless stream (stream mode, no ``len``)."""
+        world_size, rank = self._world_size_rank()
+        if self.infinite:
+            sampler: CountedCutSampler | BalancedStreamSampler = self._stream_sampler(world_size, rank)
+        else:
+            sampler = self._epoch_sampler(world_size, rank)
         if self._pending_sampler_state is not None:
-            self._restore_sampler(sampler, self._pending_sampler_state)
+            self._restore_sampler(sampler, self._pending_sampler_state, world_size)
             self._pending_sampler_state = None
         self._train_sampler = sampler
         dataset = AudioWindowDataset(
@@ -287,6 +450,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             normalize_db=self.normalize_db,
             seed=self.seed,
             rank=rank,
+            augmentation=self.augmentation,
         )
         return self._loader(dataset, sampler)
 
@@ -329,40 +493,73 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         return self._eval_dataloader("test")
 
     # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """``{"train_sampler": ...}``: the train sampler's position (epoch, batches consumed).
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches consumed (in the main process, after any prefetching)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            epoch = 0 if self.infinite else trainer.current_epoch
+            if epoch != self._position["epoch"]:
+                self._position = {"epoch": epoch, "batches": 0}
+            self._position["batches"] += 1
+        return batch
 
-        With ``num_workers > 0`` the position is ahead of training by the batches the
-        DataLoader had prefetched, so a resumed run skips those few batches.
-        """
-        if self._train_sampler is not None:
-            return {"train_sampler": self._train_sampler.state_dict()}
-        if self._pending_sampler_state is not None:
+    def state_dict(self) -> dict[str, Any]:
+        """``{"train_sampler": {"mode", "epoch", "batches", "world_size", "seed"}}``: the batches
+        the training loop consumed (in this epoch; stream mode: in all), the same on every rank.
+        A resumed run skips exactly those (each rank recomputes its own position from them)."""
+        if self._train_sampler is None and self._pending_sampler_state is not None:
             return {"train_sampler": copy.deepcopy(self._pending_sampler_state)}
-        return {}
+        if self._train_sampler is None:
+            return {}
+        world_size = self._world_size_rank()[0]
+        return {
+            "train_sampler": {
+                "mode": "stream" if self.infinite else "epoch",
+                **self._position,
+                "world_size": world_size,
+                "seed": self.seed,
+            }
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the train sampler's position now or when the train DataLoader is built."""
         state = state_dict.get("train_sampler")
         if state is None:
             return
+        if "mode" not in state:
+            raise ValueError(
+                "cannot resume the train sampler: the checkpoint holds the sampler state of an older "
+                f"version (keys {sorted(state)}); resume without it or start a new run"
+            )
+        self._pending_sampler_state = copy.deepcopy(state)
         if self._train_sampler is not None:
-            self._restore_sampler(self._train_sampler, state)
-        else:
-            self._pending_sampler_state = copy.deepcopy(state)
+            self._restore_sampler(self._train_sampler, self._pending_sampler_state, self._world_size_rank()[0])
+            self._pending_sampler_state = None
 
-    def _restore_sampler(self, sampler: CountedCutSampler, state: dict[str, Any]) -> None:
-        if state["world_size"] != sampler.world_size:
+    def _restore_sampler(
+        self, sampler: CountedCutSampler | BalancedStreamSampler, state: dict[str, Any], world_size: int
+    ) -> None:
+        mode = "stream" if self.infinite else "epoch"
+        if state["mode"] != mode:
+            raise ValueError(
+                f"cannot resume the train sampler: the checkpoint ran in {state['mode']} mode, this run in "
+                f"{mode} mode (infinite/train_shar/domain_weights/min_full_band_per_batch changed)"
+            )
+        if state["world_size"] != world_size:
             raise ValueError(
                 f"cannot resume the train sampler: the checkpoint ran on {state['world_size']} "
-                f"rank(s), this run on {sampler.world_size}"
+                f"rank(s), this run on {world_size}"
             )
-        if state["seed"] != sampler.seed:
+        if state["seed"] != self.seed:
             raise ValueError(
-                f"cannot resume the train sampler: the checkpoint used seed={state['seed']}, "
-                f"this run seed={sampler.seed}"
+                f"cannot resume the train sampler: the checkpoint used seed={state['seed']}, this run seed={self.seed}"
             )
-        sampler.load_state_dict(copy.deepcopy(state))  # lhotse consumes the dict it gets
+        self._position = {"epoch": state["epoch"], "batches": state["batches"]}
+        if isinstance(sampler, BalancedStreamSampler):
+            sampler.seek(state["batches"])
+        else:
+            sampler.set_epoch(state["epoch"])
+            sampler.skip_next(state["epoch"], state["batches"])
 
 
 __all__ = ["CountedCutSampler", "LhotseAudioDataModule"]

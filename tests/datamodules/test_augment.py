@@ -392,3 +392,32 @@ def test_a_cut_clipped_everywhere_is_dropped_with_a_warning(clip_corpus: dict[st
     with pytest.warns(RuntimeWarning, match="all_clipped.wav"):
         batch = dataset[mixed]
     assert batch.shape == (6, 1, 2000) and not any(is_clipped(w.numpy()) for w in batch)
+
+
+def test_keyed_draws_give_the_same_audio_on_any_rank_and_still_redraw_clipped_windows(
+    clip_corpus: dict[str, CutSet],
+) -> None:
+    """With the sampler's draw keys (``stable_windows``), offsets, re-drawn offsets and the batch's
+    augmentation are seeded by the keys: a resumed run or another rank reproduces a batch exactly."""
+    from datamodules.sampling import with_draw_key
+
+    aug = _plain(clip_max_tries=8, polarity_flip_prob=0.5, phase_shift_prob=0.5)
+    cuts = [*clip_corpus["half"], *clip_corpus["clean"]]
+    seen = set()
+    for draw in range(12):
+        keyed = CutSet.from_cuts(with_draw_key(c, f"0/{draw}/{c.id}") for c in cuts)
+        rank0 = AudioWindowDataset(SR, 1, 0.25, random_offset=True, rank=0, augmentation=aug)
+        rank1 = AudioWindowDataset(SR, 1, 0.25, random_offset=True, rank=1, augmentation=aug)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = rank0[keyed]
+            assert torch.equal(batch, rank1[keyed])
+        assert batch.shape == (6, 1, 2000) and not any(is_clipped(w.numpy()) for w in batch)
+        seen.add(batch[0].numpy().tobytes())
+    assert len(seen) == 12  # other keys, other windows
+    unkeyed = CutSet.from_cuts(cuts)
+    rank0 = AudioWindowDataset(SR, 1, 0.25, random_offset=True, rank=0, augmentation=aug)
+    rank1 = AudioWindowDataset(SR, 1, 0.25, random_offset=True, rank=1, augmentation=aug)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not torch.equal(rank0[unkeyed], rank1[unkeyed])  # without keys: per-rank generators

@@ -213,29 +213,70 @@ def test_bad_files_are_dropped_with_a_warning(tmp_path: Path) -> None:
     assert empty.shape == (0, 1, 12000) and empty.dtype == torch.float32
 
 
+class FakeTrainer:
+    """What the datamodule reads from a trainer: rank layout, training flag, epoch."""
+
+    def __init__(self, world_size: int = 1, rank: int = 0) -> None:
+        self.world_size, self.global_rank = world_size, rank
+        self.training, self.current_epoch = True, 0
+
+
+def _consume(dm: LhotseAudioDataModule, batches) -> list[torch.Tensor]:
+    """Hand batches to the datamodule's batch hook, as Lightning's training loop does."""
+    return [dm.on_before_batch_transfer(batch, 0) for batch in batches]
+
+
 def test_resumed_sampler_continues_where_it_stopped(corpus: dict[str, Path]) -> None:
-    def make() -> LhotseAudioDataModule:
-        return LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=2, seed=7)
+    def make(seed: int = 7) -> LhotseAudioDataModule:
+        dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=2, seed=seed, num_workers=1)
+        dm.trainer = FakeTrainer()
+        return dm
+
+    full = [b.clone() for b in make().train_dataloader()]
+    assert len(full) == 8  # 8 cuts x 2 draws (2 s / 1 s), 2 per batch
 
     dm = make()
-    sampler = dm.train_dataloader().sampler
-    it = iter(sampler)
-    done = [[c.id for c in next(it)] for _ in range(2)]
+    it = iter(dm.train_dataloader())  # a worker process prefetches batches ahead of training
+    _consume(dm, [next(it) for _ in range(3)])
     state = dm.state_dict()
-    rest = []
-    while (cuts := next(it, None)) is not None:  # next(), not a for loop: iter() restarts the epoch
-        rest.append([c.id for c in cuts])
-    assert len(done) + len(rest) == 8  # 8 cuts x 2 draws (2 s / 1 s), 2 per batch
+    assert state["train_sampler"] == {"mode": "epoch", "epoch": 0, "batches": 3, "world_size": 1, "seed": 7}
 
     resumed = make()
     resumed.load_state_dict(state)  # before the DataLoader exists, as in Lightning
-    assert _sampled_ids(resumed.train_dataloader()) == rest
-    assert "time_constraint" in state["train_sampler"]  # loading left the checkpoint dict intact
+    rest = list(resumed.train_dataloader())
+    assert len(rest) == 5 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))  # same audio
+    assert state["train_sampler"]["batches"] == 3  # loading left the checkpoint dict intact
 
-    other_seed = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=2, seed=8)
+    next_epoch = make()  # a checkpoint from the end of epoch 0 resumes at the start of epoch 1
+    next_epoch.load_state_dict({"train_sampler": {**state["train_sampler"], "batches": 8}})
+    loader = next_epoch.train_dataloader()
+    loader.sampler.set_epoch(1)
+    assert len(list(loader)) == 8
+
+    other_seed = make(seed=8)
     other_seed.load_state_dict(state)
     with pytest.raises(ValueError, match="seed=7"):
         other_seed.train_dataloader()
+    with pytest.raises(ValueError, match="older version"):
+        make().load_state_dict({"train_sampler": {"epoch": 0, "diagnostics": {}}})
+
+
+def test_train_windows_are_fixed_by_seed_epoch_and_id(corpus: dict[str, Path]) -> None:
+    def epoch_audio(seed: int, epoch: int) -> dict[str, torch.Tensor]:
+        dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=4, segment_seconds=0.5, seed=seed)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        out = {}
+        for cuts in loader.sampler:
+            for cut, audio in zip(cuts, loader.dataset[cuts]):
+                assert cut.custom["draw_key"] == f"{seed}/{epoch}/{cut.id}"  # seeds the window offset
+                out[cut.id] = audio
+        return out
+
+    first, again = epoch_audio(0, 0), epoch_audio(0, 0)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    other_epoch = epoch_audio(0, 1)
+    assert sum(not torch.equal(first[k], other_epoch[k]) for k in first) >= len(first) - 2
 
 
 def test_worker_processes_load_batches(corpus: dict[str, Path]) -> None:

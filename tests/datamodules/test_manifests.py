@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from lhotse import CutSet, Recording, RecordingSet
+from lhotse import CutSet, Recording, RecordingSet, SupervisionSet
 from lhotse.audio import AudioSource
 
 from datamodules.manifests import (
+    ProbeSettings,
     load_cuts,
     prepare_main,
     prepare_manifests,
+    probe_audio_dir,
     scan_audio_dir,
     split_recordings,
 )
@@ -133,18 +135,12 @@ def test_scan_reads_a_header_only_wav_as_zero_length(tmp_path: Path) -> None:
     sf.write(tmp_path / "header_only.wav", np.zeros((0,), dtype=np.float32), SR)
     recordings, problems = scan_audio_dir(tmp_path)
     assert len(recordings) == 0
-    assert [(Path(p.path).name, p.problem) for p in problems] == [
-        ("header_only.wav", "zero_length")
-    ]
+    assert [(Path(p.path).name, p.problem) for p in problems] == [("header_only.wav", "zero_length")]
 
 
-def test_prepare_manifests_writes_splits_and_problems(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_prepare_manifests_writes_splits_and_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, bad = _plant_corpus(tmp_path / "audio")
-    paths = prepare_manifests(
-        tmp_path / "audio", tmp_path / "out", val_fraction=0.2, test_fraction=0.2, seed=1
-    )
+    paths = prepare_manifests(tmp_path / "audio", tmp_path / "out", val_fraction=0.2, test_fraction=0.2, seed=1)
 
     assert set(paths) == {"train", "val", "test"}
     out = tmp_path / "out"
@@ -192,3 +188,88 @@ def test_prepare_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "cuts_train.jsonl.gz" in capsys.readouterr().out
     for name in ("train", "val", "test"):
         assert len(load_cuts(tmp_path / "m" / f"cuts_{name}.jsonl.gz")) == 1
+
+
+def _noise(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal((int(seconds * sr), channels))).astype(np.float32)
+
+
+def test_probe_reports_truncated_low_rate_and_channel_mismatch(tmp_path: Path) -> None:
+    sf.write(tmp_path / "good.wav", _noise(0.5, 44100, 2), 44100)
+    sf.write(tmp_path / "good.mp3", _noise(0.5, 44100, 2), 44100, format="MP3")  # libsndfile >= 1.1
+    sf.write(tmp_path / "mono.wav", _noise(0.5, 44100, 1), 44100)
+    sf.write(tmp_path / "low.wav", _noise(0.5, 16000, 2), 16000)
+    for name in ("cut.wav", "cut.flac"):
+        sf.write(tmp_path / "full.tmp", _noise(1.0, 44100, 2), 44100, format=name.split(".")[1].upper())
+        data = (tmp_path / "full.tmp").read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])  # the header promises the whole file
+    settings = ProbeSettings(min_sample_rate=44100, channels=2)
+    probed, problems = probe_audio_dir(tmp_path, settings=settings)
+    kinds = {Path(p.path).name: p.problem for p in problems}
+    assert kinds == {
+        "cut.wav": "truncated",
+        "cut.flac": "truncated",
+        "mono.wav": "channel_mismatch",
+        "low.wav": "low_sample_rate",
+    }
+    assert sorted(Path(p.recording.sources[0].source).name for p in probed) == ["good.mp3", "good.wav"]
+    # without expectations, mono and 16 kHz files are fine
+    _, problems = probe_audio_dir(tmp_path)
+    assert {Path(p.path).name for p in problems} == {"cut.wav", "cut.flac"}
+
+
+def test_workers_give_the_same_result_in_path_order(tmp_path: Path) -> None:
+    _plant_corpus(tmp_path)
+    one = probe_audio_dir(tmp_path, num_workers=1)
+    two = probe_audio_dir(tmp_path, num_workers=2)
+    assert [p.recording.id for p in one[0]] == [p.recording.id for p in two[0]]
+    assert [p.high_band_db for p in one[0]] == [p.high_band_db for p in two[0]]
+    assert one[1] == two[1]
+
+
+def test_domain_full_band_and_sidecar_supervisions(tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    (audio / "speech").mkdir(parents=True)
+    (audio / "music").mkdir()
+    _write_good(audio / "speech" / "talk.wav", seconds=1.0)  # a 440 Hz tone: nothing near Nyquist
+    (audio / "speech" / "talk.txt").write_text("hello  world\n")
+    sf.write(audio / "music" / "song.wav", _noise(1.0, SR), SR)  # white noise: full-band
+    (audio / "music" / "song.lrc").write_text("[ar:someone]\n[00:00.20]first line\n[00:00.60]second\n[00:05.00]late\n")
+    sf.write(audio / "other.wav", _noise(1.0, 8000), 8000)  # 8 kHz file for a 16 kHz model
+    paths = prepare_manifests(audio, tmp_path / "m", 0.0, 0.0, min_sample_rate=None)
+    cuts = {c.id: c for c in load_cuts(paths["train"])}
+    assert {k: (c.custom["domain"], c.custom["full_band"]) for k, c in cuts.items()} == {
+        "speech__talk": ("speech", False),
+        "music__song": ("music", True),
+        "other": ("general", True),  # full-band against its own rate without --sample_rate
+    }
+    assert cuts["speech__talk"].custom["high_band_db"] < -60 < cuts["music__song"].custom["high_band_db"]
+    (talk,) = cuts["speech__talk"].supervisions
+    assert (talk.start, talk.duration, talk.text, talk.custom["kind"]) == (0.0, 1.0, "hello  world", "transcript")
+    lyrics = [(s.start, s.duration, s.text) for s in cuts["music__song"].supervisions]
+    assert lyrics == [(0.2, 0.4, "first line"), (0.6, 0.4, "second")]  # the 5 s line is past the end
+    assert len(SupervisionSet.from_file(tmp_path / "m" / "supervisions_train.jsonl.gz")) == 3
+
+    at_16k = prepare_manifests(audio, tmp_path / "m16", 0.0, 0.0, min_sample_rate=SR, domain="music")
+    cuts16 = {c.id: c for c in load_cuts(at_16k["train"])}
+    assert set(cuts16) == {"speech__talk", "music__song"}  # other.wav: low_sample_rate
+    assert {c.custom["domain"] for c in cuts16.values()} == {"music"}
+    problems = json.loads((tmp_path / "m16" / "problems.json").read_text())
+    assert [(Path(p["path"]).name, p["problem"]) for p in problems] == [("other.wav", "low_sample_rate")]
+
+
+def test_shar_export_keeps_cuts_and_audio(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    for i in range(5):
+        _write_good(tmp_path / "a" / f"f{i}.wav", freq=200.0 + 50 * i)
+    argv = ["--audio_dir", str(tmp_path / "a"), "--out_dir", str(tmp_path / "m"), "--val_fraction", "0"]
+    argv += ["--test_fraction", "0", "--shar_dir", str(tmp_path / "shar"), "--shard_size", "2", "--num_workers", "2"]
+    assert prepare_main(argv) == 0
+    shards = sorted((tmp_path / "shar" / "train").glob("cuts.*.jsonl.gz"))
+    assert len(shards) == 3 and len(list((tmp_path / "shar" / "train").glob("recording.*.tar"))) == 3
+    streamed = {c.id: c for c in CutSet.from_shar(in_dir=tmp_path / "shar" / "train")}
+    original = {c.id: c for c in load_cuts(tmp_path / "m" / "cuts_train.jsonl.gz")}
+    assert set(streamed) == set(original)
+    for cut_id, cut in streamed.items():
+        assert cut.custom["domain"] == "general"
+        assert np.allclose(cut.load_audio(), original[cut_id].load_audio(), atol=1e-4)  # FLAC, 16 bit
