@@ -12,10 +12,37 @@ it inside ``optimizer.step()`` after AMP unscaling, so the norm is the true one 
 A step whose gradient norm is not finite is skipped (gradients dropped, counted in
 ``skipped_steps``). ``trainer.global_step`` counts optimizer steps (up to two per batch); use
 ``max_batches`` to stop after a number of batches.
+
+Evaluation (validation and test) at every bitrate:
+  Each evaluation batch is encoded once with all codebooks (``Codec.encode``, the inference path) and
+  decoded once per evaluated codebook count from the first ``n_q`` codebooks of those codes (residual
+  quantizers: the first codes do not depend on how many follow). Evaluated counts: those of
+  ``eval_bandwidths`` (default: the codec's ``n_q_choices``, or 1..n_q without bandwidths), always
+  including the full count. Validation uses the ``metrics`` (cheap ones; default mel distance, STFT
+  distance, SI-SDR) at every evaluated count, or only at the full count with
+  ``per_bitrate_validation=False``; test adds ``test_metrics`` (expensive ones: ViSQOL, PESQ, STOI).
+  Codebook statistics (``CodebookUsage``) come from the same codes.
+
+  Log keys (valid MLflow metric keys):
+    ``<stage>/<name>``            the full bitrate (all codebooks), e.g. ``val/mel_distance``, ``test/si_sdr``;
+    ``<stage>/<kbps>kbps/<name>`` one bitrate, kbps = ``Codec.bitrate(n_q)`` rounded to 3 decimals with
+                                  trailing zeros dropped, e.g. ``test/6kbps/mel_distance``,
+                                  ``test/1.5kbps/codebook_efficiency``, ``val/0.861kbps/si_sdr``;
+    ``<stage>/g/<loss>``          the reconstruction losses at the full bitrate.
+  Codebook rows: ``codebook_entropy`` (bits per frame, summed over the used codebooks),
+  ``codebook_efficiency`` (that sum / the bits allotted, DAC's bitrate efficiency),
+  ``codebook_perplexity`` (mean over the used codebooks), ``codebook_dead_codes`` (entries never used, summed).
+
+  At the end of each evaluation epoch every rank computes the metrics (same collectives everywhere); rank
+  zero builds the table metrics x bitrate, writes it to every MLflow logger of the trainer as the
+  artifacts ``tables/<stage>_per_bitrate.json`` and ``.md`` (overwritten at each validation; the history
+  is in the metrics), and prints it for ``test`` and ``validate`` runs (not during ``fit``).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 from typing import Any
 
@@ -23,15 +50,19 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
 from codecplatform.lightning.schedule import DiscriminatorSchedule, uniform_from
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, HingeGANLoss, RelativeFeatureMatchingLoss
 from codecplatform.losses.balancer import Balancer
-from codecplatform.metrics.reconstruction import SISDR, MelDistance
+from codecplatform.metrics.codebook import CodebookUsage, codebook_statistics
+from codecplatform.metrics.reconstruction import SISDR, MelDistance, STFTDistance
 from codecplatform.models.codec import Codec
+from codecplatform.types import EncodedAudio
 
 ADVERSARIAL = "adv"
 FEATURE_MATCHING = "feat"
@@ -63,6 +94,16 @@ class GANCodecModule(LightningModule):
             checkpoint (``codecplatform import-checkpoint``) or a training checkpoint. Loaded
             strictly in ``setup("fit")``; a different architecture is an error naming the keys.
             Resuming with ``--ckpt_path`` restores that checkpoint's weights afterwards.
+        metrics: evaluation metrics for validation and test, name -> torchmetrics ``Metric`` updated as
+            ``metric.update(x_hat, x)`` with (B, C, T) audio and returning a scalar; each is deep-copied per
+            stage and bitrate. Default: ``mel_distance`` (MelDistance), ``stft_distance`` (STFTDistance),
+            ``si_sdr`` (SISDR). The names are log keys (see the module docstring).
+        test_metrics: further metrics for test only (e.g. ViSQOL, PESQ, STOI, which run on the CPU).
+        eval_bandwidths: the bitrates (kbps) to evaluate; each maps to a codebook count with
+            ``Codec.n_q_for_bandwidth``. Default: every count the codec is trained for. The full count is
+            always evaluated.
+        per_bitrate_validation: evaluate validation at every bitrate (default) or only at the full one
+            (one decoder pass per batch instead of one per bitrate; test always covers every bitrate).
     """
 
     def __init__(
@@ -84,6 +125,10 @@ class GANCodecModule(LightningModule):
         max_batches: int | None = None,
         seed: int = 0,
         init_codec_from: str | None = None,
+        metrics: dict[str, Metric] | None = None,
+        test_metrics: dict[str, Metric] | None = None,
+        eval_bandwidths: list[float] | None = None,
+        per_bitrate_validation: bool = True,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -101,6 +146,8 @@ class GANCodecModule(LightningModule):
             "discriminator_optimizer",
             "generator_scheduler",
             "discriminator_scheduler",
+            "metrics",
+            "test_metrics",
         ]
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
 
@@ -142,11 +189,59 @@ class GANCodecModule(LightningModule):
         self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("skipped_steps", torch.zeros(2, dtype=torch.long))  # generator, discriminator
         self._grad_norms = [torch.tensor(0.0), torch.tensor(0.0)]
-        self.metrics = nn.ModuleDict(
+        self._init_evaluation(metrics, test_metrics, eval_bandwidths, per_bitrate_validation)
+
+    def _init_evaluation(
+        self,
+        metrics: dict[str, Metric] | None,
+        test_metrics: dict[str, Metric] | None,
+        eval_bandwidths: list[float] | None,
+        per_bitrate_validation: bool,
+    ) -> None:
+        """Per stage and evaluated codebook count, deep copies of the metrics; per stage a CodebookUsage."""
+        codec = self.codec
+        if metrics is None:
+            metrics = {
+                "mel_distance": MelDistance(codec.sample_rate),
+                "stft_distance": STFTDistance(),
+                "si_sdr": SISDR(),
+            }
+        test_metrics = test_metrics or {}
+        for field, given in (("metrics", metrics), ("test_metrics", test_metrics)):
+            for name, metric in given.items():
+                if not isinstance(metric, Metric):
+                    raise TypeError(f"{field}.{name} must be a torchmetrics Metric, got {type(metric).__name__}")
+                if not name or any(not (c.isalnum() or c in "_-") for c in name):
+                    raise ValueError(f"{field}: metric name {name!r} must be letters, digits, '_' or '-'")
+        clash = sorted(set(metrics) & set(test_metrics))
+        if clash:
+            raise ValueError(f"test_metrics repeats names of metrics: {clash}; give each metric once")
+        full = codec.quantizer.n_q
+        if eval_bandwidths is not None:
+            if not eval_bandwidths:
+                raise ValueError("eval_bandwidths: give at least one bandwidth in kbps, or null for the codec's own")
+            chosen = {codec.n_q_for_bandwidth(bw) for bw in eval_bandwidths}
+        else:
+            chosen = set(codec.n_q_choices or range(1, full + 1))
+        self.eval_n_q = {"test": sorted(chosen | {full})}
+        self.eval_n_q["val"] = self.eval_n_q["test"] if per_bitrate_validation else [full]
+        self.bitrate_labels = {k: f"{round(codec.bitrate(k), 3):g}kbps" for k in self.eval_n_q["test"]}
+        if len(set(self.bitrate_labels.values())) != len(self.bitrate_labels):
+            raise ValueError(f"evaluated bitrates share a label: {self.bitrate_labels}")
+        per_stage = {"val": metrics, "test": {**metrics, **test_metrics}}
+        self.eval_metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({"mel_distance": MelDistance(codec.sample_rate), "si_sdr": SISDR()})
+                stage: nn.ModuleDict(
+                    {
+                        f"nq{k}": nn.ModuleDict({name: copy.deepcopy(m) for name, m in per_stage[stage].items()})
+                        for k in self.eval_n_q[stage]
+                    }
+                )
                 for stage in ("val", "test")
             }
+        )
+        self.codebook_usage = nn.ModuleDict(
+            {stage: CodebookUsage(full, max(codec.quantizer.codebook_sizes)) for stage in ("val", "test")}
         )
 
     # -- set-up ------------------------------------------------------------------------------
@@ -192,9 +287,11 @@ class GANCodecModule(LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch
-        if x.shape[0] == 0:
+        if self._any_rank_empty(x):
             warnings.warn(
-                f"skipping an empty batch at batch {int(self.batch_counter)} (all its files were bad)", stacklevel=2
+                f"skipping batch {int(self.batch_counter)} on every rank: a rank's batch was empty "
+                "(all its files were bad)",
+                stacklevel=2,
             )
             return
         step = int(self.batch_counter)
@@ -256,6 +353,14 @@ class GANCodecModule(LightningModule):
         if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
             self.trainer.should_stop = True
 
+    def _any_rank_empty(self, x: Tensor) -> bool:
+        """Whether the batch of any rank is empty. All ranks then skip the batch together: one rank
+        skipping alone would leave the others waiting in the gradient all-reduce forever."""
+        size = torch.tensor(x.shape[0], device=x.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            size = self.all_gather(size).min()
+        return int(size) == 0
+
     def _check_weights(self, quantizer_losses: dict[str, Tensor]) -> None:
         missing = [name for name in quantizer_losses if name not in self.loss_weights]
         if missing:
@@ -287,23 +392,108 @@ class GANCodecModule(LightningModule):
 
     # -- evaluation ------------------------------------------------------------------------------
     def _evaluate(self, x: Tensor, stage: str) -> None:
+        """Encode once, decode at every evaluated codebook count, update that count's metrics."""
         if x.shape[0] == 0:
             return
-        out = self.codec(x)  # eval mode: all codebooks, no codebook updates
-        x_hat = out.x_hat.float()
-        for name, metric in self.metrics[stage].items():
-            metric.update(x_hat, x.float())
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=x.shape[0])
-        for name, loss in self.reconstruction_losses.items():
-            self.log(
-                f"{stage}/g/{name}", loss(x, x_hat), on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0]
-            )
+        x = x.float()
+        encoded = self.codec.encode(x)  # all codebooks: codes (B, n_q, T'); eval mode, no codebook updates
+        self.codebook_usage[stage].update(encoded.codes)
+        full = self.codec.quantizer.n_q
+        for k in self.eval_n_q[stage]:
+            x_hat = self.codec.decode(EncodedAudio(encoded.codes[:, :k], encoded.scale, encoded.length)).float()
+            for metric in self.eval_metrics[stage][f"nq{k}"].values():
+                metric.update(x_hat, x)
+            if k == full:
+                for name, loss in self.reconstruction_losses.items():
+                    self.log(
+                        f"{stage}/g/{name}",
+                        loss(x, x_hat),
+                        on_step=False,
+                        on_epoch=True,
+                        sync_dist=True,
+                        batch_size=x.shape[0],
+                    )
+
+    def _finish_evaluation(self, stage: str) -> None:
+        """Compute (on every rank), log, and on rank zero tabulate the per-bitrate results of ``stage``."""
+        full = self.codec.quantizer.n_q
+        table: dict[str, dict[str, float]] = {}  # row (metric) -> column (bitrate label) -> value
+        for k in self.eval_n_q[stage]:
+            label = self.bitrate_labels[k]
+            for name, metric in self.eval_metrics[stage][f"nq{k}"].items():
+                value = metric.compute()
+                metric.reset()
+                if not isinstance(value, Tensor) or value.numel() != 1:
+                    raise TypeError(f"metric {name} must compute a scalar tensor, got {type(value).__name__}")
+                table.setdefault(name, {})[label] = float(value)
+        counts = self.codebook_usage[stage].compute()["counts"]  # (n_q, N), summed over ranks
+        self.codebook_usage[stage].reset()
+        for k in self.eval_n_q[stage]:
+            for name, value in self._codebook_rows(counts, k).items():
+                table.setdefault(name, {})[self.bitrate_labels[k]] = value
+        logs: dict[str, float] = {}
+        for name, row in table.items():
+            for label, value in row.items():
+                logs[f"{stage}/{label}/{name}"] = value
+            if self.bitrate_labels[full] in row:
+                logs[f"{stage}/{name}"] = row[self.bitrate_labels[full]]
+        # values are already reduced over ranks (identical everywhere); sync_dist averages equal numbers
+        self.log_dict({k: torch.tensor(v) for k, v in logs.items()}, on_step=False, on_epoch=True, sync_dist=True)
+        if self.trainer.is_global_zero:
+            self._report_table(stage, table)
+
+    def _codebook_rows(self, counts: Tensor, k: int) -> dict[str, float]:
+        """Codebook statistics of the first ``k`` codebooks: total entropy (bits per frame), bitrate
+        efficiency (entropy / allotted bits), mean perplexity, dead codes."""
+        stats = codebook_statistics(counts[:k])
+        allotted = sum(self.codec.quantizer.bits_per_frame[:k])
+        entropy = float(stats["entropy"].sum())
+        return {
+            "codebook_entropy": entropy,
+            "codebook_efficiency": entropy / allotted if allotted > 0 else 0.0,
+            "codebook_perplexity": float(stats["perplexity"].mean()),
+            "codebook_dead_codes": float(stats["dead_codes"].sum()),
+        }
+
+    def per_bitrate_table(self, stage: str, table: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """The JSON form of a table: columns (label, n_q, kbps) and rows (metric -> values per column)."""
+        columns = [
+            {"label": self.bitrate_labels[k], "n_q": k, "kbps": self.codec.bitrate(k)} for k in self.eval_n_q[stage]
+        ]
+        rows = {name: [row.get(c["label"], float("nan")) for c in columns] for name, row in table.items()}
+        return {"stage": stage, "batches": int(self.batch_counter), "columns": columns, "rows": rows}
+
+    @staticmethod
+    def format_table(data: dict[str, Any]) -> str:
+        """Markdown table, metrics x bitrates, of ``per_bitrate_table``'s output."""
+        heads = [f"{c['label']} (n_q={c['n_q']})" for c in data["columns"]]
+        lines = ["| metric | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+        for name, values in data["rows"].items():
+            cells = ["nan" if not math.isfinite(v) else f"{v:.4g}" for v in values]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def _report_table(self, stage: str, table: dict[str, dict[str, float]]) -> None:
+        data = self.per_bitrate_table(stage, table)
+        text = self.format_table(data)
+        for logger in self.loggers:
+            if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
+                logger.experiment.log_dict(logger.run_id, data, f"tables/{stage}_per_bitrate.json")
+                logger.experiment.log_text(logger.run_id, text + "\n", f"tables/{stage}_per_bitrate.md")
+        if self.trainer.state.fn in ("test", "validate"):
+            print(f"\n{stage} metrics per bitrate (batch {data['batches']}):\n{text}\n", flush=True)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """Reconstruction (B, C, T) of the batch with all codebooks."""

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from codecplatform.losses.reconstruction import MultiScaleMelLoss
+from codecplatform.losses.reconstruction import MultiScaleMelLoss, MultiScaleSTFTLoss
 
 
 class MelDistance(Metric):
@@ -29,6 +29,42 @@ class MelDistance(Metric):
             log_base=10.0,
             clamp_eps=1e-5,
             power=1.0,
+        )
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        for i in range(x.shape[0]):  # per example, so the mean does not depend on batching
+            self.total += self.distance(x[i : i + 1], x_hat[i : i + 1]).double()
+        self.count += x.shape[0]
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class STFTDistance(Metric):
+    """DAC's STFT distance (``dac.nn.loss.MultiScaleSTFTLoss`` with its defaults, as DAC's
+    ``scripts/evaluate.py`` uses it): per window length in ``[2048, 512]`` (hop = window / 4, Hann,
+    centred), ``mean|log10(max(|X|, 1e-5)^2) - log10(max(|X_hat|, 1e-5)^2)| + mean| |X| - |X_hat| |``,
+    summed over the two scales; averaged over examples. ``update(x_hat, x)`` with (B, C, T) audio of at
+    least 1025 samples; lower is better.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, window_lengths: list[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.distance = MultiScaleSTFTLoss(
+            window_lengths=window_lengths or [2048, 512],
+            hop_divisor=4,
+            log_weight=1.0,
+            mag_weight=1.0,
+            clamp_eps=1e-5,
+            log_base=10.0,
+            power=2.0,
+            scale_reduction="sum",
+            center=True,
         )
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")

@@ -1,0 +1,103 @@
+"""Codebook statistics: usage histogram, entropy, perplexity, dead codes and DAC's bitrate efficiency.
+
+``CodebookUsage`` keeps one summed ``(K, N)`` count state (``dist_reduce_fx="sum"``), so under DDP the
+counts of all ranks are added before ``compute``: the statistics are those of the whole data set, not an
+average of per-rank statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+def codebook_statistics(counts: Tensor) -> dict[str, Tensor]:
+    """Statistics of code counts.
+
+    Args:
+        counts: (K, N) number of times each of the N entries of each of the K codebooks was used.
+
+    Returns:
+        ``usage`` (K, N) fraction of the codebook's uses per entry (all zero for an unused codebook),
+        ``entropy`` (K,) in bits (0 for an unused codebook, never NaN),
+        ``perplexity`` (K,) = 2 ** entropy (the effective number of entries used; 1 for an unused codebook),
+        ``dead_codes`` (K,) long: entries never used,
+        ``efficiency`` () = sum_k entropy_k / sum_k log2(N): DAC's bitrate efficiency, the fraction of the
+        allotted bits that the code distribution actually carries.
+    """
+    if counts.dim() != 2:
+        raise ValueError(f"counts must be (K, N), got shape {tuple(counts.shape)}")
+    num_codebooks, codebook_size = counts.shape
+    counts = counts.double()
+    totals = counts.sum(dim=1, keepdim=True)  # (K, 1)
+    usage = counts / totals.clamp(min=1.0)  # (K, N); zero row where the codebook was never used
+    plogp = torch.where(usage > 0, usage * torch.log2(usage.clamp(min=1e-300)), torch.zeros_like(usage))
+    entropy = (-plogp.sum(dim=1)).clamp(min=0.0)  # (K,); clamp turns -0.0 into 0.0
+    total_bits = num_codebooks * math.log2(codebook_size) if codebook_size > 1 else 0.0
+    efficiency = entropy.sum() / total_bits if total_bits > 0 else entropy.sum() * 0.0
+    return {
+        "usage": usage.float(),
+        "entropy": entropy.float(),
+        "perplexity": torch.pow(2.0, entropy).float(),
+        "dead_codes": (counts == 0).sum(dim=1).long(),
+        "efficiency": efficiency.float(),
+    }
+
+
+class CodebookUsage(Metric):
+    """Accumulates code counts per codebook; ``compute`` returns ``codebook_statistics(counts)`` plus
+    ``counts`` (K, N) long.
+
+    ``update(codes, n_q=None)``: ``codes`` (B, K', T') long with K' <= K; when ``n_q`` (B,) is given only
+    codebooks ``k < n_q[b]`` of example ``b`` are counted (the rest were not transmitted). Codebooks never
+    seen keep zero counts (entropy 0, all entries dead).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_codebooks: int, codebook_size: int, **kwargs):
+        super().__init__(**kwargs)
+        if num_codebooks < 1 or codebook_size < 1:
+            raise ValueError(
+                f"num_codebooks and codebook_size must be >= 1, got num_codebooks={num_codebooks}, "
+                f"codebook_size={codebook_size}"
+            )
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.add_state(
+            "counts", default=torch.zeros(num_codebooks, codebook_size, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, codes: Tensor, n_q: Tensor | None = None) -> None:
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be (B, K, T'), got shape {tuple(codes.shape)}")
+        batch, k_used, _ = codes.shape
+        if k_used > self.num_codebooks:
+            raise ValueError(f"codes has {k_used} codebooks, the metric was built for {self.num_codebooks}")
+        codes = codes.long()
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}), got range [{int(codes.min())}, {int(codes.max())}]"
+            )
+        weight = torch.ones_like(codes)  # (B, K', T')
+        if n_q is not None:
+            n_q = torch.as_tensor(n_q, device=codes.device).reshape(-1)
+            if n_q.numel() == 1:
+                n_q = n_q.expand(batch)
+            if n_q.numel() != batch:
+                raise ValueError(f"n_q must have one entry per example ({batch}), got {n_q.numel()}")
+            keep = torch.arange(k_used, device=codes.device)[None, :] < n_q[:, None]  # (B, K')
+            weight = weight * keep[:, :, None].long()
+        # flat index k * N + code per element, scattered into the (K' * N) view of the counts
+        index = codes + torch.arange(k_used, device=codes.device)[None, :, None] * self.codebook_size
+        flat = self.counts[:k_used].view(-1)  # the first K' rows are contiguous: a view, updated in place
+        flat.scatter_add_(0, index.reshape(-1), weight.reshape(-1))
+
+    def compute(self) -> dict[str, Tensor]:
+        stats = codebook_statistics(self.counts)
+        stats["counts"] = self.counts.clone()
+        return stats
