@@ -10,7 +10,8 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 
-from datamodules.augment import Augmentation
+from codecplatform.dsp.loudness import normalize_loudness
+from datamodules.augment import Augmentation, limit_peak
 
 _SILENT_RMS = 1e-6  # a window whose RMS is below this is left as it is by normalize_db
 
@@ -93,6 +94,8 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         segment_seconds: window length in seconds.
         random_offset: random window offsets (training) instead of offset 0.
         normalize_db: target RMS level of each window in dBFS (e.g. -24.0); None keeps levels.
+        normalize_lufs: target integrated loudness of each window in LUFS (ITU-R BS.1770-4,
+            e.g. DAC's -24.0), peak limited to 1.0; None keeps levels. At most one of the two.
         seed: seed of the offset generator.
         rank: distributed rank; each rank and each DataLoader worker draws its own offsets.
         augmentation: on-the-fly augmentation of each batch (training only); None: none.
@@ -108,6 +111,7 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         seed: int = 0,
         rank: int = 0,
         augmentation: Augmentation | None = None,
+        normalize_lufs: float | None = None,
     ) -> None:
         super().__init__()
         if sample_rate <= 0:
@@ -123,7 +127,10 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         if self.num_samples < 1:
             raise ValueError(f"segment_seconds={segment_seconds} is shorter than one sample at {sample_rate} Hz")
         self.random_offset = random_offset
+        if normalize_db is not None and normalize_lufs is not None:
+            raise ValueError("set at most one of normalize_db and normalize_lufs")
         self.normalize_db = normalize_db
+        self.normalize_lufs = normalize_lufs
         self.seed = seed
         self.rank = rank
         self.augmentation = augmentation
@@ -198,6 +205,8 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         """Normalize (``normalize_db``) and zero-pad a raw window: (C, <= T) -> (C, T)."""
         if self.normalize_db is not None:
             audio = normalize_rms(audio, self.normalize_db)
+        if self.normalize_lufs is not None:
+            audio = limit_peak(normalize_loudness(audio, self.sample_rate, self.normalize_lufs), 1.0)
         if audio.shape[1] < self.num_samples:
             audio = np.pad(audio, ((0, 0), (0, self.num_samples - audio.shape[1])))
         return audio

@@ -166,6 +166,9 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         stable_windows: seed each draw's window offset and augmentation from its draw id (exact
             resume); false: the dataset's per-rank, per-worker generator draws them.
         augmentation: on-the-fly augmentation of training batches (not validation/test).
+        normalize_lufs: target integrated loudness of each window in LUFS (ITU-R BS.1770-4; DAC
+            normalizes to -24.0), peak limited to 1.0, for every split; at most one of it and
+            ``normalize_db``.
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         min_full_band_per_batch: int = 0,
         stable_windows: bool = True,
         augmentation: Augmentation | None = None,
+        normalize_lufs: float | None = None,
     ) -> None:
         super().__init__()
         manifests = {"val_cuts": val_cuts, "test_cuts": test_cuts}
@@ -256,6 +260,9 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         self.min_full_band_per_batch = min_full_band_per_batch
         self.stable_windows = stable_windows
         self.augmentation = augmentation
+        if normalize_db is not None and normalize_lufs is not None:
+            raise ValueError("set at most one of normalize_db and normalize_lufs")
+        self.normalize_lufs = normalize_lufs
         self.infinite = bool(
             infinite
             or train_shar is not None
@@ -448,6 +455,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             segment_seconds=self.segment_seconds,
             random_offset=True,
             normalize_db=self.normalize_db,
+            normalize_lufs=self.normalize_lufs,
             seed=self.seed,
             rank=rank,
             augmentation=self.augmentation,
@@ -472,6 +480,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             segment_seconds=self.eval_segment_seconds,
             random_offset=False,
             normalize_db=self.normalize_db,
+            normalize_lufs=self.normalize_lufs,
             seed=self.seed,
             rank=rank,
         )

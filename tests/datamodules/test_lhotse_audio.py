@@ -21,9 +21,7 @@ SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
 
 def _write_cuts(paths: list[Path], out: Path) -> Path:
     """A cut manifest with one cut per file (cut id = file stem)."""
-    recordings = RecordingSet.from_recordings(
-        Recording.from_file(p, recording_id=p.stem) for p in paths
-    )
+    recordings = RecordingSet.from_recordings(Recording.from_file(p, recording_id=p.stem) for p in paths)
     cuts = CutSet.from_manifests(recordings=recordings)
     CutSet.from_cuts(cut.with_id(cut.recording_id) for cut in cuts).to_file(out)
     return out
@@ -86,9 +84,7 @@ def test_train_and_val_batches_have_the_right_shape(corpus: dict[str, Path]) -> 
 
 
 def test_max_duration_sets_windows_per_batch(corpus: dict[str, Path]) -> None:
-    dm = LhotseAudioDataModule(
-        train_cuts=str(corpus["train"]), batch_size=None, max_duration=2.0, segment_seconds=0.5
-    )
+    dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=None, max_duration=2.0, segment_seconds=0.5)
     # 8 cuts x 4 draws (2 s / 0.5 s) = 32 windows, 4 (2 s / 0.5 s) per batch
     assert [b.shape[0] for b in _batches(dm.train_dataloader())] == [4] * 8
 
@@ -117,9 +113,7 @@ def test_mono_is_repeated_and_short_cuts_are_zero_padded(corpus: dict[str, Path]
 
 
 def test_val_batches_are_identical_across_passes(corpus: dict[str, Path]) -> None:
-    dm = LhotseAudioDataModule(
-        train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=4
-    )
+    dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=4)
     dm.setup("fit")
     first, second = _batches(dm.val_dataloader()), _batches(dm.val_dataloader())
     assert len(first) == len(second) == 2
@@ -154,9 +148,7 @@ def test_two_ranks_see_disjoint_cuts_and_equal_batch_counts(
     seen: dict[int, list[list[str]]] = {}
     val_counts: dict[int, int] = {}
     for rank in (0, 1):
-        dm = LhotseAudioDataModule(
-            train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=2
-        )
+        dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=2)
         monkeypatch.setattr(dm, "_world_size_rank", lambda rank=rank: (2, rank))
         dm.setup("fit")
         train = dm.train_dataloader()
@@ -187,6 +179,25 @@ def test_normalize_db_reaches_the_target_rms(corpus: dict[str, Path], tmp_path: 
     assert np.isclose(np.abs(limited).max(), 1.0)
     silent = np.zeros((1, 1000), dtype=np.float32)
     assert np.array_equal(normalize_rms(silent, -24.0), silent)
+
+
+def test_normalize_lufs_levels_every_split_to_the_target_loudness(corpus: dict[str, Path], tmp_path: Path) -> None:
+    from codecplatform.dsp.loudness import integrated_loudness
+
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, _tone(1.0, SR, 300.0, amplitude=0.01), SR, subtype="FLOAT")
+    cuts = load_cuts(_write_cuts([quiet], tmp_path / "quiet.jsonl.gz"))
+    dataset = AudioWindowDataset(SR, 1, 1.0, random_offset=False, normalize_lufs=-24.0)
+    assert abs(integrated_loudness(dataset[cuts][0].numpy(), SR) - (-24.0)) < 0.05
+    dm = LhotseAudioDataModule(
+        train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=2, normalize_lufs=-20.0
+    )
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        window = next(iter(loader))[0].numpy()
+        assert abs(integrated_loudness(window, SR) - (-20.0)) < 0.05
+    with pytest.raises(ValueError, match="at most one of normalize_db and normalize_lufs"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"]), normalize_db=-24.0, normalize_lufs=-24.0)
 
 
 def test_bad_files_are_dropped_with_a_warning(tmp_path: Path) -> None:
@@ -280,9 +291,7 @@ def test_train_windows_are_fixed_by_seed_epoch_and_id(corpus: dict[str, Path]) -
 
 
 def test_worker_processes_load_batches(corpus: dict[str, Path]) -> None:
-    dm = LhotseAudioDataModule(
-        train_cuts=str(corpus["train"]), batch_size=2, num_workers=2, segment_seconds=0.25
-    )
+    dm = LhotseAudioDataModule(train_cuts=str(corpus["train"]), batch_size=2, num_workers=2, segment_seconds=0.25)
     loader = dm.train_dataloader()
     assert loader.persistent_workers
     batches = _batches(loader)
@@ -311,9 +320,7 @@ def test_real_speech_recordings(tmp_path: Path) -> None:
     if not speech.is_dir():
         pytest.skip("../shared/data is absent (real recordings are optional)")
     paths = prepare_manifests(speech, tmp_path / "manifests", seed=0)
-    dm = LhotseAudioDataModule(
-        train_cuts=str(paths["train"]), val_cuts=str(paths["val"]), batch_size=4
-    )
+    dm = LhotseAudioDataModule(train_cuts=str(paths["train"]), val_cuts=str(paths["val"]), batch_size=4)
     dm.setup("fit")
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no file of the corpus may be dropped
