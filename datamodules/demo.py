@@ -29,9 +29,7 @@ _FORMANT_BANDWIDTHS = np.array([80.0, 100.0, 140.0])  # Hz
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _band_noise(
-    n: int, sr: int, low_hz: float, high_hz: float, rng: np.random.Generator
-) -> np.ndarray:
+def _band_noise(n: int, sr: int, low_hz: float, high_hz: float, rng: np.random.Generator) -> np.ndarray:
     """White noise (n,) shaped in the frequency domain by a smooth band-pass, unit RMS."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
     f = np.fft.rfftfreq(n, 1.0 / sr) + 1e-3
@@ -40,9 +38,7 @@ def _band_noise(
     return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
 
 
-def _adsr(
-    n: int, sr: int, attack: float, decay: float, sustain: float, release: float
-) -> np.ndarray:
+def _adsr(n: int, sr: int, attack: float, decay: float, sustain: float, release: float) -> np.ndarray:
     """Envelope (n,): linear attack, exponential decay to ``sustain``, linear release at the end."""
     t = np.arange(n) / sr
     decayed = sustain + (1.0 - sustain) * np.exp(-(t - attack) / decay)
@@ -228,9 +224,7 @@ def make_demo_dataset(
         sr = 16000 if i % 2 == 0 else 24000
         audio = synth_speech(seconds, sr, np.random.default_rng([seed, 1, i]))
         sf.write(audio_dir / f"speech_{i:03d}.wav", audio.T, sr)
-    return prepare_manifests(
-        audio_dir, Path(out_dir) / "manifests", val_fraction=0.1, test_fraction=0.1, seed=seed
-    )
+    return prepare_manifests(audio_dir, Path(out_dir) / "manifests", val_fraction=0.1, test_fraction=0.1, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

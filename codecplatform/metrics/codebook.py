@@ -35,7 +35,7 @@ def codebook_statistics(counts: Tensor) -> dict[str, Tensor]:
     totals = counts.sum(dim=1, keepdim=True)  # (K, 1)
     usage = counts / totals.clamp(min=1.0)  # (K, N); zero row where the codebook was never used
     plogp = torch.where(usage > 0, usage * torch.log2(usage.clamp(min=1e-300)), torch.zeros_like(usage))
-    entropy = (-plogp.sum(dim=1)).clamp(min=0.0)  # (K,); clamp turns -0.0 into 0.0
+    entropy = (-plogp.sum(dim=1)).clamp(min=0.0) + 0.0  # (K,); clamp keeps -0.0, adding 0.0 makes it 0.0
     total_bits = num_codebooks * math.log2(codebook_size) if codebook_size > 1 else 0.0
     efficiency = entropy.sum() / total_bits if total_bits > 0 else entropy.sum() * 0.0
     return {

@@ -16,6 +16,7 @@ def test_hand_computed_entropy_perplexity_and_efficiency():
     stats = codebook_statistics(counts)
     assert torch.allclose(stats["usage"][0], torch.tensor([0.5, 0.25, 0.25, 0.0]))
     assert torch.allclose(stats["entropy"], torch.tensor([1.5, 0.0]))
+    assert not torch.signbit(stats["entropy"][1])  # a one-hot codebook prints 0.0, not -0.0
     assert torch.allclose(stats["perplexity"], torch.tensor([2**1.5, 1.0]))
     assert stats["dead_codes"].tolist() == [1, 3]
     assert stats["dead_codes"].dtype == torch.long

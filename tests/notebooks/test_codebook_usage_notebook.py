@@ -1,24 +1,31 @@
-"""notebooks/codebook_usage.ipynb runs headless on a tiny trained codec: its stats table lists every
-codebook, and the numbers it reports (last cell: ``RESULT_JSON {...}``) are consistent."""
+"""notebooks/codebook_usage.ipynb runs headless on a tiny codec trained in the test (MLflow sqlite store
+in a tmp folder): found by its MLflow run id (checkpoint artifact + metric history) or given as a file
+outside any run (history skipped, saying why). Its printed numbers equal the codebook statistics of the
+checkpoint computed here, and it shows its figures and one audio player per codebook count."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 from pathlib import Path
 
 import nbformat
 import pytest
+import soundfile as sf
+import torch
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
 from codecplatform.cli import cli_main
+from codecplatform.metrics.codebook import codebook_statistics
 from codecplatform.models.codec import Codec
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "codebook_usage.ipynb"
 EXPERIMENTS = ROOT / "experiments"
 RESULT_PREFIX = "RESULT_JSON "
+ENV = ("CODEC_CHECKPOINT", "CODEC_RUN_ID", "MLFLOW_TRACKING_URI", "CODEC_AUDIO", "CODEC_MAX_FILES")
 
 
 def ensure_python3_kernel() -> None:
@@ -38,14 +45,113 @@ def entropy_bits(counts: list[int]) -> float:
     return -sum(c / total * math.log2(c / total) for c in counts if c)
 
 
-def stream_text(nb) -> list[str]:
+def outputs(nb, output_type: str) -> list:
     return [
-        out.get("text", "")
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
-        if out.output_type == "stream" and out.name == "stdout"
+        out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == output_type
     ]
+
+
+def stdout(nb) -> str:
+    return "".join(out.get("text", "") for out in outputs(nb, "stream") if out.name == "stdout")
+
+
+def execute(monkeypatch, folder: Path, **env: str):
+    """Run the notebook in ``folder`` with exactly the given CODEC_*/MLFLOW_* environment; -> (nb, result)."""
+    for key in ENV:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures become PNG outputs
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    errors = outputs(nb, "error")
+    assert not errors, errors
+    results = [line[len(RESULT_PREFIX) :] for line in stdout(nb).splitlines() if line.startswith(RESULT_PREFIX)]
+    assert len(results) == 1
+    return nb, json.loads(results[0])
+
+
+def figures(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for out in outputs(nb, "display_data"))
+
+
+def audio_players(nb) -> int:
+    return sum("<audio" in out.get("data", {}).get("text/html", "") for out in outputs(nb, "display_data"))
+
+
+def direct_statistics(checkpoint: Path, files: list[Path]) -> dict[str, torch.Tensor]:
+    """codebook_statistics of the codes of ``files`` (each whole, 1 s at the codec's rate) under ``checkpoint``."""
+    codec = Codec.from_checkpoint(checkpoint)
+    codes = []
+    for path in files:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        assert rate == codec.sample_rate
+        codes.append(codec.encode(torch.from_numpy(data.T.copy())[None]).codes[0])  # (K, T')
+    codes = torch.cat(codes, dim=-1)
+    size = max(codec.quantizer.codebook_sizes)
+    counts = torch.stack([torch.bincount(row, minlength=size) for row in codes])  # (K, N)
+    return {**codebook_statistics(counts), "counts": counts}
+
+
+@torch.no_grad()
+def spread_codebooks(checkpoint: Path, out: Path, files: list[Path]) -> Path:
+    """A copy of ``checkpoint`` whose codebooks are latent frames (residuals) of ``files`` picked at
+    random, so the notebook's statistics have many used entries (two training batches leave a tiny
+    codec with one entry per codebook)."""
+    codec = Codec.from_checkpoint(checkpoint)
+    x = torch.cat([torch.from_numpy(sf.read(p, dtype="float32", always_2d=True)[0].T.copy()) for p in files], -1)
+    residual = codec.encoder(x[None])[0].t()  # (frames, D)
+    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for k, layer in enumerate(codec.quantizer.layers):
+        embed = residual[torch.randperm(len(residual), generator=generator)[: layer.codebook_size]].clone()
+        for name in ("embed", "embed_avg"):
+            data["state_dict"][f"codec.quantizer.layers.{k}.{name}"] = embed.clone()
+        residual = residual - embed[torch.cdist(residual, embed).argmin(dim=1)]
+    torch.save(data, out)
+    return out
+
+
+def check_statistics(nb, result: dict, checkpoint: Path, files: list[Path]) -> None:
+    """The printed table and the result's numbers equal the statistics of ``checkpoint`` computed here."""
+    codec = Codec.from_checkpoint(checkpoint)
+    K, sizes = codec.quantizer.n_q, codec.quantizer.codebook_sizes
+    expected = direct_statistics(checkpoint, files)
+    assert result["files"] == [p.name for p in files]
+    assert result["n_frames"] == len(files) * math.ceil(24000 / codec.hop_length)  # 1 s files
+
+    # The printed table: a header, then one row per codebook.
+    text = stdout(nb)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["codebook", "size"])
+    rows = [line.split() for line in lines[start + 2 : start + 2 + K]]
+    assert [int(row[0]) for row in rows] == list(range(K))
+    assert [int(row[1]) for row in rows] == list(sizes)
+    assert [int(row[3]) for row in rows] == expected["dead_codes"].tolist()
+    assert [float(row[5]) for row in rows] == pytest.approx(expected["entropy"].tolist(), abs=5e-4)  # 3 decimals
+    assert f"bitrate efficiency (sum of entropies / sum of log2 sizes): {float(expected['efficiency']):.3f}" in text
+
+    stats = result["stats"]
+    assert [s["codebook"] for s in stats] == list(range(K))
+    for k, (s, size) in enumerate(zip(stats, sizes)):
+        assert s["size"] == size and s["counts"] == expected["counts"][k, :size].tolist()
+        assert sum(s["counts"]) == result["n_frames"]
+        used = sum(c > 0 for c in s["counts"])
+        assert s["used"] == used and s["dead"] == int(expected["dead_codes"][k]) == size - used
+        assert s["entropy_bits"] == pytest.approx(entropy_bits(s["counts"]), abs=1e-5)
+        assert s["entropy_bits"] == pytest.approx(float(expected["entropy"][k]), abs=1e-5)
+        assert s["perplexity"] == pytest.approx(float(expected["perplexity"][k]), rel=1e-5)
+        assert s["utilization"] == pytest.approx(used / size)
+    assert result["efficiency"] == pytest.approx(float(expected["efficiency"]), abs=1e-6)
+
+    # Quality and audio for every codebook count 1..K, decoded from the first k of all K codes.
+    assert [row["n_q"] for row in result["by_n_q"]] == list(range(1, K + 1))
+    for row in result["by_n_q"]:
+        assert row["kbps"] == pytest.approx(codec.bitrate(row["n_q"]))
+        assert all(math.isfinite(row[key]) for key in ("kbps", "mel_distance", "si_sdr"))
+    assert audio_players(nb) == 1 + K  # the original, then 1..K codebooks
+    for k in range(1, K + 1):
+        assert f"{k} codebook(s), {codec.bitrate(k):g} kbps" in text
 
 
 def test_stored_without_outputs():
@@ -54,9 +160,10 @@ def test_stored_without_outputs():
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
     assert "parameters" in code[0].metadata.get("tags", [])
+    assert all(name in code[0].source for name in ("CHECKPOINT =", "RUN_ID =", "TRACKING_URI ="))
 
 
-def test_notebook_runs_on_a_tiny_trained_codec(make_manifests, in_tmp_dir, monkeypatch, latest_checkpoint):
+def test_notebook_by_run_id_and_by_checkpoint_file(make_manifests, in_tmp_dir, monkeypatch, latest_checkpoint):
     manifests = make_manifests(24000, 1)
     fit = cli_main(
         [
@@ -71,64 +178,41 @@ def test_notebook_runs_on_a_tiny_trained_codec(make_manifests, in_tmp_dir, monke
         ]
     )
     checkpoint = Path(latest_checkpoint(fit.trainer)).resolve()
+    run_id = fit.trainer.logger.run_id
     wav_dir = manifests["train"].parents[1] / "wav"
-    assert checkpoint.is_file() and any(wav_dir.glob("*.wav"))
-
-    monkeypatch.setenv("CODEC_CHECKPOINT", str(checkpoint))
-    monkeypatch.setenv("CODEC_AUDIO", str(wav_dir))
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # headless; the inline backend still renders plt.show()
+    wavs = sorted(wav_dir.glob("*.wav"))
+    assert checkpoint.is_file() and 0 < len(wavs) <= 8
     ensure_python3_kernel()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(in_tmp_dir)}}).execute()
 
-    errors = [
-        out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == "error"
-    ]
-    assert not errors, errors
-    text = "".join(stream_text(nb))
-    results = [line[len(RESULT_PREFIX) :] for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
-    assert len(results) == 1
-    result = json.loads(results[0])
+    # 1. By MLflow run id: the checkpoint comes from the run's artifacts, the history from its metrics.
+    store = f"sqlite:///{in_tmp_dir / 'mlflow.db'}"
+    nb, result = execute(
+        monkeypatch, in_tmp_dir, CODEC_RUN_ID=run_id, MLFLOW_TRACKING_URI=store, CODEC_AUDIO=str(wav_dir)
+    )
+    assert result["checkpoint_source"] == "mlflow" and Path(result["checkpoint"]).name == "last.ckpt"
+    assert filecmp.cmp(result["checkpoint"], checkpoint, shallow=False)  # the run's artifact is the fit's last.ckpt
+    assert result["files"] == [p.name for p in wavs]
 
-    codec = Codec.from_checkpoint(checkpoint)
-    K, sizes = codec.quantizer.n_q, codec.quantizer.codebook_sizes
-    assert result["checkpoint"] == str(checkpoint)
-    n_files = len(list(wav_dir.glob("*.wav")))
-    assert len(result["files"]) == min(8, n_files)
+    check_statistics(nb, result, checkpoint, wavs)
+    K = Codec.from_checkpoint(checkpoint).quantizer.n_q
+    assert figures(nb) == 3  # statistics, quality against bitrate, history
 
-    # The printed table: a header, then one row per codebook, in order.
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["codebook", "size"])
-    rows = [line.split() for line in lines[start + 2 : start + 2 + K]]
-    assert [int(row[0]) for row in rows] == list(range(K))
-    assert [int(row[1]) for row in rows] == list(sizes)
+    # History: the fit validated after each of its 2 batches, logging val/codebook/* each time.
+    assert result["mlflow_run"]["run_id"] == run_id and result["no_run_reason"] is None
+    points = result["history_points"]
+    assert points["val/codebook/efficiency"] == 2 and points["val/mel_distance"] == 2
+    assert all(points[f"val/codebook/{name}/{k}"] == 2 for name in ("perplexity", "dead_codes") for k in range(K))
+    assert points["train/g/commit"] >= 1
 
-    # Per-codebook numbers.
-    stats = result["stats"]
-    assert [s["codebook"] for s in stats] == list(range(K))
-    # every file is 1 s at 24 kHz: ceil(T / hop) frames each
-    assert result["n_frames"] == len(result["files"]) * math.ceil(24000 / codec.hop_length)
-    for s, size in zip(stats, sizes):
-        assert s["size"] == size and len(s["counts"]) == size
-        assert sum(s["counts"]) == result["n_frames"]
-        used = sum(c > 0 for c in s["counts"])
-        assert s["used"] == used and s["dead"] == sum(c == 0 for c in s["counts"])
-        assert s["dead"] + s["used"] == size
-        assert 0 <= s["entropy_bits"] <= math.log2(size) + 1e-9
-        assert s["entropy_bits"] == pytest.approx(entropy_bits(s["counts"]), abs=1e-9)
-        assert s["perplexity"] == pytest.approx(2 ** s["entropy_bits"])
-        assert s["utilization"] == pytest.approx(used / size)
-    total_bits = sum(math.log2(size) for size in sizes)
-    assert result["efficiency"] == pytest.approx(sum(s["entropy_bits"] for s in stats) / total_bits)
-
-    # Quality against the number of codebooks: one finite row per count.
-    counts = codec.n_q_choices or list(range(1, K + 1))
-    assert [row["n_q"] for row in result["by_n_q"]] == counts
-    for row in result["by_n_q"]:
-        assert row["kbps"] == pytest.approx(codec.bitrate(row["n_q"]))
-        assert all(math.isfinite(row[key]) for key in ("kbps", "mel_distance", "si_sdr"))
-
-    # The fit logged to ./mlflow.db next to outputs/: the notebook finds the run and its history.
-    assert result["mlflow_run"]["run_id"] == fit.trainer.logger.run_id
-    assert result["history_points"]["val/mel_distance"] >= 1
-    assert result["history_points"]["train/g/commit"] >= 1
+    # 2. A checkpoint file outside any run (codebooks spread over many entries): everything but the
+    # history, which says why it is missing.
+    elsewhere = in_tmp_dir / "elsewhere"
+    elsewhere.mkdir()
+    spread = spread_codebooks(checkpoint, elsewhere / "model.ckpt", wavs)
+    nb, result = execute(monkeypatch, elsewhere, CODEC_CHECKPOINT=str(spread), CODEC_AUDIO=str(wav_dir))
+    assert result["checkpoint_source"] == "file" and result["checkpoint"] == str(spread)
+    assert min(s["used"] for s in result["stats"]) > 3 and result["efficiency"] > 0.3
+    check_statistics(nb, result, spread, wavs)
+    assert result["mlflow_run"] is None and result["history_points"] == {}
+    assert "no MLflow run, so no training history: RUN_ID is empty" in stdout(nb)
+    assert figures(nb) == 2

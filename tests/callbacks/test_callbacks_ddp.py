@@ -1,0 +1,69 @@
+"""The callbacks under DDP (two CPU processes, gloo): the codebook counts rank zero writes cover both
+ranks' validation data, throughput counts both ranks' audio, and only rank zero writes files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from test_codebook_logger import direct_counts
+from test_gan_codec import NoiseAudio, tiny_module
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.path[:0] = [{lightning!r}, {here!r}]
+    from conftest import fit_tiny, spread_codebooks
+    from test_gan_codec import tiny_module
+    from callbacks import AudioReconstructionLogger, AudioThroughputMonitor, CodebookUsageLogger
+
+    torch.manual_seed(0)
+    module = spread_codebooks(tiny_module())
+    audio = AudioReconstructionLogger(num_examples=2, examples_per_batch=2)
+    callbacks = [CodebookUsageLogger(), audio, AudioThroughputMonitor()]
+    # 4 validation examples in batches of 2: the DistributedSampler gives each rank one batch
+    trainer = fit_tiny(callbacks, False, {out!r}, batches=1, val_batches=2, module=module, devices=2,
+                       strategy="ddp_find_unused_parameters_true")
+    if trainer.is_global_zero:
+        torch.save(module.state_dict(), {out!r} + "/module.pt")
+        metrics = {{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        open({out!r} + "/metrics.json", "w").write(json.dumps(metrics))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_ranks_log_the_counts_of_all_validation_data(tmp_path):
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "ddp_callbacks.py"
+    script.write_text(SCRIPT.format(lightning=str(here.parent / "lightning"), here=str(here), out=str(tmp_path)))
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    module = tiny_module()
+    module.load_state_dict(torch.load(tmp_path / "module.pt"))
+    expected = direct_counts(module.codec, val_batches=2, size=16)  # all 4 validation examples
+    counts = json.loads((tmp_path / "artifacts" / "codebooks" / "val_0000001" / "counts.json").read_text())
+    assert [cb["counts"] for cb in counts["codebooks"]] == expected.tolist()
+    assert counts["frames"] == 4 * 256  # both ranks' frames, not one rank's 2 * 256
+
+    # rank zero alone wrote the audio: its own first examples
+    audio = sorted(p.name for p in (tmp_path / "artifacts" / "audio" / "val_0000001").iterdir())
+    assert audio == sorted(f"example_{i}{s}" for i in (0, 1) for s in (".png", "_original.wav", "_reconstruction.wav"))
+    val = NoiseAudio(n=4)
+    for i, index in enumerate((0, 2)):  # the DistributedSampler gives rank zero examples 0 and 2
+        original, _ = sf.read(tmp_path / "artifacts" / "audio" / "val_0000001" / f"example_{i}_original.wav")
+        np.testing.assert_allclose(original, val[index][0].numpy(), atol=1e-7)
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    wall = metrics["train/throughput/step_time"] + metrics["train/throughput/data_time"]
+    both_ranks = 2 * 2 * 2048 / 8000  # the 4 training examples split over two ranks: 2 x 2048 samples each, 8 kHz
+    assert metrics["train/throughput/audio_seconds_per_second"] == pytest.approx(both_ranks / wall, rel=1e-5)
+    assert metrics["val/codebook/dead_codes/0"] == float((expected[0] == 0).sum())
