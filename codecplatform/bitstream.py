@@ -1,0 +1,438 @@
+"""The compressed file format (``.cpc``): a versioned header and bit-packed codes.
+
+One file holds one signal: the codes (K, T') of ``Codec.encode`` on (1, C, T) audio, the
+per-segment input scales of codecs that normalize their input, and what a decoder needs to check
+that it is the right model. Everything is little-endian. Version 1 layout::
+
+    offset  type         field
+    0       4 bytes      magic b"CPCF"
+    4       uint16       format version (1); a reader refuses versions it does not know
+    6       uint32       header length in bytes (everything before the payload)
+    10      uint32       sample rate (Hz)
+    14      uint16       channels
+    16      uint32       hop length (samples per frame: frame rate = sample rate / hop length)
+    20      uint64       length (samples per channel of the original signal; decode trims to it)
+    28      uint64       frames T' (all segments together)
+    36      uint32       segment length in samples (0: the codec does not segment)
+    40      uint32       segment stride in samples (0: the codec does not segment)
+    44      uint16       n_q (K, codebooks in the file)
+    46      uint16       model identifier length m (bytes of UTF-8)
+    48      uint32       number of scales S (0: the codec does not normalize its input)
+    52      32 bytes     model checksum: sha256 of the codec's state dict (:func:`model_checksum`)
+    84      uint64       payload length in bytes
+    92      uint32       payload CRC-32 (zlib)
+    96      K x uint32   codebook sizes
+            S x float32  input scales, one per segment (``EncodedAudio.scale``)
+            m bytes      model identifier (the checkpoint path given at encode time)
+            uint32       header CRC-32 of all the header bytes before it
+    header  payload      codes, bit-packed (:func:`pack_codes`)
+
+Payload: frame after frame, and within a frame codebook 0 first, each code takes
+``ceil(log2(codebook size))`` bits, most significant bit first; the last byte is padded with
+zero bits. So the payload is ``ceil(T' * sum_k ceil(log2(size_k)) / 8)`` bytes, i.e. the nominal
+bitrate ``frame_rate * sum_k log2(size_k)`` for power-of-two sizes (one bit per code more at most
+otherwise), plus the header: 100 bytes + 4 per codebook + 4 per scale + the identifier.
+
+Reading checks, in this order, and raises :class:`BitstreamError` naming the file: the magic, the
+version, the header length against the file size, the header CRC, the consistency of its fields
+(frames follow from length, hop and segments; the payload length from frames and sizes), the file
+size against header + payload (truncated or trailing bytes), the payload CRC. Decoders then check
+the model checksum and the model's rates, channels, codebook sizes and segmenting against the
+header (:func:`check_model`) before writing anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+MAGIC = b"CPCF"
+VERSION = 1
+SUFFIX = ".cpc"
+_FIXED = struct.Struct("<4sHIIHIQQIIHHI32sQI")  # everything up to the codebook sizes: 96 bytes
+_CRC = struct.Struct("<I")
+_MAX_CODEBOOK_BITS = 32
+
+
+class BitstreamError(ValueError):
+    """A compressed file that cannot be read: bad magic, unknown version, truncated, corrupted,
+    inconsistent, or made with another model. The message names the file."""
+
+
+# ------------------------------------------------------------------------------------------ bits
+def code_bits(codebook_size: int) -> int:
+    """Bits of one code of a codebook with ``codebook_size`` entries: ceil(log2(size)) (0 for 1)."""
+    if codebook_size < 1:
+        raise ValueError(f"codebook size must be >= 1, got {codebook_size}")
+    return (codebook_size - 1).bit_length()
+
+
+def payload_bytes(n_frames: int, codebook_sizes: list[int]) -> int:
+    """Bytes of ``n_frames`` bit-packed frames: ceil(n_frames * sum_k code_bits(size_k) / 8)."""
+    return math.ceil(n_frames * sum(code_bits(s) for s in codebook_sizes) / 8)
+
+
+def pack_codes(codes: np.ndarray | Tensor, codebook_sizes: list[int]) -> bytes:
+    """codes (K, T') with ``0 <= codes[k] < codebook_sizes[k]`` -> bytes, frame-major, MSB first.
+
+    Vectorized over frames (a loop over the K codebooks only): a bit matrix (T', bits per frame)
+    is filled column block by column block and packed with ``np.packbits``.
+    """
+    codes = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[0] != len(codebook_sizes):
+        raise ValueError(f"codes must be (K={len(codebook_sizes)}, T'), got shape {codes.shape}")
+    if codes.size and not np.issubdtype(codes.dtype, np.integer):
+        raise TypeError(f"codes must be integers, got {codes.dtype}")
+    widths = [code_bits(size) for size in codebook_sizes]
+    if max(widths, default=0) > _MAX_CODEBOOK_BITS:
+        raise ValueError(f"codebook sizes above 2**{_MAX_CODEBOOK_BITS} are not supported: {codebook_sizes}")
+    n_frames = codes.shape[1]
+    bits = np.zeros((n_frames, sum(widths)), dtype=np.uint8)  # (T', bits per frame)
+    column = 0
+    for k, (size, width) in enumerate(zip(codebook_sizes, widths)):
+        row = codes[k].astype(np.int64)
+        if row.size and (int(row.min()) < 0 or int(row.max()) >= size):
+            raise ValueError(f"codebook {k} has {size} entries but its codes span {int(row.min())}..{int(row.max())}")
+        shifts = np.arange(width - 1, -1, -1, dtype=np.int64)  # MSB first
+        bits[:, column : column + width] = (row[:, None] >> shifts) & 1
+        column += width
+    return np.packbits(bits.reshape(-1)).tobytes()
+
+
+def unpack_codes(data: bytes, codebook_sizes: list[int], n_frames: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: bytes -> codes (K, T') int64.
+
+    Raises ValueError when ``data`` is not exactly :func:`payload_bytes` long or a code is not
+    below its codebook size (possible for non-power-of-two sizes in a corrupted payload).
+    """
+    widths = [code_bits(size) for size in codebook_sizes]
+    expected = payload_bytes(n_frames, codebook_sizes)
+    if len(data) != expected:
+        raise ValueError(f"payload has {len(data)} bytes, {n_frames} frames of {codebook_sizes} need {expected}")
+    frame_bits = sum(widths)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n_frames * frame_bits)
+    bits = bits.reshape(n_frames, frame_bits)  # (T', bits per frame)
+    codes = np.zeros((len(codebook_sizes), n_frames), dtype=np.int64)
+    column = 0
+    for k, width in enumerate(widths):
+        weights = np.left_shift(1, np.arange(width - 1, -1, -1, dtype=np.int64))  # (width,)
+        codes[k] = bits[:, column : column + width].astype(np.int64) @ weights
+        column += width
+        if n_frames and int(codes[k].max()) >= codebook_sizes[k]:
+            raise ValueError(f"codebook {k} has {codebook_sizes[k]} entries, a code reads {int(codes[k].max())}")
+    return codes
+
+
+# ------------------------------------------------------------------------------------ checksums
+def model_checksum(model: nn.Module | Mapping[str, Tensor]) -> bytes:
+    """sha256 (32 bytes) of a model's state dict, the same on any machine and device.
+
+    Entries are hashed in sorted key order, each as its key, dtype and shape followed by the raw
+    bytes of its values (copied to CPU, contiguous, little-endian); parameters and buffers
+    (codebooks) alike. Equal weights give equal checksums whatever the insertion order.
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(state[key].shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.digest()
+
+
+# --------------------------------------------------------------------------------------- header
+@dataclass
+class Header:
+    """What a compressed file says about its codes (see the module docstring for the layout).
+
+    scales: (S,) float32 input scale per segment (S = 1 for an unsegmented normalizing codec), or
+    None when the codec does not normalize. segment_length/segment_stride: None unless the codec
+    encodes fixed segments (EnCodec 48 kHz).
+    """
+
+    sample_rate: int
+    channels: int
+    hop_length: int
+    length: int
+    n_frames: int
+    codebook_sizes: list[int]
+    model_checksum: bytes
+    model_id: str = ""
+    segment_length: int | None = None
+    segment_stride: int | None = None
+    scales: np.ndarray | None = None
+    version: int = VERSION
+
+    @property
+    def n_q(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second: sample_rate / hop_length."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio: length / sample_rate."""
+        return self.length / self.sample_rate
+
+    @property
+    def nominal_bitrate(self) -> float:
+        """frame_rate * sum_k log2(size_k) in bits per second (the codec's nominal bitrate)."""
+        return self.frame_rate * sum(math.log2(size) for size in self.codebook_sizes)
+
+    @property
+    def payload_length(self) -> int:
+        """Bytes of the packed codes."""
+        return payload_bytes(self.n_frames, self.codebook_sizes)
+
+    def segments(self) -> list[tuple[int, int]]:
+        """(offset, samples) per segment, as ``Codec.segments`` lays them out."""
+        if self.segment_length is None or self.segment_stride is None:
+            return [(0, self.length)]
+        offsets = range(0, max(self.length, 1), self.segment_stride)
+        return [(offset, min(self.segment_length, self.length - offset)) for offset in offsets]
+
+    def expected_frames(self) -> int:
+        """T' that ``length``, ``hop_length`` and the segments imply."""
+        return sum(math.ceil(size / self.hop_length) for _, size in self.segments())
+
+    def validate(self, where: str = "header") -> None:
+        """Raise BitstreamError (naming ``where``) unless the fields are consistent."""
+        problems = []
+        if self.sample_rate < 1 or self.channels < 1 or self.hop_length < 1:
+            problems.append(
+                f"sample rate {self.sample_rate}, channels {self.channels}, hop length {self.hop_length} must be >= 1"
+            )
+        if self.n_q < 1 or min(self.codebook_sizes, default=0) < 1:
+            problems.append(f"needs >= 1 codebook of >= 1 entries, got sizes {self.codebook_sizes}")
+        elif max(code_bits(s) for s in self.codebook_sizes) > _MAX_CODEBOOK_BITS:
+            problems.append(f"codebook sizes above 2**{_MAX_CODEBOOK_BITS}: {self.codebook_sizes}")
+        if (self.segment_length is None) != (self.segment_stride is None):
+            problems.append("segment length and stride must both be set or both be 0")
+        elif self.segment_length is not None and not 1 <= self.segment_stride <= self.segment_length:
+            problems.append(f"segment stride {self.segment_stride} must be in 1..{self.segment_length}")
+        if self.length < 1:
+            problems.append(f"length must be >= 1 sample, got {self.length}")
+        if problems:
+            raise BitstreamError(f"{where}: " + "; ".join(problems))
+        if self.n_frames != self.expected_frames():
+            raise BitstreamError(
+                f"{where}: {self.n_frames} frames, but {self.length} samples at hop {self.hop_length} "
+                f"in {len(self.segments())} segment(s) give {self.expected_frames()}"
+            )
+        if self.scales is not None and len(self.scales) != len(self.segments()):
+            raise BitstreamError(f"{where}: {len(self.scales)} scales for {len(self.segments())} segment(s)")
+        if len(self.model_checksum) != 32:
+            raise BitstreamError(f"{where}: model checksum must be 32 bytes, got {len(self.model_checksum)}")
+
+    def to_bytes(self, payload_crc: int) -> bytes:
+        """The header bytes (ending with the header CRC) for a payload with CRC ``payload_crc``."""
+        self.validate()
+        model_id = self.model_id.encode("utf-8")
+        if len(model_id) > 0xFFFF:
+            raise ValueError(f"model identifier is {len(model_id)} bytes, at most 65535 fit")
+        scales = np.zeros(0, np.float32) if self.scales is None else np.asarray(self.scales, dtype="<f4")
+        n_q = self.n_q
+        length = _FIXED.size + 4 * n_q + 4 * len(scales) + len(model_id) + _CRC.size
+        fixed = _FIXED.pack(
+            MAGIC,
+            self.version,
+            length,
+            self.sample_rate,
+            self.channels,
+            self.hop_length,
+            self.length,
+            self.n_frames,
+            self.segment_length or 0,
+            self.segment_stride or 0,
+            n_q,
+            len(model_id),
+            len(scales),
+            self.model_checksum,
+            self.payload_length,
+            payload_crc,
+        )
+        body = fixed + struct.pack(f"<{n_q}I", *self.codebook_sizes) + scales.tobytes() + model_id
+        return body + _CRC.pack(zlib.crc32(body))
+
+
+def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
+    """(header, header length, payload length, payload CRC) from the start of a file.
+
+    ``data`` holds at least the header (or the whole file when shorter).
+    """
+    if len(data) < len(MAGIC) and MAGIC.startswith(data):
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, not even the magic {MAGIC!r}")
+    if data[:4] != MAGIC:
+        raise BitstreamError(f"{name} is not a codecplatform compressed file (magic {data[:4]!r}, expected {MAGIC!r})")
+    if len(data) < 6:
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs more")
+    (version,) = struct.unpack_from("<H", data, 4)
+    if version != VERSION:
+        raise BitstreamError(f"{name} has format version {version}; this codecplatform reads version {VERSION} only")
+    if len(data) < _FIXED.size:
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs {_FIXED.size} or more")
+    (_, _, header_length, sample_rate, channels, hop, length, n_frames, seg_len, seg_stride, n_q, id_len, n_scales,
+     checksum, payload_length, payload_crc) = _FIXED.unpack_from(data)  # fmt: skip
+    expected_length = _FIXED.size + 4 * n_q + 4 * n_scales + id_len + _CRC.size
+    if header_length != expected_length:
+        raise BitstreamError(
+            f"{name}: corrupted header (it says {header_length} bytes, its fields need {expected_length})"
+        )
+    if len(data) < header_length:
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, its header alone is {header_length}")
+    body_end = header_length - _CRC.size
+    (header_crc,) = _CRC.unpack_from(data, body_end)
+    if zlib.crc32(data[:body_end]) != header_crc:
+        raise BitstreamError(f"{name}: corrupted header (CRC-32 mismatch)")
+    offset = _FIXED.size
+    sizes = list(struct.unpack_from(f"<{n_q}I", data, offset))
+    offset += 4 * n_q
+    scales = np.frombuffer(data, dtype="<f4", count=n_scales, offset=offset).astype(np.float32)
+    offset += 4 * n_scales
+    try:
+        model_id = data[offset : offset + id_len].decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BitstreamError(f"{name}: corrupted header (model identifier is not UTF-8)") from error
+    header = Header(
+        sample_rate=sample_rate,
+        channels=channels,
+        hop_length=hop,
+        length=length,
+        n_frames=n_frames,
+        codebook_sizes=sizes,
+        model_checksum=checksum,
+        model_id=model_id,
+        segment_length=seg_len or None,
+        segment_stride=seg_stride or None,
+        scales=scales if n_scales else None,
+        version=version,
+    )
+    header.validate(f"{name}: inconsistent header")
+    if payload_length != header.payload_length:
+        raise BitstreamError(
+            f"{name}: inconsistent header (payload of {payload_length} bytes, {n_frames} frames of "
+            f"codebook sizes {sizes} take {header.payload_length})"
+        )
+    return header, header_length, payload_length, payload_crc
+
+
+# ------------------------------------------------------------------------------------- files
+@dataclass
+class CompressedAudio:
+    """A decoded file: its header and codes (K, T') int64."""
+
+    header: Header
+    codes: np.ndarray
+
+    @property
+    def file_size(self) -> int:
+        """Bytes the file takes: header + payload."""
+        return len(self.header.to_bytes(0)) + self.header.payload_length
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix); on success it replaces ``path``,
+    on any exception it is deleted, so ``path`` is either complete or untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def to_bytes(header: Header, codes: np.ndarray | Tensor) -> bytes:
+    """The whole file: header + bit-packed codes (K, T'), after checking the codes' shape."""
+    codes = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
+    if codes.shape != (header.n_q, header.n_frames):
+        raise ValueError(f"codes have shape {codes.shape}, the header says ({header.n_q}, {header.n_frames})")
+    payload = pack_codes(codes, header.codebook_sizes)
+    return header.to_bytes(zlib.crc32(payload)) + payload
+
+
+def write_compressed(path: str | Path, header: Header, codes: np.ndarray | Tensor) -> int:
+    """Write header + codes (K, T') to ``path`` atomically; returns the file size in bytes."""
+    data = to_bytes(header, codes)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return len(data)
+
+
+def from_bytes(data: bytes, name: str = "<bytes>") -> CompressedAudio:
+    """Parse and check a whole file's bytes (``name`` is used in error messages)."""
+    header, header_length, payload_length, payload_crc = _parse_header(data, name)
+    total = header_length + payload_length
+    if len(data) < total:
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, header and payload need {total}")
+    if len(data) > total:
+        raise BitstreamError(f"{name} has {len(data) - total} unexpected bytes after its payload ({total} bytes)")
+    payload = data[header_length:]
+    if zlib.crc32(payload) != payload_crc:
+        raise BitstreamError(f"{name}: corrupted payload (CRC-32 mismatch)")
+    try:
+        codes = unpack_codes(payload, header.codebook_sizes, header.n_frames)
+    except ValueError as error:
+        raise BitstreamError(f"{name}: corrupted payload ({error})") from error
+    return CompressedAudio(header=header, codes=codes)
+
+
+def read_compressed(path: str | Path) -> CompressedAudio:
+    """Read and check a compressed file; raises BitstreamError naming it (FileNotFoundError if absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"compressed file not found: {path}")
+    return from_bytes(path.read_bytes(), str(path))
+
+
+def check_model(header: Header, checksum: bytes, name: str, model: str, codec: nn.Module) -> None:
+    """Raise BitstreamError unless ``codec`` (with state-dict ``checksum``, described as ``model``)
+    is the model that wrote the file ``name``: same checksum, then same sample rate, channels,
+    hop, codebook sizes, segmenting and normalization."""
+    if checksum != header.model_checksum:
+        raise BitstreamError(
+            f"{name} was encoded with model {header.model_id!r} (sha256 {header.model_checksum.hex()[:16]}...), "
+            f"but {model} has sha256 {checksum.hex()[:16]}...: decode with the model that encoded it"
+        )
+    quantizer = codec.quantizer
+    own = {
+        "sample rate": codec.sample_rate,
+        "channels": codec.channels,
+        "hop length": codec.hop_length,
+        "codebook sizes": list(quantizer.codebook_sizes[: header.n_q]) if header.n_q <= quantizer.n_q else None,
+        "segment length": codec.segment_length,
+        "segment stride": codec.segment_stride,
+        "normalize": bool(codec.normalize),
+    }
+    theirs = {
+        "sample rate": header.sample_rate,
+        "channels": header.channels,
+        "hop length": header.hop_length,
+        "codebook sizes": header.codebook_sizes,
+        "segment length": header.segment_length,
+        "segment stride": header.segment_stride,
+        "normalize": header.scales is not None,
+    }
+    differ = [f"{key} {theirs[key]} (model: {own[key]})" for key in own if own[key] != theirs[key]]
+    if differ:
+        raise BitstreamError(f"{name} does not fit {model}: " + ", ".join(differ))
