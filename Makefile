@@ -35,8 +35,12 @@ test: install
 lint: install
 	$(BIN)/python -m ruff check codecplatform datamodules callbacks tests benchmarks
 
+# data_throughput: batch 8, as a training step of the 24 kHz EnCodec with its batch of 64 ran out of
+# 23 GB of RAM on CPU (batch 8: 6 GB).
 bench: install
 	$(BIN)/python benchmarks/codec_speed.py
+	$(BIN)/python benchmarks/data_throughput.py -- --data.init_args.batch_size=8
+	$(BIN)/python benchmarks/bitstream_size.py
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000

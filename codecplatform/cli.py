@@ -2,6 +2,8 @@
 
     codecplatform fit|validate|test|predict --config experiments/encodec/24khz_mono.yaml [--key value ...]
     codecplatform prepare --audio_dir DIR --out_dir DIR
+    codecplatform encode in.wav out.cpc --checkpoint model.ckpt [--bandwidth KBPS]   (codecplatform.inference)
+    codecplatform decode out.cpc out.wav [--checkpoint model.ckpt]
 
 Experiment YAMLs hold changes only. A YAML may start with ``_base_: [paths]`` (relative to the
 file); those are applied first, in order, then the file itself. Lists are replaced whole by a
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from codecplatform.launch import LaunchTrainer
 from codecplatform.tracking import MLflowSaveConfigCallback
 
 BASE_KEY = "_base_"
@@ -99,9 +102,14 @@ def expand_args(args: list[str]) -> list[str]:
 
 
 class CodecCLI(LightningCLI):
-    """LightningCLI with manual-optimization modules, MLflow config logging and YAML bases."""
+    """LightningCLI with manual-optimization modules, MLflow config logging and YAML bases.
+
+    The trainer is :class:`~codecplatform.launch.LaunchTrainer`: ``trainer.num_nodes`` and
+    ``trainer.devices`` may be ``auto`` (taken from torchrun or SLURM).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("trainer_class", LaunchTrainer)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_callback", MLflowSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
@@ -117,6 +125,30 @@ class CodecCLI(LightningCLI):
         the differing keys.
         """
 
+    def before_instantiate_classes(self) -> None:
+        drop_disabled_progress_bars(self.config[self.subcommand] if self.subcommand else self.config)
+
+
+def drop_disabled_progress_bars(config: Any) -> None:
+    """With ``trainer.enable_progress_bar: false``, remove progress bars from ``trainer.callbacks``
+    (the experiments' base list holds one), which Lightning would refuse alongside the flag."""
+    from importlib import import_module
+
+    from lightning.pytorch.callbacks import ProgressBar
+
+    trainer = config.get("trainer")
+    if trainer is None or trainer.get("enable_progress_bar") is not False or not trainer.get("callbacks"):
+        return
+
+    def is_progress_bar(callback: Any) -> bool:
+        if isinstance(callback, ProgressBar):
+            return True
+        module, _, name = str(getattr(callback, "class_path", "")).rpartition(".")
+        cls = getattr(import_module(module), name, None) if module else None
+        return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+    trainer["callbacks"] = [c for c in trainer["callbacks"] if not is_progress_bar(c)]
+
 
 def cli_main(args: list[str] | None = None) -> CodecCLI | int:
     """Entry point used by the console script and by tests (``cli_main(args=[...])``)."""
@@ -130,6 +162,10 @@ def cli_main(args: list[str] | None = None) -> CodecCLI | int:
         from codecplatform.checkpoints.cli import main as import_checkpoint_main
 
         return import_checkpoint_main(args[1:])
+    if args and args[0] in ("encode", "decode"):
+        from codecplatform.inference import decode_main, encode_main
+
+        return (encode_main if args[0] == "encode" else decode_main)(args[1:])
     args = expand_args(args)
     if from_command_line:  # LightningCLI reads sys.argv itself (and warns if given both)
         sys.argv = [sys.argv[0], *args]
