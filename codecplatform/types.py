@@ -56,9 +56,7 @@ class DiscriminatorOutput:
     names: list[str]
 
     def __add__(self, other: DiscriminatorOutput) -> DiscriminatorOutput:
-        return DiscriminatorOutput(
-            self.logits + other.logits, self.features + other.features, self.names + other.names
-        )
+        return DiscriminatorOutput(self.logits + other.logits, self.features + other.features, self.names + other.names)
 
     @staticmethod
     def concat(outputs: list[DiscriminatorOutput]) -> DiscriminatorOutput:

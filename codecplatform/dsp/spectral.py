@@ -84,8 +84,7 @@ def mel_filterbank(
     f_max = sample_rate / 2 if f_max is None else f_max
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(
-            f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, "
-            f"sample_rate={sample_rate}"
+            f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}"
         )
     with warnings.catch_warnings():
         # Short windows leave the lowest bands without an FFT bin: they are all zero for x and

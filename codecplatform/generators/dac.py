@@ -102,16 +102,19 @@ from codecplatform.types import check_audio
 RESIDUAL_DILATIONS = (1, 3, 9)
 
 
-def _wn_conv(
-    c_in: int, c_out: int, kernel_size: int, stride: int = 1, dilation: int = 1
-) -> StreamableConv1d:
+def _wn_conv(c_in: int, c_out: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> StreamableConv1d:
     """Weight-normed, zero-padded, non-causal conv: (B, c_in, T) -> (B, c_out, ceil(T / stride)).
 
     The bias starts at zero (see the module docstring on initialisation).
     """
     conv = StreamableConv1d(
-        c_in, c_out, kernel_size, stride=stride, dilation=dilation,
-        norm="weight_norm", pad_mode="constant",
+        c_in,
+        c_out,
+        kernel_size,
+        stride=stride,
+        dilation=dilation,
+        norm="weight_norm",
+        pad_mode="constant",
     )
     nn.init.zeros_(conv.conv.bias)
     return conv
@@ -254,9 +257,7 @@ class DACDecoder(Decoder):
 
         layers: list[nn.Module] = [_wn_conv(dimension, decoder_dim, 7)]
         for i, stride in enumerate(self.rates):
-            layers.append(
-                DACDecoderBlock(decoder_dim // 2**i, decoder_dim // 2 ** (i + 1), stride)
-            )
+            layers.append(DACDecoderBlock(decoder_dim // 2**i, decoder_dim // 2 ** (i + 1), stride))
         width = decoder_dim // 2 ** len(self.rates)
         layers += [Snake1d(width), _wn_conv(width, channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
@@ -264,9 +265,7 @@ class DACDecoder(Decoder):
     def forward(self, z: Tensor) -> Tensor:
         """(B, D, T') -> (B, C, T' * hop_length)."""
         if z.dim() != 3 or z.shape[1] != self.dimension:
-            raise ValueError(
-                f"z must be (batch, {self.dimension}, frames) latents, got shape {tuple(z.shape)}"
-            )
+            raise ValueError(f"z must be (batch, {self.dimension}, frames) latents, got shape {tuple(z.shape)}")
         if not torch.is_floating_point(z):
             raise TypeError(f"z must be a floating point tensor, got {z.dtype}")
         return self.model(z)

@@ -82,9 +82,7 @@ class SEANetResnetBlock(StreamingModule):
         hidden = dim // compress
 
         def conv(c_in: int, c_out: int, k: int, d: int = 1) -> StreamableConv1d:
-            return StreamableConv1d(
-                c_in, c_out, k, dilation=d, norm=norm, causal=causal, pad_mode=pad_mode
-            )
+            return StreamableConv1d(c_in, c_out, k, dilation=d, norm=norm, causal=causal, pad_mode=pad_mode)
 
         self.block = nn.Sequential(
             nn.ELU(activation_alpha),
@@ -152,9 +150,7 @@ class SEANetEncoder(Encoder):
         self.hop_length = math.prod(self.ratios)
 
         def conv(c_in: int, c_out: int, k: int, stride: int = 1) -> StreamableConv1d:
-            return StreamableConv1d(
-                c_in, c_out, k, stride=stride, norm=norm, causal=causal, pad_mode=pad_mode
-            )
+            return StreamableConv1d(c_in, c_out, k, stride=stride, norm=norm, causal=causal, pad_mode=pad_mode)
 
         width = n_filters
         layers: list[nn.Module] = [conv(channels, width, kernel_size)]
@@ -234,7 +230,12 @@ class SEANetDecoder(Decoder):
             layers += [
                 nn.ELU(activation_alpha),
                 StreamableConvTranspose1d(
-                    width, width // 2, 2 * stride, stride, causal=causal, norm=norm,
+                    width,
+                    width // 2,
+                    2 * stride,
+                    stride,
+                    causal=causal,
+                    norm=norm,
                     trim_right_ratio=trim_right_ratio,
                 ),
             ]
@@ -262,9 +263,7 @@ class SEANetDecoder(Decoder):
         In streaming: the samples completed by this chunk, (B, C, n).
         """
         if z.dim() != 3 or z.shape[1] != self.dimension:
-            raise ValueError(
-                f"z must be (batch, {self.dimension}, frames) latents, got shape {tuple(z.shape)}"
-            )
+            raise ValueError(f"z must be (batch, {self.dimension}, frames) latents, got shape {tuple(z.shape)}")
         if not torch.is_floating_point(z):
             raise TypeError(f"z must be a floating point tensor, got {z.dtype}")
         return self.model(z)

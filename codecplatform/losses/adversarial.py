@@ -109,8 +109,7 @@ class FeatureMatchingLoss(ABC):
             raise ValueError("real_features: give the features of at least one sub-discriminator")
         if len(real_features) != len(fake_features):
             raise ValueError(
-                f"real_features has {len(real_features)} sub-discriminators but fake_features has "
-                f"{len(fake_features)}"
+                f"real_features has {len(real_features)} sub-discriminators but fake_features has {len(fake_features)}"
             )
         distances = []
         for k, (real_layers, fake_layers) in enumerate(zip(real_features, fake_features)):

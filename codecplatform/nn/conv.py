@@ -98,8 +98,13 @@ class StreamableConv1d(StreamingModule):
                 " input samples would be skipped"
             )
         conv = nn.Conv1d(
-            in_channels, out_channels, kernel_size, stride,
-            dilation=dilation, groups=groups, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         self.conv = _parametrize(conv, norm)
         self.norm = _norm_module(norm, out_channels)
@@ -190,9 +195,7 @@ class StreamableConvTranspose1d(StreamingModule):
             raise ValueError(f"trim_right_ratio must be in [0, 1], got {trim_right_ratio}")
         if not causal and trim_right_ratio != 1.0:
             raise ValueError("trim_right_ratio != 1.0 only makes sense for causal convolutions")
-        self.convtr = _parametrize(
-            nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, bias=bias), norm
-        )
+        self.convtr = _parametrize(nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, bias=bias), norm)
         self.norm = _norm_module(norm, out_channels)
         self.out_channels = out_channels
         self.stride = stride
@@ -207,9 +210,7 @@ class StreamableConvTranspose1d(StreamingModule):
 
     def check_streamable(self) -> None:
         if not self.causal:
-            raise RuntimeError(
-                "StreamableConvTranspose1d(causal=False) cannot stream: build it with causal=True"
-            )
+            raise RuntimeError("StreamableConvTranspose1d(causal=False) cannot stream: build it with causal=True")
         if self.norm_type == "time_layer_norm":
             raise RuntimeError(
                 "StreamableConvTranspose1d(norm='time_layer_norm') cannot stream: its statistics"

@@ -45,9 +45,7 @@ class Snake1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, T) -> (B, C, T), same dtype as ``x``."""
         if x.dim() != 3 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"Snake1d expects (batch, {self.channels}, time), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"Snake1d expects (batch, {self.channels}, time), got shape {tuple(x.shape)}")
         return snake(x, self.alpha)
 
     def extra_repr(self) -> str:

@@ -154,11 +154,7 @@ def test_every_conv_matches_official_padding(rates: list[int]) -> None:
             torch.testing.assert_close(output[..., : reference.shape[-1]], reference)
         checked.append(type(module).__name__)
 
-    convs = [
-        m
-        for m in [*enc.modules(), *dec.modules()]
-        if isinstance(m, StreamableConv1d | StreamableConvTranspose1d)
-    ]
+    convs = [m for m in [*enc.modules(), *dec.modules()] if isinstance(m, StreamableConv1d | StreamableConvTranspose1d)]
     handles = [m.register_forward_hook(hook) for m in convs]
     with torch.no_grad():
         dec(enc(torch.randn(2, 1, 3 * enc.hop_length)))
@@ -169,9 +165,7 @@ def test_every_conv_matches_official_padding(rates: list[int]) -> None:
 
 
 @pytest.mark.parametrize("rates", [[8, 8, 4, 2], [8, 5, 4, 2]])
-def test_whole_model_against_official_padding(
-    rates: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_whole_model_against_official_padding(rates: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     """Same weights run with the official convolution paddings: the encoder is identical on a
     multiple of the hop; the decoder is identical at even rates and, at rates [8, 5, 4, 2], 8
     samples longer and equal away from the end (documented in the module docstring)."""

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from torch.utils.data import DataLoader, Dataset
-
 from test_gan_codec import NoiseAudio, tiny_module
+from torch.utils.data import DataLoader, Dataset
 
 
 class Batches(Dataset):
@@ -87,9 +86,7 @@ def test_ranks_skip_a_batch_together_when_one_of_them_is_empty(tmp_path):
     script = tmp_path / "ddp_empty.py"
     root = str(Path(__file__).resolve().parent)
     script.write_text(SCRIPT.format(root=root, out=str(tmp_path)))
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert int(rank0["batch_counter"]) == int(rank1["batch_counter"]) == 2  # 3 batches each, one skipped

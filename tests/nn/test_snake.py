@@ -55,7 +55,7 @@ def test_gradients_reach_alpha_and_x() -> None:
     a = act.alpha.detach()
     xd = x.detach()
     torch.testing.assert_close(x.grad, 1 + torch.sin(2 * a * xd))
-    dalpha = -torch.sin(a * xd) ** 2 / a**2 + torch.sin(2 * a * xd) * xd / a
+    dalpha = -(torch.sin(a * xd) ** 2) / a**2 + torch.sin(2 * a * xd) * xd / a
     torch.testing.assert_close(act.alpha.grad, dalpha.sum(dim=(0, 2), keepdim=True))
     alpha = act.alpha.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(snake, (x, alpha))
