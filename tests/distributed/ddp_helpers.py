@@ -20,8 +20,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
 import torch
 from lhotse import CutSet
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -99,15 +97,3 @@ class BatchRecorder(Callback):
 def read_batches(path: Path) -> list[dict]:
     """The records a BatchRecorder wrote to ``path`` (one dict per batch)."""
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def write_tones(folder: Path, sample_rate: int, channels: int, n_files: int, seconds: float = 1.0) -> None:
-    """``n_files`` WAVs of harmonic tones plus a little noise, different per file and channel (as
-    tests/conftest.py writes them; its name ``conftest`` is ambiguous under pytest's prepend import)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    for i in range(n_files):
-        tone = sum(np.sin(2 * np.pi * 110 * 2 ** (i / 4) * k * t) / k for k in range(1, 5))
-        audio = np.stack([0.3 * tone * (1 - 0.2 * c) + 0.01 * rng.standard_normal(t.size) for c in range(channels)], 1)
-        sf.write(folder / f"clip{i}.wav", audio.astype(np.float32), sample_rate)

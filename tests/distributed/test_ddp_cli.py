@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_helpers import read_batches, write_tones
+from ddp_helpers import read_batches
 from mlflow.tracking import MlflowClient
+from synthetic_audio import write_tones
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "experiments"

@@ -12,24 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from synthetic_audio import write_tones
 
 from codecplatform.cli import cli_main
 from datamodules.manifests import load_cuts
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 RATE = 48000  # the stereo EnCodec's rate and channels: what `prepare` checks against
-
-
-def write_tones(folder: Path, sample_rate: int, channels: int, n_files: int, seconds: float = 1.0) -> None:
-    """``n_files`` WAVs of harmonic tones plus a little noise, different per file and channel (as
-    tests/conftest.py writes them; its name ``conftest`` is ambiguous under pytest's prepend import)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    for i in range(n_files):
-        tone = sum(np.sin(2 * np.pi * 110 * 2 ** (i / 4) * k * t) / k for k in range(1, 5))
-        audio = np.stack([0.3 * tone * (1 - 0.2 * c) + 0.01 * rng.standard_normal(t.size) for c in range(channels)], 1)
-        sf.write(folder / f"clip{i}.wav", audio.astype(np.float32), sample_rate)
 
 
 def plant_bad_files(folder: Path) -> dict[str, str]:
