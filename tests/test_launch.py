@@ -108,6 +108,17 @@ def test_without_a_launcher():
         resolve_nodes_and_devices(1, "many", TORCHRUN)
 
 
+@pytest.fixture(autouse=True)
+def keep_rank_zero():
+    """A Trainer made under a fake launcher environment sets the process-wide rank of
+    ``rank_zero_only`` (to 5, 3, ...): restore it, or later tests' loggers stay silent."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    rank = getattr(rank_zero_only, "rank", 0)
+    yield
+    rank_zero_only.rank = rank
+
+
 def cpu_trainer(trainer_class: type[Trainer], **kwargs) -> Trainer:
     return trainer_class(accelerator="cpu", strategy="ddp", logger=False, enable_checkpointing=False, **kwargs)
 
