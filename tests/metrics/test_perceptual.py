@@ -13,7 +13,8 @@ import torchaudio.functional as AF
 
 from codecplatform.metrics.perceptual import PESQ, STOI, ViSQOL
 
-SPEECH_FILE = Path("/work/shared/data/speech/speech_orig_16k.wav")
+# a real recording from ../shared/data (beside the repository; absent in a user's clone)
+SPEECH_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech" / "speech_orig_16k.wav"
 
 
 def speech_like(sample_rate: int, seconds: float = 1.0) -> torch.Tensor:
