@@ -36,10 +36,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
 from codecplatform.dsp.spectral import resample
+from codecplatform.metrics.reconstruction import MeanOverExamples
 from codecplatform.types import check_audio
 
 
@@ -48,7 +48,7 @@ class _SkippedExample(Exception):
     the reason."""
 
 
-class PerExampleAudioScore(Metric):
+class PerExampleAudioScore(MeanOverExamples):
     """Base class: mono, resampled, per-example scores averaged over examples (see the module docstring).
 
     Subclasses set ``name`` and ``score_rate`` (Hz the scorer gets; None: the input rate) and implement
@@ -66,16 +66,15 @@ class PerExampleAudioScore(Metric):
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
         self.sample_rate = sample_rate
         self.silence_threshold = silence_threshold
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self._skip_reasons: set[str] = set()  # for the warning only (this rank's, not synchronized)
 
     def _score(self, reference: np.ndarray, degraded: np.ndarray) -> float:  # pragma: no cover
         raise NotImplementedError
 
-    def update(self, x_hat: Tensor, x: Tensor) -> None:
-        """x_hat, x: (B, C, T) reconstruction and reference at ``sample_rate``."""
+    def _values(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        """x_hat, x: (B, C, T) reconstruction and reference at ``sample_rate`` -> the scores of the
+        examples that have one (the others are counted in ``skipped``)."""
         check_audio(x, name="x")
         check_audio(x_hat, x.shape[1], name="x_hat")
         if x_hat.shape != x.shape:
@@ -83,6 +82,7 @@ class PerExampleAudioScore(Metric):
         rate = self.score_rate or self.sample_rate
         mono = torch.stack([x.float().mean(dim=1), x_hat.float().mean(dim=1)])  # (2, B, T)
         mono = resample(mono.cpu(), self.sample_rate, rate).double().numpy()  # (2, B, T')
+        values = []
         for reference, degraded in zip(mono[0], mono[1]):
             try:
                 if np.abs(reference).max() <= self.silence_threshold:
@@ -94,8 +94,8 @@ class PerExampleAudioScore(Metric):
                 self.skipped += 1
                 self._skip_reasons.add(str(reason))
                 continue
-            self.total += value
-            self.count += 1
+            values.append(value)
+        return torch.tensor(values, dtype=torch.float64)
 
     def reset(self) -> None:
         super().reset()
@@ -109,7 +109,7 @@ class PerExampleAudioScore(Metric):
             )
         if int(self.count) == 0:
             return torch.tensor(float("nan"))
-        return (self.total / self.count).float()
+        return super().compute()
 
 
 class ViSQOL(PerExampleAudioScore):

@@ -9,13 +9,44 @@ from torchmetrics import Metric
 from codecplatform.losses.reconstruction import MultiScaleMelLoss, MultiScaleSTFTLoss
 
 
-class MelDistance(Metric):
+class MeanOverExamples(Metric):
+    """Base class: a value per example (and channel), summed with its count; ``compute`` is the mean.
+    Summed states make DDP reduction exact, and the mean does not depend on batching. Subclasses
+    implement ``_values(x_hat, x) -> (N,)`` for (B, C, T) audio."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _values(self, x_hat: Tensor, x: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        values = self._values(x_hat, x)
+        self.total += values.double().sum()
+        self.count += values.numel()
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class _ExampleDistance(MeanOverExamples):
+    """A distance module (``loss(x, x_hat)``) applied to each example on its own."""
+
+    higher_is_better = False
+    distance: torch.nn.Module
+
+    def _values(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        return torch.stack([self.distance(x[i : i + 1], x_hat[i : i + 1]) for i in range(x.shape[0])])
+
+
+class MelDistance(_ExampleDistance):
     """DAC's mel distance: multi-scale log10-mel L1 (windows 32..2048, 5..320 mels), averaged over
     examples. ``update(x_hat, x)`` with (B, C, T) audio; lower is better.
     """
-
-    higher_is_better = False
-    full_state_update = False
 
     def __init__(self, sample_rate: int, **kwargs):
         super().__init__(**kwargs)
@@ -30,28 +61,15 @@ class MelDistance(Metric):
             clamp_eps=1e-5,
             power=1.0,
         )
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, x_hat: Tensor, x: Tensor) -> None:
-        for i in range(x.shape[0]):  # per example, so the mean does not depend on batching
-            self.total += self.distance(x[i : i + 1], x_hat[i : i + 1]).double()
-        self.count += x.shape[0]
-
-    def compute(self) -> Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
 
 
-class STFTDistance(Metric):
+class STFTDistance(_ExampleDistance):
     """DAC's STFT distance (``dac.nn.loss.MultiScaleSTFTLoss`` with its defaults, as DAC's
     ``scripts/evaluate.py`` uses it): per window length in ``[2048, 512]`` (hop = window / 4, Hann,
     centred), ``mean|log10(max(|X|, 1e-5)^2) - log10(max(|X_hat|, 1e-5)^2)| + mean| |X| - |X_hat| |``,
     summed over the two scales; averaged over examples. ``update(x_hat, x)`` with (B, C, T) audio of at
     least 1025 samples; lower is better.
     """
-
-    higher_is_better = False
-    full_state_update = False
 
     def __init__(self, window_lengths: list[int] | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -66,42 +84,24 @@ class STFTDistance(Metric):
             scale_reduction="sum",
             center=True,
         )
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, x_hat: Tensor, x: Tensor) -> None:
-        for i in range(x.shape[0]):  # per example, so the mean does not depend on batching
-            self.total += self.distance(x[i : i + 1], x_hat[i : i + 1]).double()
-        self.count += x.shape[0]
-
-    def compute(self) -> Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
 
 
-class SISDR(Metric):
+class SISDR(MeanOverExamples):
     """Scale-invariant signal-to-distortion ratio in dB, per channel, averaged over examples and
     channels. ``update(x_hat, x)`` with (B, C, T) audio; higher is better.
     """
 
     higher_is_better = True
-    full_state_update = False
 
     def __init__(self, eps: float = 1e-8, **kwargs):
         super().__init__(**kwargs)
         self.eps = eps
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, x_hat: Tensor, x: Tensor) -> None:
+    def _values(self, x_hat: Tensor, x: Tensor) -> Tensor:
         x = x.double() - x.double().mean(dim=-1, keepdim=True)
         x_hat = x_hat.double() - x_hat.double().mean(dim=-1, keepdim=True)
         alpha = (x_hat * x).sum(-1, keepdim=True) / (x.pow(2).sum(-1, keepdim=True) + self.eps)
         target = alpha * x
         noise = x_hat - target
         ratio = (target.pow(2).sum(-1) + self.eps) / (noise.pow(2).sum(-1) + self.eps)
-        values = 10 * torch.log10(ratio)  # (B, C)
-        self.total += values.sum()
-        self.count += values.numel()
-
-    def compute(self) -> Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+        return 10 * torch.log10(ratio)  # (B, C)
