@@ -40,7 +40,6 @@ Differences between the official model and ours (none in the 44.1 kHz model's ou
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from codecplatform.checkpoints.keymap import rename_state_dict
+from codecplatform.checkpoints.keymap import load_weights_file, rename_state_dict
 from codecplatform.models.codec import Codec, check_codec_state
 
 DACVariant = Literal["44khz", "24khz", "16khz"]
@@ -56,39 +55,18 @@ VARIANTS: tuple[str, ...] = ("44khz", "24khz", "16khz")
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 #: Constructor arguments of the released models (``conf/final/*.yml``), as ``DAC.save`` records them.
+_SHARED_KWARGS: dict[str, Any] = dict(
+    encoder_dim=64, latent_dim=1024, decoder_dim=1536, codebook_size=1024, codebook_dim=8
+)
 OFFICIAL_KWARGS: dict[str, dict[str, Any]] = {
     "44khz": dict(
-        encoder_dim=64,
-        encoder_rates=[2, 4, 8, 8],
-        latent_dim=1024,
-        decoder_dim=1536,
-        decoder_rates=[8, 8, 4, 2],
-        n_codebooks=9,
-        codebook_size=1024,
-        codebook_dim=8,
-        sample_rate=44100,
+        encoder_rates=[2, 4, 8, 8], decoder_rates=[8, 8, 4, 2], n_codebooks=9, sample_rate=44100, **_SHARED_KWARGS
     ),
     "24khz": dict(
-        encoder_dim=64,
-        encoder_rates=[2, 4, 5, 8],
-        latent_dim=1024,
-        decoder_dim=1536,
-        decoder_rates=[8, 5, 4, 2],
-        n_codebooks=32,
-        codebook_size=1024,
-        codebook_dim=8,
-        sample_rate=24000,
+        encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=32, sample_rate=24000, **_SHARED_KWARGS
     ),
     "16khz": dict(
-        encoder_dim=64,
-        encoder_rates=[2, 4, 5, 8],
-        latent_dim=1024,
-        decoder_dim=1536,
-        decoder_rates=[8, 5, 4, 2],
-        n_codebooks=12,
-        codebook_size=1024,
-        codebook_dim=8,
-        sample_rate=16000,
+        encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12, sample_rate=16000, **_SHARED_KWARGS
     ),
 }
 #: The kwargs that define the architecture (``quantizer_dropout`` is a training setting).
@@ -234,15 +212,7 @@ def _convert_key(key: str) -> str | None:
 # -- files ---------------------------------------------------------------------------------------
 def read_dac_file(source: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """An official DAC weights file -> (state dict, constructor kwargs or None for a bare state dict)."""
-    source = Path(source)
-    if not source.is_file():
-        raise FileNotFoundError(f"DAC weights file not found: {source}")
-    try:
-        content = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{source} holds more than tensors and plain data (refused by torch.load(weights_only=True)): {error}"
-        ) from error
+    content = load_weights_file(source, "DAC")
     if not isinstance(content, dict):
         raise ValueError(f"{source} holds a {type(content).__name__}, not a DAC state dict")
     if "state_dict" in content:

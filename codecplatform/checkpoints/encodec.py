@@ -36,7 +36,6 @@ Official model vs ours (all handled so that the outputs agree; see ``tests/check
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from codecplatform.checkpoints.keymap import rename_state_dict
+from codecplatform.checkpoints.keymap import load_weights_file, rename_state_dict
 from codecplatform.models.codec import Codec, check_codec_state, key_list
 from codecplatform.nn.conv import StreamableConvTranspose1d
 
@@ -262,15 +261,7 @@ def _official_key(codec: Codec, key: str) -> str:
 # -- files ---------------------------------------------------------------------------------------
 def read_encodec_file(source: str | Path) -> dict[str, Tensor]:
     """An official EnCodec weights file (a bare ``EncodecModel.state_dict()``) -> the state dict."""
-    source = Path(source)
-    if not source.is_file():
-        raise FileNotFoundError(f"EnCodec weights file not found: {source}")
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{source} holds more than tensors and plain data (refused by torch.load(weights_only=True)): {error}"
-        ) from error
+    state = load_weights_file(source, "EnCodec")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{source} is not an EnCodec state dict (a mapping of names to tensors)")
     return state
