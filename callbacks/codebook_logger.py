@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,8 +20,9 @@ METRIC_PREFIX = "val/codebook"
 class CodebookUsageLogger(Callback):
     """Codebook usage of the codec on the validation data, at full bitrate.
 
-    Every validation batch is encoded with all K codebooks (``pl_module.codec.encode(x, n_q=K)``,
-    an extra encoder pass) and its codes are counted in a
+    The codes of every validation batch with all K codebooks are counted: those the module's
+    ``validation_step`` returns as ``{"codes": (B, K, T')}`` (``GANCodecModule`` does), else the
+    batch is encoded here (``pl_module.codec.encode(x, n_q=K)``, an extra encoder pass). They go into a
     :class:`~codecplatform.metrics.codebook.CodebookUsage`, whose counts are summed over DDP ranks
     before the statistics are taken. At the end of every validation (sanity checks excepted) the
     module logs, on every rank (the values are identical), for each codebook ``k``:
@@ -86,14 +88,17 @@ class CodebookUsageLogger(Callback):
     ) -> None:
         if trainer.sanity_checking or self.usage is None:
             return
-        x = batch_audio(batch, self.audio_key)
-        if x.shape[0] == 0:
-            return
-        codec = module_codec(pl_module, "CodebookUsageLogger")
-        param = next(codec.parameters(), None)
-        if param is not None and param.is_floating_point():
-            x = x.to(dtype=param.dtype)
-        self.usage.update(codec.encode(x, n_q=codec.quantizer.n_q).codes)  # (B, K, T')
+        codes = outputs.get("codes") if isinstance(outputs, Mapping) else None
+        if codes is None:  # the module did not return its codes: encode the batch here
+            x = batch_audio(batch, self.audio_key)
+            if x.shape[0] == 0:
+                return
+            codec = module_codec(pl_module, "CodebookUsageLogger")
+            param = next(codec.parameters(), None)
+            if param is not None and param.is_floating_point():
+                x = x.to(dtype=param.dtype)
+            codes = codec.encode(x, n_q=codec.quantizer.n_q).codes
+        self.usage.update(codes)  # (B, K, T')
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.usage is None:

@@ -391,10 +391,12 @@ class GANCodecModule(LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     # -- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, x: Tensor, stage: str) -> None:
-        """Encode once, decode at every evaluated codebook count, update that count's metrics."""
+    def _evaluate(self, x: Tensor, stage: str) -> dict[str, Tensor] | None:
+        """Encode once, decode at every evaluated codebook count, update that count's metrics.
+        Returns ``{"codes": (B, n_q, T')}`` for callbacks (``CodebookUsageLogger`` counts them
+        instead of encoding the batch again); None for an empty batch."""
         if x.shape[0] == 0:
-            return
+            return None
         x = x.float()
         encoded = self.codec.encode(x)  # all codebooks: codes (B, n_q, T'); eval mode, no codebook updates
         self.codebook_usage[stage].update(encoded.codes)
@@ -413,6 +415,7 @@ class GANCodecModule(LightningModule):
                         sync_dist=True,
                         batch_size=x.shape[0],
                     )
+        return {"codes": encoded.codes}
 
     def _finish_evaluation(self, stage: str) -> None:
         """Compute (on every rank), log, and on rank zero tabulate the per-bitrate results of ``stage``."""
@@ -483,11 +486,11 @@ class GANCodecModule(LightningModule):
         if self.trainer.state.fn in ("test", "validate"):
             print(f"\n{stage} metrics per bitrate (batch {data['batches']}):\n{text}\n", flush=True)
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
+        return self._evaluate(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation("val")

@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from test_gan_codec import NoiseAudio, tiny_module
 
 from callbacks.codebook_logger import CodebookUsageLogger, metric_values, usage_statistics
+from codecplatform.lightning.gan_codec import GANCodecModule
 
 
 def direct_counts(codec, val_batches: int, size: int) -> torch.Tensor:
@@ -109,3 +110,28 @@ def test_a_module_without_codec_is_named():
 
     with pytest.raises(AttributeError, match="CodebookUsageLogger needs .* `codec`"):
         callback.on_validation_epoch_start(Trainerish(), LightningModule())
+
+
+class CodesNotReturned(GANCodecModule):
+    """A module whose validation_step returns nothing: the callback must encode the batch itself."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("returns_codes", [True, False], ids=["module-codes", "own-encode"])
+def test_counts_the_modules_codes_without_encoding_again(tmp_path, returns_codes):
+    torch.manual_seed(0)
+    module = spread_codebooks(tiny_module())
+    if not returns_codes:
+        module.__class__ = CodesNotReturned
+    calls = []
+    encode = module.codec.encode
+    module.codec.encode = lambda *args, **kwargs: calls.append(1) or encode(*args, **kwargs)
+    fit_tiny([CodebookUsageLogger(log_metrics=False)], False, tmp_path, batches=1, val_batches=2, module=module)
+    # GANCodecModule encodes each of the 2 validation batches once; without its codes the callback
+    # encodes each batch a second time
+    assert len(calls) == (2 if returns_codes else 4)
+    module.codec.encode = encode
+    result = json.loads((tmp_path / "artifacts" / "codebooks" / "val_0000001" / "counts.json").read_text())
+    assert [cb["counts"] for cb in result["codebooks"]] == direct_counts(module.codec, 2, 16).tolist()
