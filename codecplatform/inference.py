@@ -59,7 +59,7 @@ from codecplatform.bitstream import (
     write_compressed,
 )
 from codecplatform.dsp.spectral import resample
-from codecplatform.models.codec import Codec
+from codecplatform.models.codec import Codec, overlap_weights
 from codecplatform.nn.streaming import StreamingModule, streaming
 from codecplatform.types import EncodedAudio
 
@@ -179,16 +179,6 @@ def _global_scale(codec: Codec, reader: AudioReader, chunk: int) -> Tensor:
     return torch.tensor(math.sqrt(total / reader.length) + 1e-8, dtype=torch.float32).view(1, 1, 1)
 
 
-def _normalize(codec: Codec, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    return codec._normalize(x)  # the codec's own rule, so segments match Codec.encode exactly
-
-
-def _triangle(n: int, like: Tensor) -> Tensor:
-    """EnCodec's overlap-add weights (n,), as :func:`codecplatform.models.codec.linear_overlap_add`."""
-    t = torch.arange(1, n + 1, device=like.device, dtype=like.dtype) / (n + 1)
-    return 0.5 - (t - 0.5).abs()
-
-
 # ---------------------------------------------------------------------------------------- encode
 @torch.no_grad()
 def encode_audio(
@@ -209,7 +199,7 @@ def encode_audio(
     if codec.segment_length is not None:
         codes, scales = [], []
         for offset, size in codec.segments(length):
-            x, scale = _normalize(codec, read(offset, offset + size))
+            x, scale = codec.normalize_input(read(offset, offset + size))
             codes.append(codec.quantizer.encode(codec.encoder(x), n_q).cpu())  # (1, K, ceil(size / hop))
             if scale is not None:
                 scales.append(scale.cpu())
@@ -274,7 +264,7 @@ def decode_blocks(
             if scales is not None:
                 y = y * scales[0, s]
             if weight is None:
-                weight = _triangle(y.shape[-1], y)
+                weight = overlap_weights(y.shape[-1], y)
                 out, weights = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
             if y.shape[-1] > weight.shape[-1]:
                 raise ValueError(f"segment {s} decodes to {y.shape[-1]} samples, more than the first one")

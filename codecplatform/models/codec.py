@@ -108,7 +108,7 @@ class Codec(nn.Module):
         """
         check_audio(x, self.channels)
         length = x.shape[-1]
-        x, scale = self._normalize(x)
+        x, scale = self.normalize_input(x)
         z = self.encoder(x)
         if n_q is None and self.training:
             n_q = self.quantizer.sample_n_q(x.shape[0], self.n_q_choices, generator)
@@ -118,7 +118,9 @@ class Codec(nn.Module):
             x_hat = x_hat * scale
         return CodecOutput(x_hat=x_hat, z=z, quantized=quantized)
 
-    def _normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def normalize_input(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, C, T) -> (x / scale, scale (B, 1, 1)) with scale the RMS of the channel mean (+1e-8),
+        when the codec normalizes its input (``normalize``); else (x, None)."""
         if not self.normalize:
             return x, None
         scale = x.mean(dim=1, keepdim=True).pow(2).mean(dim=2, keepdim=True).sqrt() + 1e-8  # (B,1,1)
@@ -153,7 +155,7 @@ class Codec(nn.Module):
         codes: list[Tensor] = []
         scales: list[Tensor] = []
         for offset, size in self.segments(x.shape[-1]):
-            segment, scale = self._normalize(x[..., offset : offset + size])
+            segment, scale = self.normalize_input(x[..., offset : offset + size])
             codes.append(self.quantizer.encode(self.encoder(segment), n_q))  # (B, K, ceil(size / hop))
             if scale is not None:
                 scales.append(scale)  # (B, 1, 1)
@@ -254,6 +256,13 @@ def load_codec_state(
     return config, state
 
 
+def overlap_weights(n: int, like: Tensor) -> Tensor:
+    """The triangle (n,) that weights a segment of ``n`` samples in :func:`linear_overlap_add`
+    (dtype and device of ``like``), > 0 everywhere."""
+    t = torch.arange(1, n + 1, device=like.device, dtype=like.dtype) / (n + 1)
+    return 0.5 - (t - 0.5).abs()
+
+
 def linear_overlap_add(frames: list[Tensor], stride: int) -> Tensor:
     """Overlap-add segments (B, C, T_s) placed every ``stride`` samples -> (B, C, total).
 
@@ -264,8 +273,7 @@ def linear_overlap_add(frames: list[Tensor], stride: int) -> Tensor:
     ``_linear_overlap_add``.)
     """
     n = frames[0].shape[-1]
-    t = torch.arange(1, n + 1, device=frames[0].device, dtype=frames[0].dtype) / (n + 1)
-    weight = 0.5 - (t - 0.5).abs()  # (n,) > 0
+    weight = overlap_weights(n, frames[0])  # (n,) > 0
     total = stride * (len(frames) - 1) + frames[-1].shape[-1]
     out = frames[0].new_zeros(*frames[0].shape[:-1], total)
     weight_sum = frames[0].new_zeros(total)
