@@ -28,7 +28,6 @@ each pass; with ``stable_windows`` each draw carries a key that seeds its window
 
 from __future__ import annotations
 
-import hashlib
 import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,11 +40,6 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 
 _PHI = (math.sqrt(5.0) - 1.0) / 2.0  # golden-ratio step of the low-discrepancy slot sequence
-
-
-def stable_unit(key: str) -> float:
-    """A number in [0, 1) that depends only on ``key`` (sha1; independent of PYTHONHASHSEED)."""
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
 def with_draw_key(cut: Cut, key: str) -> Cut:
@@ -325,7 +319,6 @@ __all__ = [
     "draws_per_cut",
     "rank_shards",
     "shar_shards",
-    "stable_unit",
     "with_draw_key",
     "total_counts",
 ]
