@@ -5,21 +5,28 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MLFLOW_URI := sqlite:///mlflow.db
 
-.PHONY: install quickstart test lint bench ui clean
+.PHONY: install lock quickstart test lint bench ui clean
 
-# The venv is rebuilt whenever pyproject.toml changes. torch/torchaudio 2.11 come from PyPI
-# (the CUDA build; it runs on CPU too, and torchaudio's wheel imports only with it).
+LOCK := requirements.lock
+UV   := $(BIN)/uv
+
+# The environment is exactly requirements.lock (`make lock` writes it; never edit it by hand).
+# uv installs it (its version is the lock's `uv==` line, bootstrapped with the venv's pip); `uv pip sync`
+# installs every listed version and nothing else, and resolves nothing, so no install ever picks up a new
+# upstream release. Build dependencies of the few source-only packages are pinned to the lock's
+# versions too (--build-constraints). The venv is re-synced whenever the lock or pyproject.toml changes.
 #
-# The parity tests compare against the reference packages encodec and descript-audio-codec.
-# descript-audiotools pins protobuf<3.20, and with that protobuf `import mlflow` fails, while dac
-# itself runs with current protobuf: so dac and audiotools come with --no-deps, and the modules
-# they really import come from the `parity` extra.
-$(STAMP): pyproject.toml
+# torch/torchaudio 2.11.0 are PyPI's CUDA build (it runs on CPU too, and torchaudio's wheel imports only
+# with it). The parity tests compare against the reference packages encodec and descript-audio-codec;
+# descript-audiotools pins protobuf<3.20, with which `import mlflow` fails, while dac itself runs with
+# current protobuf: so the lock lists dac and audiotools without their dependencies (see `lock`), the
+# modules they really import come from the `parity` extra, and `pip check` reports exactly that pin.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
-	$(BIN)/python -m pip install --quiet --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
-	$(BIN)/python -c "import dac, encodec, mlflow, pesq, pystoi, visqol"
+	$(BIN)/python -m pip install --quiet "$$(grep '^uv==' $(LOCK))"
+	$(UV) pip sync --quiet --python $(BIN)/python --build-constraints $(LOCK) $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import dac, encodec, mlflow, pesq, pystoi, visqol, torchaudio"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,6 +51,24 @@ bench: install
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+
+# Regenerates requirements.lock from pyproject.toml (all extras) for CPython 3.11 on x86_64 Linux.
+# To upgrade one package: `make lock UPGRADE="--upgrade-package mlflow"`; everything else keeps its pin.
+# The reference packages come last, compiled with --no-deps (see above).
+# (uv itself: the lock's version, or the newest when there is no lock yet.)
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(BIN)/python -m pip install --quiet "$$(grep -s '^uv==' $(LOCK) || echo uv)"
+	$(UV) pip compile --quiet --custom-compile-command 'make lock' pyproject.toml --extra dev --extra parity $(UPGRADE) \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --output-file $(LOCK).main
+	printf 'descript-audio-codec==1.0.0\ndescript-audiotools==0.7.2\n' > $(LOCK).nodeps.in
+	$(UV) pip compile --quiet --no-deps --no-header --no-annotate $(LOCK).nodeps.in \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --output-file $(LOCK).nodeps
+	{ cat $(LOCK).main; echo '# Reference packages for the parity tests, installed without their dependencies:'; \
+	  echo '#    uv pip compile --no-deps (descript-audio-codec==1.0.0 descript-audiotools==0.7.2)'; \
+	  cat $(LOCK).nodeps; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -f $(LOCK).main $(LOCK).nodeps $(LOCK).nodeps.in
 
 clean:
 	rm -rf mlruns mlflow.db data/demo outputs
