@@ -8,10 +8,12 @@ whose buffers are non-persistent, so they never enter state dicts or checkpoints
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codecplatform.dsp.spectral import MelNorm, MelScale, mel_filterbank, safe_log, stft
@@ -92,13 +94,19 @@ class _MultiScaleSpectralLoss(nn.Module):
     def _scale_loss(self, x: Tensor, x_hat: Tensor, i: int) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _min_length(self) -> int:
+        """Fewest samples the longest window accepts."""
+        longest = max(self.window_lengths)
+        return longest // 2 + 1 if self.center else longest
+
     def forward(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """(B, C, T), (B, C, T) -> scalar float32 loss."""
         _check_pair(x, x_hat)
-        longest = max(self.window_lengths)
-        needed = longest // 2 + 1 if self.center else longest
+        needed = self._min_length()
         if x.shape[-1] < needed:
-            raise ValueError(f"x has {x.shape[-1]} samples; the window of {longest} needs at least {needed}")
+            raise ValueError(
+                f"x has {x.shape[-1]} samples; the window of {max(self.window_lengths)} needs at least {needed}"
+            )
         with torch.autocast(device_type=x.device.type, enabled=False):
             x, x_hat = x.float(), x_hat.float()
             per_scale = torch.stack([self._scale_loss(x, x_hat, i) for i in range(len(self.window_lengths))])
@@ -124,10 +132,9 @@ class MultiScaleMelLoss(_MultiScaleSpectralLoss):
       such as ``n_mels=[17, 33, 64, 64, 64, 64, 64]``. (Low bands can still be empty below that
       limit; torchaudio warns about them at construction.) audiocraft itself uses windows 2^6..2^10, ``f_min=64``,
       a power spectrogram (``power=2``), torchaudio's mel defaults (``mel_norm=None,
-      mel_scale="htk"``), and applies the L1 term to the linear mel and the MSE term to
-      ``log10(1e-5 + mel)``; that is the average of two instances of this class, one with
-      ``log=False, l2_weight=0`` and one with ``log_base=10, l1_weight=0`` (clamp instead of
-      offset inside the log).
+      mel_scale="htk"``), 64 bands at every scale, and applies the L1 term to the linear mel and
+      the MSE term to ``log10(1e-5 + mel)``: that is ``EncodecMelLoss`` (the EnCodec configs'
+      default); this class with the arguments above is the paper-literal option.
     * DAC: ``window_lengths=[32, 64, 128, 256, 512, 1024, 2048]``,
       ``n_mels=[5, 10, 20, 40, 80, 160, 320]``, ``log_base=10``, ``clamp_eps=1e-5``, ``power=1``,
       ``l2_weight=0``, ``scale_reduction="sum"``. The official ``MelSpectrogramLoss``
@@ -234,3 +241,80 @@ class MultiScaleSTFTLoss(_MultiScaleSpectralLoss):
             safe_log(mag_x, self.clamp_eps, self.log_base) - safe_log(mag_x_hat, self.clamp_eps, self.log_base)
         )
         return self.log_weight * log_diff.abs().mean() + self.mag_weight * (mag_x - mag_x_hat).abs().mean()
+
+
+class EncodecMelLoss(_MultiScaleSpectralLoss):
+    """EnCodec's official multi-scale mel loss: audiocraft's ``MultiScaleMelSpectrogramLoss`` with the
+    ``msspec`` settings of its compression solver (``config/solver/compression/default.yaml``).
+
+    Per scale i (window w_i = n_fft = win, hop h_i = w_i // ``hop_divisor``):
+
+    * audio reflect-padded by (w_i - h_i) // 2 on both sides, then zero-padded at the end so that
+      every frame is full (audiocraft's ``pad_for_conv1d``); STFT without centring, periodic Hann;
+    * ``normalized``: the STFT divided by the window's L2 norm (torchaudio ``normalized=True``);
+    * S_i = mel_i @ |STFT_i|^``power`` with torchaudio's defaults: HTK scale, no area
+      normalization, ``n_mels`` bands from ``f_min`` to ``f_max`` (default sample_rate // 2) at every
+      scale (at short windows many bands are empty, all-zero filters, as in audiocraft);
+    * l_i = mean|S_i(x) - S_i(x_hat)| + alpha_i * mean(log10(floor + S_i(x)) - log10(floor + S_i(x_hat)))^2,
+      alpha_i = sqrt(w_i - 1) if ``alphas`` else 1.
+
+    The loss is sum_i l_i, divided by sum_i (alpha_i + 1) when ``normalized`` (audiocraft's one flag does
+    both: STFT normalization and this division). Defaults are the EnCodec solver's: windows 2^6..2^10
+    (``range_start=6, range_end=11``), 64 mels, ``f_min=64``, ``normalized=True``, ``alphas=False``,
+    ``floor_level=1e-5``, power spectrogram. Means run over batch, channels, bands and frames.
+    The paper's variant (eq. 1: L1 + L2 on the linear mel, windows 2^5..2^11) is ``MultiScaleMelLoss``.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        window_lengths: Sequence[int] = (64, 128, 256, 512, 1024),
+        n_mels: int = 64,
+        f_min: float = 64.0,
+        f_max: float | None = None,
+        power: float = 2.0,
+        normalized: bool = True,
+        alphas: bool = False,
+        floor_level: float = 1e-5,
+        hop_divisor: int = 4,
+    ):
+        super().__init__(window_lengths, hop_divisor, scale_reduction="sum", center=False)
+        if n_mels < 1:
+            raise ValueError(f"n_mels must be >= 1, got {n_mels}")
+        if power <= 0:
+            raise ValueError(f"power must be > 0, got {power}")
+        if floor_level <= 0:
+            raise ValueError(f"floor_level must be > 0, got {floor_level}")
+        self.n_mels = n_mels
+        self.power = power
+        self.normalized = normalized
+        self.floor_level = floor_level
+        self.alphas = [math.sqrt(w - 1) if alphas else 1.0 for w in self.window_lengths]
+        self.total = sum(a + 1 for a in self.alphas)
+        f_max = float(sample_rate // 2) if f_max is None else f_max  # torchaudio's MelSpectrogram default
+        for i, w in enumerate(self.window_lengths):
+            fb = mel_filterbank(sample_rate, w, n_mels, f_min, f_max, norm=None, mel_scale="htk")
+            self.register_buffer(f"mel_{i}", fb, persistent=False)  # (n_mels, F)
+
+    def _min_length(self) -> int:
+        # reflect padding needs more samples than it pads
+        return max((w - h) // 2 for w, h in zip(self.window_lengths, self.hop_lengths)) + 1
+
+    def _mel(self, x: Tensor, i: int) -> Tensor:
+        """(B, C, T) -> (B, C, n_mels, N) mel power spectrogram at scale i, audiocraft's framing."""
+        n_fft, hop = self.window_lengths[i], self.hop_lengths[i]
+        pad = (n_fft - hop) // 2
+        x = F.pad(x, (pad, pad), mode="reflect")
+        frames = math.ceil((x.shape[-1] - n_fft) / hop + 1)
+        x = F.pad(x, (0, (frames - 1) * hop + n_fft - x.shape[-1]))  # full last frame (zeros)
+        window: Tensor = getattr(self, f"window_{i}")
+        spec = stft(x, n_fft=n_fft, hop_length=hop, window=window.float(), center=False, normalized=self.normalized)
+        fb: Tensor = getattr(self, f"mel_{i}")
+        return torch.matmul(fb.float(), spec.abs().pow(self.power))  # (n_mels, F) @ (B, C, F, N)
+
+    def _scale_loss(self, x: Tensor, x_hat: Tensor, i: int) -> Tensor:
+        mel_x, mel_x_hat = self._mel(torch.cat([x, x_hat]), i).chunk(2)
+        linear = (mel_x - mel_x_hat).abs().mean()
+        log = (torch.log10(self.floor_level + mel_x) - torch.log10(self.floor_level + mel_x_hat)).pow(2).mean()
+        loss = linear + self.alphas[i] * log
+        return loss / self.total if self.normalized else loss

@@ -1,5 +1,7 @@
 """Perceptual quality metrics computed on the CPU by reference implementations: ViSQOL v3 (``visqol-python``),
-wide-band PESQ (``pesq``) and STOI (``pystoi``).
+wide-band PESQ and STOI (torchmetrics' ``perceptual_evaluation_speech_quality`` and
+``short_time_objective_intelligibility`` functionals, which call ``pesq`` and ``pystoi``; each example is
+given to them as a 1-D signal so that an example they cannot score raises here and is counted).
 
 All three are torchmetrics ``Metric``s with ``update(x_hat, x)`` on (B, C, T) audio at the metric's
 ``sample_rate``. Each example is scored on its own and the scores are averaged over examples, so batching
@@ -171,7 +173,8 @@ class ViSQOL(PerExampleAudioScore):
 
 
 class PESQ(PerExampleAudioScore):
-    """Wide-band PESQ (ITU-T P.862.2) MOS-LQO, about 1.04-4.64, higher is better; scored at 16 kHz.
+    """Wide-band PESQ (ITU-T P.862.2) MOS-LQO, about 1.04-4.64, higher is better; scored at 16 kHz
+    (torchmetrics' PESQ functional, mode ``"wb"``).
 
     An example shorter than 0.25 s, in which PESQ detects no utterance, or whose score is not finite
     (a silent reconstruction makes pesq fail) is skipped and counted.
@@ -182,13 +185,17 @@ class PESQ(PerExampleAudioScore):
 
     def _score(self, reference: np.ndarray, degraded: np.ndarray) -> float:
         import pesq
+        from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
 
         if reference.size < self.score_rate // 4:
             raise _SkippedExample(f"too short: PESQ needs 0.25 s, got {reference.size / self.score_rate:.3f} s")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # pesq's own division warnings on silence
-                return float(pesq.pesq(self.score_rate, reference, degraded, "wb"))
+                score = perceptual_evaluation_speech_quality(
+                    torch.from_numpy(degraded), torch.from_numpy(reference), self.score_rate, "wb"
+                )
+                return float(score)
         except pesq.NoUtterancesError as error:
             raise _SkippedExample(str(error)) from error
         except ValueError as error:  # NaN inside pesq (silent degraded signal)
@@ -196,8 +203,9 @@ class PESQ(PerExampleAudioScore):
 
 
 class STOI(PerExampleAudioScore):
-    """Short-time objective intelligibility (0-1, higher is better) through ``pystoi``; ``extended=True``
-    gives ESTOI. The native rate is passed to pystoi, which resamples to its 10 kHz itself.
+    """Short-time objective intelligibility (0-1, higher is better): torchmetrics' STOI functional
+    (``pystoi``); ``extended=True`` gives ESTOI. The native rate is passed to pystoi, which resamples to
+    its 10 kHz itself.
     """
 
     name = "STOI"
@@ -209,11 +217,14 @@ class STOI(PerExampleAudioScore):
             self.name = "ESTOI"
 
     def _score(self, reference: np.ndarray, degraded: np.ndarray) -> float:
-        from pystoi import stoi
+        from torchmetrics.functional.audio import short_time_objective_intelligibility
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            value = float(stoi(reference, degraded, self.sample_rate, extended=self.extended))
+            score = short_time_objective_intelligibility(
+                torch.from_numpy(degraded), torch.from_numpy(reference), self.sample_rate, extended=self.extended
+            )
+            value = float(score)
         if any("Not enough STFT frames" in str(w.message) for w in caught):
             raise _SkippedExample("not enough non-silent frames")
         return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
 
 from codecplatform.losses.reconstruction import MultiScaleMelLoss, MultiScaleSTFTLoss
 
@@ -44,8 +45,11 @@ class _ExampleDistance(MeanOverExamples):
 
 
 class MelDistance(_ExampleDistance):
-    """DAC's mel distance: multi-scale log10-mel L1 (windows 32..2048, 5..320 mels), averaged over
-    examples. ``update(x_hat, x)`` with (B, C, T) audio; lower is better.
+    """DAC's mel distance (``dac.nn.loss.MelSpectrogramLoss`` with DAC's settings, ``conf/base.yml``:
+    windows 32..2048 with 5..320 slaney mels, hop = window / 4, ``mag_weight=0``, ``log_weight=1``,
+    ``pow=1``, ``clamp_eps=1e-5``): per scale mean|log10(max(mel(x), 1e-5)) - log10(max(mel(x_hat), 1e-5))|,
+    *summed* over the 7 scales as DAC does; averaged over examples. ``update(x_hat, x)`` with (B, C, T)
+    audio; lower is better.
     """
 
     def __init__(self, sample_rate: int, **kwargs):
@@ -60,6 +64,7 @@ class MelDistance(_ExampleDistance):
             log_base=10.0,
             clamp_eps=1e-5,
             power=1.0,
+            scale_reduction="sum",
         )
 
 
@@ -87,21 +92,20 @@ class STFTDistance(_ExampleDistance):
 
 
 class SISDR(MeanOverExamples):
-    """Scale-invariant signal-to-distortion ratio in dB, per channel, averaged over examples and
+    """Scale-invariant signal-to-distortion ratio in dB (torchmetrics'
+    ``scale_invariant_signal_distortion_ratio``, in float64), per channel, averaged over examples and
     channels. ``update(x_hat, x)`` with (B, C, T) audio; higher is better.
+
+    ``zero_mean=True`` (default) removes each signal's mean first, as DAC's evaluation
+    (audiotools ``SISDRLoss``) and the SI-SDR definition of Le Roux et al. (2019) do; torchmetrics'
+    own default is ``False``.
     """
 
     higher_is_better = True
 
-    def __init__(self, eps: float = 1e-8, **kwargs):
+    def __init__(self, zero_mean: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.eps = eps
+        self.zero_mean = zero_mean
 
     def _values(self, x_hat: Tensor, x: Tensor) -> Tensor:
-        x = x.double() - x.double().mean(dim=-1, keepdim=True)
-        x_hat = x_hat.double() - x_hat.double().mean(dim=-1, keepdim=True)
-        alpha = (x_hat * x).sum(-1, keepdim=True) / (x.pow(2).sum(-1, keepdim=True) + self.eps)
-        target = alpha * x
-        noise = x_hat - target
-        ratio = (target.pow(2).sum(-1) + self.eps) / (noise.pow(2).sum(-1) + self.eps)
-        return 10 * torch.log10(ratio)  # (B, C)
+        return scale_invariant_signal_distortion_ratio(x_hat.double(), x.double(), zero_mean=self.zero_mean)  # (B, C)

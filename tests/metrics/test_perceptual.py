@@ -150,3 +150,22 @@ def test_visqol_survives_deepcopy():
     metric.update(x, x)
     clone.update(x, x)
     assert float(clone.compute()) == pytest.approx(float(metric.compute()))
+
+
+def test_pesq_and_stoi_equal_the_torchmetrics_functionals():
+    """The wrappers score each (mono, 16 kHz) example with torchmetrics' functionals: same numbers, plus the
+    skip counting that the functionals do not have."""
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality, short_time_objective_intelligibility
+
+    sample_rate = 16000
+    x = torch.cat([speech_like(sample_rate), 0.5 * speech_like(sample_rate)])  # (2, 1, T)
+    x_hat = torch.cat([degraded(x[:1], sample_rate)["noisy"], degraded(x[1:], sample_rate)["lowpassed"]])
+    reference, estimate = x[:, 0].double(), x_hat[:, 0].double()
+    for metric, functional in (
+        (PESQ(sample_rate), lambda p, t: perceptual_evaluation_speech_quality(p, t, sample_rate, "wb")),
+        (STOI(sample_rate), lambda p, t: short_time_objective_intelligibility(p, t, sample_rate)),
+        (STOI(sample_rate, extended=True), lambda p, t: short_time_objective_intelligibility(p, t, sample_rate, True)),
+    ):
+        metric.update(x_hat, x)
+        expected = torch.stack([functional(estimate[i], reference[i]) for i in range(2)]).double().mean()
+        assert float(metric.compute()) == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
