@@ -7,6 +7,7 @@ logger (see ``callbacks.artifacts``).
 
 from callbacks.audio_logger import AudioReconstructionLogger
 from callbacks.codebook_logger import CodebookUsageLogger
+from callbacks.health import TrainingHealthMonitor
 from callbacks.progress import LossProgressBar
 from callbacks.reconstruction_writer import ReconstructionWriter
 from callbacks.throughput import AudioThroughputMonitor
@@ -17,4 +18,5 @@ __all__ = [
     "CodebookUsageLogger",
     "LossProgressBar",
     "ReconstructionWriter",
+    "TrainingHealthMonitor",
 ]

@@ -23,6 +23,19 @@ def all_reduce_sum_(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def all_reduce_mean_(tensor: Tensor) -> Tensor:
+    """Average ``tensor`` over ranks in place and return it (identity in a single process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def world_size() -> int:
+    """Number of ranks (1 outside torch.distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
     """Copy rank ``src``'s ``tensor`` to every rank in place and return it."""
     if is_distributed():

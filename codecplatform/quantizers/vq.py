@@ -5,8 +5,10 @@ updated by exponential moving averages of the assigned vectors (no gradient), k-
 initialisation on the first training batch, dead entries replaced by vectors of the batch,
 commitment loss on the encoder side, straight-through gradient.
 
-All codebook statistics are summed over DDP ranks, and random choices (k-means seeds,
-replacement vectors) are broadcast from rank 0, so every rank holds the same codebook.
+Codebook statistics are averaged over DDP ranks (as audiocraft averages the buffers every
+step), so ``cluster_size`` and ``threshold_ema_dead_code`` count frames per rank per step
+whatever the number of ranks; random choices (k-means seeds, replacement vectors) are broadcast
+from rank 0, so every rank holds the same codebook.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codecplatform.quantizers.distributed import all_gather_rows, all_reduce_sum_, broadcast_
+from codecplatform.quantizers.distributed import all_gather_rows, all_reduce_mean_, broadcast_, world_size
 from codecplatform.types import QuantizerOutput
 
 
@@ -61,8 +63,9 @@ class EMACodebook(nn.Module):
         epsilon: Laplace smoothing of the counts.
         kmeans_init: initialise the entries by k-means on the first training batch.
         kmeans_iters: k-means iterations.
-        threshold_ema_dead_code: entries whose EMA count falls below this are replaced by
-            random vectors of the current batch (0 disables replacement).
+        threshold_ema_dead_code: entries whose EMA count (frames per rank per step, averaged
+            over ranks) falls below this are replaced by random vectors of the current batch
+            (0 disables replacement).
     """
 
     def __init__(
@@ -112,8 +115,9 @@ class EMACodebook(nn.Module):
         """Quantize z (B, D, T'); ``mask`` (B,) bool marks the examples this codebook serves.
 
         Only masked-in examples update the codebook and count in the commitment loss. The
-        returned z_q is the plain quantized value (the residual stack applies the
-        straight-through estimator once for the sum).
+        returned z_q is the plain quantized value, looked up in the codebook that chose the
+        codes, before this step's EMA update and dead-code replacement (as audiocraft); the
+        residual stack applies the straight-through estimator once for the sum.
         """
         b, d, t = z.shape
         if d != self.dimension:
@@ -122,14 +126,12 @@ class EMACodebook(nn.Module):
         if mask is None:
             mask = torch.ones(b, dtype=torch.bool, device=z.device)
         active = z.transpose(1, 2)[mask].reshape(-1, d)  # (B,D,T)->(N_active*T,D)
+        if self.training and not bool(self.initialized):
+            self._init_from(active)
+        codes = self.encode(z)
+        z_q = self.decode(codes)  # a copy: the in-place update below does not reach it
         if self.training:
-            if not bool(self.initialized):
-                self._init_from(active)
-            codes = self.encode(z)
             self._ema_update(active, codes[mask].reshape(-1))
-        else:
-            codes = self.encode(z)
-        z_q = self.decode(codes)
         if bool(mask.any()):
             commit = F.mse_loss(z[mask], z_q[mask].detach())
         else:
@@ -142,6 +144,7 @@ class EMACodebook(nn.Module):
         if data.shape[0] == 0:
             return
         centroids, sizes = kmeans(data, self.codebook_size, self.kmeans_iters)
+        sizes = sizes / world_size()  # frames of all ranks -> frames per rank, like the EMA counts
         broadcast_(centroids)
         broadcast_(sizes)
         self.embed.copy_(centroids)
@@ -153,8 +156,8 @@ class EMACodebook(nn.Module):
     def _ema_update(self, vectors: Tensor, codes: Tensor) -> None:
         counts = torch.bincount(codes, minlength=self.codebook_size).float()  # (K,)
         sums = torch.zeros_like(self.embed).index_add_(0, codes, vectors)  # (K, D)
-        all_reduce_sum_(counts)
-        all_reduce_sum_(sums)
+        all_reduce_mean_(counts)  # per-rank means: the threshold counts frames per rank
+        all_reduce_mean_(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
