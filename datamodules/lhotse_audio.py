@@ -147,9 +147,11 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         segment_seconds: training window length in seconds;
             T = round(segment_seconds * sample_rate).
         eval_segment_seconds: validation/test window length in seconds; None: segment_seconds.
-        batch_size: windows per batch. Set exactly one of batch_size and max_duration.
-        max_duration: seconds of audio per batch (windows per batch = floor(max_duration / window
-            length)); set ``batch_size: null`` to use it.
+        batch_size: windows per batch **per rank** (each DDP process loads its own batches): the global
+            batch is ``batch_size x devices x num_nodes`` (EnCodec's global 64 on 8 GPUs: 8). Set
+            exactly one of batch_size and max_duration.
+        max_duration: seconds of audio per batch and rank (windows per batch = floor(max_duration /
+            window length)); set ``batch_size: null`` to use it.
         num_workers: DataLoader worker processes (persistent when > 0).
         normalize_db: target RMS level of each window in dBFS (e.g. -24.0), peak limited to 1.0;
             None keeps the recorded levels.

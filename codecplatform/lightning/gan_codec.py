@@ -37,6 +37,21 @@ Evaluation (validation and test) at every bitrate:
   zero builds the table metrics x bitrate, writes it to every MLflow logger of the trainer as the
   artifacts ``tables/<stage>_per_bitrate.json`` and ``.md`` (overwritten at each validation; the history
   is in the metrics), and prints it for ``test`` and ``validate`` runs (not during ``fit``).
+
+Discriminator per bandwidth (``discriminator_per_bandwidth``, EnCodec section 3.4): one copy of the
+discriminator set per codebook count the codec trains with (``codec.n_q_choices``, state keys
+``discriminator.nq<k>.*``). The batch's count (one per batch: ``PerBatchChoice``, drawn from the
+batch index, so every DDP rank picks the same copy) selects the copy that is stepped and that gives
+the generator its adversarial and feature losses; logged as ``train/d/bandwidth`` (kbps) and
+``train/d/n_q``. One discriminator optimizer holds every copy: the copies not used in a batch have
+no gradient (None), so Adam leaves their weights and moments untouched.
+
+Generator EMA (``generator_ema``, audiocraft's ``optim.ema``; see ``codecplatform/lightning/ema.py``):
+``codec_ema`` is a frozen copy of the codec updated after every ``every_n_batches``-th training batch.
+Validation, test and predict run with its weights swapped into ``codec`` (the callbacks see them
+too) and swapped back before checkpoints are written; checkpoints hold both (``codec.*`` raw,
+``codec_ema.*`` averaged, ``ema_updates``). ``Codec.from_checkpoint`` loads the EMA weights when
+present (``weights="raw"`` for the others).
 """
 
 from __future__ import annotations
@@ -56,6 +71,13 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
+from codecplatform.lightning.ema import GeneratorEMA, copy_weights_, ema_weight, swap_weights_, update_ema_
+from codecplatform.lightning.health import (
+    codebook_perplexities,
+    decision_threshold,
+    discriminator_scores,
+    equilibrium_loss,
+)
 from codecplatform.lightning.schedule import DiscriminatorSchedule, uniform_from
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, HingeGANLoss, RelativeFeatureMatchingLoss
 from codecplatform.losses.balancer import Balancer
@@ -93,7 +115,8 @@ class GANCodecModule(LightningModule):
         init_codec_from: a file with codec weights to start fitting from: an imported official
             checkpoint (``codecplatform import-checkpoint``) or a training checkpoint. Loaded
             strictly in ``setup("fit")``; a different architecture is an error naming the keys.
-            Resuming with ``--ckpt_path`` restores that checkpoint's weights afterwards.
+            Resuming with ``--ckpt_path`` restores that checkpoint's weights afterwards. A training
+            checkpoint with generator EMA gives its EMA weights (see ``load_codec_state``).
         metrics: evaluation metrics for validation and test, name -> torchmetrics ``Metric`` updated as
             ``metric.update(x_hat, x)`` with (B, C, T) audio and returning a scalar; each is deep-copied per
             stage and bitrate. Default: ``mel_distance`` (MelDistance), ``stft_distance`` (STFTDistance),
@@ -104,6 +127,12 @@ class GANCodecModule(LightningModule):
             always evaluated.
         per_bitrate_validation: evaluate validation at every bitrate (default) or only at the full one
             (one decoder pass per batch instead of one per bitrate; test always covers every bitrate).
+        discriminator_per_bandwidth: one copy of ``discriminators`` per codebook count of the codec's
+            ``bandwidths`` (EnCodec: "a dedicated discriminator per bandwidth"); each batch steps and
+            uses only its bandwidth's copy. Needs ``codec.bandwidths`` and one count per batch
+            (``PerBatchChoice``). The copies start from identical weights.
+        generator_ema: keep an EMA of the codec's weights (``GeneratorEMA``: decay, every_n_batches,
+            unbias; audiocraft's EnCodec recipe: 0.99, 1, true) and evaluate, predict and export with it.
     """
 
     def __init__(
@@ -129,6 +158,8 @@ class GANCodecModule(LightningModule):
         test_metrics: dict[str, Metric] | None = None,
         eval_bandwidths: list[float] | None = None,
         per_bitrate_validation: bool = True,
+        discriminator_per_bandwidth: bool = False,
+        generator_ema: GeneratorEMA | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -148,6 +179,7 @@ class GANCodecModule(LightningModule):
             "discriminator_scheduler",
             "metrics",
             "test_metrics",
+            "generator_ema",
         ]
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
 
@@ -170,10 +202,23 @@ class GANCodecModule(LightningModule):
             raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
 
         self.codec = codec
-        self.discriminator = MultiDiscriminator(discriminators)
+        self.discriminator_per_bandwidth = discriminator_per_bandwidth
+        self.discriminator: MultiDiscriminator | nn.ModuleDict
+        if discriminator_per_bandwidth:
+            if not codec.n_q_choices:
+                raise ValueError(
+                    "discriminator_per_bandwidth needs the codec's bandwidths (codec.init_args.bandwidths): "
+                    "one discriminator set is built per bandwidth"
+                )
+            self.discriminator = nn.ModuleDict(
+                {f"nq{k}": MultiDiscriminator(copy.deepcopy(discriminators)) for k in codec.n_q_choices}
+            )
+        else:
+            self.discriminator = MultiDiscriminator(discriminators)
         self.reconstruction_losses = nn.ModuleDict(reconstruction_losses)
         self.loss_weights = dict(loss_weights)
         self.gan_loss = gan_loss or HingeGANLoss()
+        self._decision_threshold = decision_threshold(self.gan_loss)  # hinge 0, LS 0.5: train/d/accuracy
         self.feature_loss = feature_loss or RelativeFeatureMatchingLoss()
         self.balancer = balancer
         self.generator_optimizer = generator_optimizer
@@ -185,6 +230,15 @@ class GANCodecModule(LightningModule):
         self.max_batches = max_batches
         self.seed = seed
         self.init_codec_from = init_codec_from
+        if isinstance(generator_ema, dict):
+            generator_ema = GeneratorEMA(**generator_ema)
+        self.generator_ema = generator_ema
+        self.codec_ema: Codec | None = None
+        self._ema_swapped = False
+        self._ema_last_batch: int | None = None
+        if generator_ema is not None:
+            self.codec_ema = copy.deepcopy(codec).requires_grad_(False)  # in no optimizer; DDP skips it
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
         self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("skipped_steps", torch.zeros(2, dtype=torch.long))  # generator, discriminator
@@ -285,7 +339,9 @@ class GANCodecModule(LightningModule):
         return [g_opt, d_opt], schedulers
 
     # -- training ------------------------------------------------------------------------------
-    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+    def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
+        """One G/D step (see the module docstring). Returns the values it logged (step tensors, no
+        host sync) so callbacks see exactly this batch's (``TrainingHealthMonitor``)."""
         x = batch
         if self._any_rank_empty(x):
             warnings.warn(
@@ -300,25 +356,30 @@ class GANCodecModule(LightningModule):
         out = self.codec(x, generator=generator)
         x_hat = out.x_hat.float()
         logs: dict[str, Tensor] = {}
+        discriminator = self._batch_discriminator(out.quantized.n_q, logs)
 
         if self.discriminator_schedule.should_update(step):
             with self.toggled_optimizer(d_opt):
-                real = self.discriminator(x)
-                fake = self.discriminator(x_hat.detach())
+                real = discriminator(x)
+                fake = discriminator(x_hat.detach())
                 d_loss, per_disc = self.gan_loss.discriminator_loss(real.logits, fake.logits)
-                d_opt.zero_grad()
+                d_opt.zero_grad(set_to_none=True)  # other bandwidths' copies keep grad None: Adam skips them
                 self.manual_backward(d_loss)
                 d_opt.step()
             logs["train/d/loss"] = d_loss.detach()
             logs.update({f"train/d/{name}": v.detach() for name, v in zip(real.names, per_disc)})
             logs["train/d/grad_norm"] = self._grad_norms[DISCRIMINATOR]
+            scores = discriminator_scores(real.logits, fake.logits, self._decision_threshold)
+            logs.update({f"train/d/{name}": value for name, value in scores.items()})
+            equilibrium = equilibrium_loss(self.gan_loss, len(real.logits), self._decision_threshold)  # host math
+            logs["train/d/equilibrium_loss"] = torch.tensor(equilibrium)  # d loss of a D that cannot tell
 
         with self.toggled_optimizer(g_opt):
             losses = {name: loss(x, x_hat) for name, loss in self.reconstruction_losses.items()}
             if self.discriminator_schedule.is_active(step):
                 with torch.no_grad():
-                    real = self.discriminator(x)
-                fake = self.discriminator(x_hat)
+                    real = discriminator(x)
+                fake = discriminator(x_hat)
                 losses[ADVERSARIAL] = self.gan_loss.generator_loss(fake.logits)
                 losses[FEATURE_MATCHING] = self.feature_loss(real.features, fake.features)
             quantizer_losses = out.quantized.losses
@@ -342,6 +403,10 @@ class GANCodecModule(LightningModule):
         logs.update({f"train/g/{name}": value.detach() for name, value in {**losses, **quantizer_losses}.items()})
         logs["train/g/grad_norm"] = self._grad_norms[GENERATOR]
         logs["train/n_q"] = out.quantized.n_q.float().mean()
+        # the codebooks the batch ran (codes: (B, max n_q, T')), each over the examples that used it
+        sizes = self.codec.quantizer.codebook_sizes
+        perplexity = codebook_perplexities(out.quantized.codes, out.quantized.n_q, max(sizes))
+        logs.update({f"train/codebook/perplexity/{k}": p for k, p in enumerate(perplexity)})
         logs["train/lr/generator"] = torch.tensor(g_opt.param_groups[0]["lr"])
         logs["train/lr/discriminator"] = torch.tensor(d_opt.param_groups[0]["lr"])
         logs["train/skipped_steps/generator"] = self.skipped_steps[GENERATOR].float()
@@ -352,6 +417,25 @@ class GANCodecModule(LightningModule):
         )
         if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
             self.trainer.should_stop = True
+        return logs
+
+    def _batch_discriminator(self, n_q: Tensor, logs: dict[str, Tensor]) -> MultiDiscriminator:
+        """The discriminator set of this batch: the only one, or with ``discriminator_per_bandwidth``
+        the copy of the batch's codebook count ``n_q`` (B,), which must be the same for the whole
+        batch; logs that count and its bandwidth. The count comes from a generator seeded by the
+        batch index: every DDP rank picks the same copy."""
+        if not isinstance(self.discriminator, nn.ModuleDict):
+            return self.discriminator
+        low, high = torch.aminmax(n_q.detach())
+        low, high = int(low), int(high)
+        if low != high or f"nq{low}" not in self.discriminator:
+            raise ValueError(
+                f"discriminator_per_bandwidth needs one codebook count per batch among {self.codec.n_q_choices} "
+                f"(quantizer dropout: PerBatchChoice); this batch uses {low}..{high}"
+            )
+        logs["train/d/n_q"] = torch.tensor(float(low))
+        logs["train/d/bandwidth"] = torch.tensor(self.codec.bitrate(low))
+        return self.discriminator[f"nq{low}"]
 
     def _any_rank_empty(self, x: Tensor) -> bool:
         """Whether the batch of any rank is empty. All ranks then skip the batch together: one rank
@@ -492,18 +576,107 @@ class GANCodecModule(LightningModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
         return self._evaluate(batch, "test")
 
+    def on_validation_start(self) -> None:
+        self._use_ema_weights(True)
+
     def on_validation_epoch_end(self) -> None:
-        self._finish_evaluation("val")
+        # Callbacks' epoch-end hooks (audio, codebook usage) ran before this one, with the EMA
+        # weights; ModelCheckpoint saves in on_validation_end, after the raw weights are back.
+        try:
+            self._finish_evaluation("val")
+        finally:
+            self._use_ema_weights(False)
+
+    def on_validation_end(self) -> None:
+        self._use_ema_weights(False)
+
+    def on_test_start(self) -> None:
+        self._use_ema_weights(True)
 
     def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test")
+        try:
+            self._finish_evaluation("test")
+        finally:
+            self._use_ema_weights(False)
+
+    def on_test_end(self) -> None:
+        self._use_ema_weights(False)
+
+    def on_predict_start(self) -> None:
+        self._use_ema_weights(True)
+
+    def on_predict_end(self) -> None:
+        self._use_ema_weights(False)
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """Reconstruction (B, C, T) of the batch with all codebooks."""
         return self.codec(batch).x_hat
+
+    # -- fit start, generator EMA ------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self._log_global_batch_size()
+        if self.codec_ema is not None:
+            if int(self.ema_updates) == 0:
+                copy_weights_(self.codec_ema, self.codec)  # the weights training starts from (init_codec_from)
+            self._ema_last_batch = int(self.batch_counter)
+
+    def _log_global_batch_size(self) -> None:
+        """Hyperparameter ``train/global_batch_size`` = the data's per-rank ``batch_size`` x world size
+        (devices x nodes), when the data module has a fixed ``batch_size``."""
+        data = getattr(self.trainer, "datamodule", None)
+        per_rank = getattr(data, "batch_size", None)
+        if isinstance(per_rank, int) and not isinstance(per_rank, bool):
+            for logger in self.loggers:
+                logger.log_hyperparams({"train/global_batch_size": per_rank * self.trainer.world_size})
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Generator EMA update after every ``every_n_batches``-th trained batch (skipped batches
+        do not count). Every rank holds the same weights, so every rank computes the same EMA."""
+        if self.generator_ema is None or self.codec_ema is None:
+            return
+        done = int(self.batch_counter)
+        if done == self._ema_last_batch:
+            return  # this batch was skipped: the counter did not move
+        self._ema_last_batch = done
+        if done % self.generator_ema.every_n_batches:
+            return
+        self.ema_updates += 1
+        weight = ema_weight(int(self.ema_updates), self.generator_ema.decay, self.generator_ema.unbias)
+        update_ema_(self.codec_ema, self.codec, weight)
+
+    def _use_ema_weights(self, on: bool) -> None:
+        """Swap the EMA weights into ``codec`` (on) or the raw ones back (off). Nothing without
+        generator EMA, before its first update, or when already in that state."""
+        if self.codec_ema is None or on == self._ema_swapped or (on and int(self.ema_updates) == 0):
+            return
+        swap_weights_(self.codec, self.codec_ema)
+        self._ema_swapped = on
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         config = self.hparams.get("codec")
         if isinstance(config, dict):
             checkpoint["codec_config"] = config
+        if self._ema_swapped:
+            # Written while the EMA weights are in ``codec`` (during evaluation, e.g. on an
+            # exception): store each set under its own name.
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("codec.")]:
+                twin = "codec_ema." + key[len("codec.") :]
+                state[key], state[twin] = state[twin], state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints of runs with and without generator EMA load into either: EMA turned on
+        starts from the checkpoint's raw codec weights (no update yet); turned off drops it."""
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            return
+        ema_keys = [k for k in state if k.startswith("codec_ema.") or k == "ema_updates"]
+        if self.codec_ema is None:
+            for key in ema_keys:
+                del state[key]
+        elif not ema_keys:
+            warnings.warn("the checkpoint has no generator EMA: it starts from its codec weights", stacklevel=2)
+            for key in [k for k in state if k.startswith("codec.")]:
+                state["codec_ema." + key[len("codec.") :]] = state[key].clone()
+            state["ema_updates"] = torch.zeros((), dtype=torch.long)

@@ -210,14 +210,20 @@ class Codec(nn.Module):
         return codec
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Codec:
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", weights: str = "auto"
+    ) -> Codec:
         """Load the codec of a training checkpoint (from ``codecplatform fit``) without Lightning.
 
         The checkpoint carries the codec's config (``codec_config``) and the training module's
-        state dict, whose ``codec.`` entries are the codec's weights and codebooks (see
-        :func:`load_codec_state`; imported official weights have the same layout).
+        state dict, whose ``codec.`` entries are the codec's trained weights and codebooks and, with
+        ``generator_ema``, whose ``codec_ema.`` entries are their exponential moving average (see
+        :func:`load_codec_state`; imported official weights have the ``codec.`` layout).
+        ``weights``: ``"auto"`` (default) the EMA weights when the checkpoint has them (as the
+        training run evaluated), else the trained ones; ``"raw"`` the trained ones; ``"ema"``
+        the EMA weights or an error.
         """
-        config, state = load_codec_state(path, map_location)
+        config, state = load_codec_state(path, map_location, weights)
         codec = cls.from_config(config)
         codec.load_state_dict(state)
         return codec.eval()
@@ -234,13 +240,24 @@ class Codec(nn.Module):
 
 
 def load_codec_state(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu", weights: str = "auto"
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(codec config, codec state dict) of a training checkpoint or an imported one.
 
     Both hold ``codec_config`` (``{class_path, init_args}``) and a ``state_dict`` whose
-    ``codec.`` entries are the codec's weights; the prefix is removed here.
+    ``codec.`` entries are the codec's trained (raw) weights. A training run with generator EMA
+    (``GANCodecModule(generator_ema=...)``) also stores ``codec_ema.`` entries (the EMA of every
+    weight and codebook) and ``ema_updates`` (how many updates they average). ``weights`` picks:
+
+    - ``"auto"``: the EMA weights when present and updated at least once (what that run
+      validated and tested with), else the raw ones;
+    - ``"raw"``: the ``codec.`` entries;
+    - ``"ema"``: the ``codec_ema.`` entries, or ValueError when the checkpoint has none.
+
+    The prefix is removed here.
     """
+    if weights not in ("auto", "raw", "ema"):
+        raise ValueError(f"weights must be 'auto', 'raw' or 'ema', got {weights!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -251,8 +268,14 @@ def load_codec_state(
             f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit` "
             "or `codecplatform import-checkpoint`?"
         )
-    prefix = "codec."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    full = checkpoint["state_dict"]
+    has_ema = any(k.startswith("codec_ema.") for k in full)
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{path} holds no generator EMA weights ('codec_ema.'): load weights='raw'")
+    updates = full.get("ema_updates")
+    updated = updates is None or int(updates) > 0
+    prefix = "codec_ema." if weights == "ema" or (weights == "auto" and has_ema and updated) else "codec."
+    state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
     return config, state
 
 

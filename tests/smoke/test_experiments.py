@@ -57,8 +57,9 @@ def test_experiment_trains_one_batch_with_tiny_override(config, make_manifests, 
 
 
 REAL_COUNTS = {
-    # SEANet encoder + decoder (EMA codebooks are buffers, not parameters), MS-STFT discriminator.
-    "encodec/24khz_mono.yaml": (14_851_810, 472_490),
+    # SEANet encoder + decoder (EMA codebooks are buffers, not parameters), MS-STFT discriminator:
+    # 472,490 per copy, one copy per bandwidth (1.5, 3, 6, 12, 24 kbps; discriminator_per_bandwidth).
+    "encodec/24khz_mono.yaml": (14_851_810, 5 * 472_490),
     "encodec/48khz_stereo.yaml": (14_856_294, None),
     # DAC encoder + decoder + factorized quantizer (weight-normed projections), MPD + MRD.
     "dac/44khz.yaml": (76_651_890, 42_519_760),
