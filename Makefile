@@ -44,10 +44,14 @@ lint: install
 
 # data_throughput: batch 8, as a training step of the 24 kHz EnCodec with its batch of 64 ran out of
 # 23 GB of RAM on CPU (batch 8: 6 GB).
+# short_run_quality: its real default, 300 batches per family (EnCodec quickstart + small DAC) on
+# ../shared/data, trained and untrained tested: 1-3 s per batch on 2 CPU cores, so about 10-30 minutes
+# (skips with a message where ../shared/data is missing; --batches 100 for a quicker look).
 bench: install
 	$(BIN)/python benchmarks/codec_speed.py
 	$(BIN)/python benchmarks/data_throughput.py -- --data.init_args.batch_size=8
 	$(BIN)/python benchmarks/bitstream_size.py
+	$(BIN)/python benchmarks/short_run_quality.py --batches 300
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
@@ -59,7 +63,7 @@ ui: install
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(BIN)/python -m pip install --quiet "$$(grep -s '^uv==' $(LOCK) || echo uv)"
-	$(UV) pip compile --quiet --custom-compile-command 'make lock' pyproject.toml --extra dev --extra parity $(UPGRADE) \
+	$(UV) pip compile --quiet --custom-compile-command 'make lock' pyproject.toml --extra dev --extra parity --constraint lock-constraints.txt $(UPGRADE) \
 	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --output-file $(LOCK).main
 	printf 'descript-audio-codec==1.0.0\ndescript-audiotools==0.7.2\n' > $(LOCK).nodeps.in
 	$(UV) pip compile --quiet --no-deps --no-header --no-annotate $(LOCK).nodeps.in \
