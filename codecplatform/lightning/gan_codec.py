@@ -31,7 +31,9 @@ Evaluation (validation and test) at every bitrate:
     ``<stage>/g/<loss>``          the reconstruction losses at the full bitrate.
   Codebook rows: ``codebook_entropy`` (bits per frame, summed over the used codebooks),
   ``codebook_efficiency`` (that sum / the bits allotted, DAC's bitrate efficiency),
-  ``codebook_perplexity`` (mean over the used codebooks), ``codebook_dead_codes`` (entries never used, summed).
+  ``codebook_perplexity`` (mean over the used codebooks), ``codebook_min_perplexity`` (the least used
+  codebook's: a collapsed codebook shows here, not in the mean), ``codebook_dead_codes`` (entries never
+  used, summed).
 
   At the end of each evaluation epoch every rank computes the metrics (same collectives everywhere); rank
   zero builds the table metrics x bitrate, writes it to every MLflow logger of the trainer as the
@@ -539,6 +541,7 @@ class GANCodecModule(LightningModule):
             "codebook_entropy": entropy,
             "codebook_efficiency": entropy / allotted if allotted > 0 else 0.0,
             "codebook_perplexity": float(stats["perplexity"].mean()),
+            "codebook_min_perplexity": float(stats["perplexity"].min()),
             "codebook_dead_codes": float(stats["dead_codes"].sum()),
         }
 

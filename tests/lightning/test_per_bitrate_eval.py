@@ -32,7 +32,13 @@ from test_gan_codec import NoiseAudio  # noqa: E402
 SR = 8000
 HOP = 8
 MLFLOW_KEY = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
-CODEBOOK_ROWS = ("codebook_entropy", "codebook_efficiency", "codebook_perplexity", "codebook_dead_codes")
+CODEBOOK_ROWS = (
+    "codebook_entropy",
+    "codebook_efficiency",
+    "codebook_perplexity",
+    "codebook_min_perplexity",
+    "codebook_dead_codes",
+)
 
 
 class FrameEncoder(Encoder):

@@ -1,0 +1,73 @@
+"""benchmarks/short_run_quality.py on generated stereo 44.1 kHz tones (prepared at each family's 24 kHz
+mono: resampled and down-mixed) with the tiny overrides: per family a fit of 2 batches, the trained
+and untrained per-bitrate test tables, the JSON and the printed table; without data it skips."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from synthetic_audio import write_tones
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("short_run_quality", ROOT / "benchmarks" / "short_run_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_short_run_quality_tables(in_tmp_dir, capsys):
+    benchmark = load_benchmark()
+    audio = in_tmp_dir / "audio"
+    write_tones(audio, 44100, 2, n_files=8, seconds=2.0)
+    out = in_tmp_dir / "quality.json"
+    results = benchmark.main(
+        [
+            "--data_dir",
+            str(audio),
+            "--batches",
+            "2",
+            "--extra_config",
+            str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
+            "--work_dir",
+            str(in_tmp_dir / "work"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text()) == results
+    assert not any((audio / name).exists() for name in ("manifests", "cuts_train.jsonl.gz"))  # data left alone
+    assert set(results["families"]) == {"encodec", "dac"}
+    for family, result in results["families"].items():
+        assert (result["sample_rate"], result["channels"]) == (24000, 1)
+        assert result["batches"] == 2
+        assert result["checkpoint"]["kind"] == "best" and Path(result["checkpoint"]["path"]).is_file()
+        assert result["mlflow"]["tracking_uri"] == f"sqlite:///{in_tmp_dir / 'work' / 'mlflow.db'}"
+        for which in ("untrained", "trained"):
+            table = result[which]
+            assert table["stage"] == "test" and table["columns"], (family, which)
+            for name in benchmark.METRICS:
+                values = table["rows"][name]
+                assert len(values) == len(table["columns"]) and all(math.isfinite(v) for v in values)
+        assert result["untrained"]["batches"] == 0
+        assert result["trained"]["batches"] == result["checkpoint"]["batch"] >= 1
+    # the small DAC's discriminator trains from batch 0; the quickstart's joins after 100 batches
+    assert set(results["families"]["dac"]["discriminator_last_batch"]) >= {"loss", "real_score", "fake_score"}
+    assert results["families"]["encodec"]["discriminator_last_batch"] == {}
+    printed = capsys.readouterr().out
+    assert "encodec (experiments/quickstart.yaml)" in printed and "dac (experiments/dac/small.yaml)" in printed
+    assert "codebook_efficiency" in printed and "discriminator, last batch: loss" in printed
+
+
+def test_short_run_quality_skips_without_data(in_tmp_dir, capsys):
+    results = load_benchmark().main(["--data_dir", str(in_tmp_dir / "missing"), "--out", str(in_tmp_dir / "q.json")])
+    assert "skipped" in results
+    assert "does not exist" in capsys.readouterr().out
+    assert not (in_tmp_dir / "q.json").exists()
