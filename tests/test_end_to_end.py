@@ -80,13 +80,20 @@ def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir, lat
     encoded = codec.encode(x, bandwidth=1.5)
     assert encoded.codes.shape[1] == codec.n_q_for_bandwidth(1.5)
     assert codec.decode(encoded).shape == x.shape
-    trained_state = {
-        k[len("codec.") :]: v
-        for k, v in torch.load(checkpoint, weights_only=False)["state_dict"].items()
-        if k.startswith("codec.")
-    }
-    for k, v in codec.state_dict().items():
-        assert torch.equal(v, trained_state[k]), k
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+
+    def weights(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    # The EnCodec configs keep a generator EMA: from_checkpoint loads the averaged weights, and the
+    # trained ones with weights="raw".
+    assert weights("codec_ema."), "the EnCodec config trains with generator_ema"
+    for loaded, expected in (
+        (codec, weights("codec_ema.")),
+        (Codec.from_checkpoint(checkpoint, weights="raw"), weights("codec.")),
+    ):
+        for k, v in loaded.state_dict().items():
+            assert torch.equal(v, expected[k]), k
 
 
 def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, latest_checkpoint):

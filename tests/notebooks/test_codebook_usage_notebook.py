@@ -106,7 +106,11 @@ def spread_codebooks(checkpoint: Path, out: Path, files: list[Path]) -> Path:
     for k, layer in enumerate(codec.quantizer.layers):
         embed = residual[torch.randperm(len(residual), generator=generator)[: layer.codebook_size]].clone()
         for name in ("embed", "embed_avg"):
-            data["state_dict"][f"codec.quantizer.layers.{k}.{name}"] = embed.clone()
+            # the codec's weights and, with generator EMA, the averaged ones that from_checkpoint loads
+            for prefix in ("codec.", "codec_ema."):
+                key = f"{prefix}quantizer.layers.{k}.{name}"
+                if prefix == "codec." or key in data["state_dict"]:
+                    data["state_dict"][key] = embed.clone()
         residual = residual - embed[torch.cdist(residual, embed).argmin(dim=1)]
     torch.save(data, out)
     return out
