@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from codecplatform.losses.adversarial import GANLoss
-from codecplatform.metrics.codebook import codebook_statistics
+from codecplatform.metrics.codebook import code_counts, codebook_statistics
 
 
 def decision_threshold(gan_loss: GANLoss, low: float = -10.0, high: float = 10.0, iters: int = 50) -> float:
@@ -74,14 +74,6 @@ def codebook_perplexities(
     Returns:
         (K,) float; NaN for a codebook no example of the batch used.
     """
-    batch, used, _ = codes.shape
-    num_codebooks = used if num_codebooks is None else num_codebooks
-    keep = torch.ones(batch, used, dtype=torch.long, device=codes.device)  # (B, K')
-    if n_q is not None:
-        keep = (torch.arange(used, device=codes.device)[None, :] < n_q.to(codes.device)[:, None]).long()
-    counts = torch.zeros(num_codebooks * codebook_size, dtype=torch.long, device=codes.device)
-    index = codes.long() + torch.arange(used, device=codes.device)[None, :, None] * codebook_size  # (B, K', T')
-    counts.scatter_add_(0, index.reshape(-1), keep[:, :, None].expand_as(index).reshape(-1))
-    counts = counts.view(num_codebooks, codebook_size)  # (K, N)
+    counts = code_counts(codes, codebook_size, n_q, num_codebooks)  # (K, N)
     perplexity = codebook_statistics(counts)["perplexity"]
     return torch.where(counts.sum(dim=1) > 0, perplexity, torch.full_like(perplexity, float("nan")))

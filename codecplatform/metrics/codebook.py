@@ -47,6 +47,24 @@ def codebook_statistics(counts: Tensor) -> dict[str, Tensor]:
     }
 
 
+def code_counts(
+    codes: Tensor, codebook_size: int, n_q: Tensor | None = None, num_codebooks: int | None = None
+) -> Tensor:
+    """How often each code occurs: codes (B, K', T') in [0, N) -> counts (K, N) long, K = ``num_codebooks``
+    (default K'). With ``n_q`` (B,) only codebooks ``k < n_q[b]`` of example ``b`` count (the rest were not
+    used). No check and no host synchronization (training-step safe); ``CodebookUsage.update`` checks."""
+    batch, used, _ = codes.shape
+    num_codebooks = used if num_codebooks is None else num_codebooks
+    weight = torch.ones(batch, used, dtype=torch.long, device=codes.device)  # (B, K')
+    if n_q is not None:
+        weight = (torch.arange(used, device=codes.device)[None, :] < n_q.to(codes.device)[:, None]).long()
+    # flat index k * N + code per element, scattered into the (K * N) counts
+    index = codes.long() + torch.arange(used, device=codes.device)[None, :, None] * codebook_size  # (B, K', T')
+    counts = torch.zeros(num_codebooks * codebook_size, dtype=torch.long, device=codes.device)
+    counts.scatter_add_(0, index.reshape(-1), weight[:, :, None].expand_as(index).reshape(-1))
+    return counts.view(num_codebooks, codebook_size)
+
+
 class CodebookUsage(Metric):
     """Accumulates code counts per codebook; ``compute`` returns ``codebook_statistics(counts)`` plus
     ``counts`` (K, N) long.
@@ -83,19 +101,13 @@ class CodebookUsage(Metric):
             raise ValueError(
                 f"codes must lie in [0, {self.codebook_size}), got range [{int(codes.min())}, {int(codes.max())}]"
             )
-        weight = torch.ones_like(codes)  # (B, K', T')
         if n_q is not None:
             n_q = torch.as_tensor(n_q, device=codes.device).reshape(-1)
             if n_q.numel() == 1:
                 n_q = n_q.expand(batch)
             if n_q.numel() != batch:
                 raise ValueError(f"n_q must have one entry per example ({batch}), got {n_q.numel()}")
-            keep = torch.arange(k_used, device=codes.device)[None, :] < n_q[:, None]  # (B, K')
-            weight = weight * keep[:, :, None].long()
-        # flat index k * N + code per element, scattered into the (K' * N) view of the counts
-        index = codes + torch.arange(k_used, device=codes.device)[None, :, None] * self.codebook_size
-        flat = self.counts[:k_used].view(-1)  # the first K' rows are contiguous: a view, updated in place
-        flat.scatter_add_(0, index.reshape(-1), weight.reshape(-1))
+        self.counts += code_counts(codes, self.codebook_size, n_q, self.num_codebooks)
 
     def compute(self) -> dict[str, Tensor]:
         stats = codebook_statistics(self.counts)

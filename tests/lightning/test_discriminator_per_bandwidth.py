@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
-from test_gan_codec import NoiseAudio, tiny_module
-from torch.utils.data import DataLoader
+from lightning.pytorch import Callback
+from test_gan_codec import fit, tiny_module
 
 from codecplatform.discriminators.base import MultiDiscriminator
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
@@ -76,22 +75,6 @@ class Recorder(Callback):
         )
 
 
-def fit(module, batches: int, callbacks=()) -> Trainer:
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
-    trainer.fit(module, DataLoader(NoiseAudio(n=24), batch_size=4))
-    return trainer
-
-
 def test_one_copy_per_bandwidth_with_the_same_start():
     module = per_bandwidth_module()
     assert set(module.discriminator) == {"nq1", "nq2"}
@@ -106,7 +89,7 @@ def test_only_the_batch_bandwidth_copy_is_stepped_and_used():
     torch.manual_seed(0)
     module = per_bandwidth_module()
     recorder = Recorder()
-    fit(module, batches=6, callbacks=[recorder])
+    fit(module, batches=6, callbacks=[recorder], examples=24)
     used = [row["n_q"] for row in recorder.rows]
     assert set(used) == {1, 2}, f"both bandwidths should occur in 6 batches, got {used}"
     steps = {"nq1": 0, "nq2": 0}
@@ -128,7 +111,7 @@ def test_per_bandwidth_needs_bandwidths_and_one_count_per_batch():
     torch.manual_seed(0)
     module = tiny_module(codec=bandwidth_codec(PerExampleDropout(p=1.0)), discriminator_per_bandwidth=True)
     with pytest.raises(ValueError, match="one codebook count per batch"):
-        fit(module, batches=4)
+        fit(module, batches=4, examples=24)
 
 
 DDP_SCRIPT = textwrap.dedent(

@@ -69,8 +69,17 @@ def tiny_module(**overrides) -> GANCodecModule:
     return GANCodecModule(**kwargs)
 
 
-def fit(module: GANCodecModule, batches: int = 1, precision: str = "32-true") -> Trainer:
-    trainer = Trainer(
+def fit(
+    module: GANCodecModule,
+    batches: int = 1,
+    precision: str = "32-true",
+    callbacks=(),
+    examples: int = 16,
+    **trainer_kwargs,
+) -> Trainer:
+    """Fits ``module`` on CPU for ``batches`` batches of 4 of ``examples`` NoiseAudio clips (no logger,
+    no checkpoints, no validation unless ``trainer_kwargs`` say otherwise)."""
+    kwargs = dict(
         accelerator="cpu",
         max_epochs=1,
         limit_train_batches=batches,
@@ -80,8 +89,10 @@ def fit(module: GANCodecModule, batches: int = 1, precision: str = "32-true") ->
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=list(callbacks),
     )
-    trainer.fit(module, DataLoader(NoiseAudio(), batch_size=4))
+    trainer = Trainer(**{**kwargs, **trainer_kwargs})
+    trainer.fit(module, DataLoader(NoiseAudio(n=examples), batch_size=4))
     return trainer
 
 

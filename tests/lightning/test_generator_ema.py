@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import Logger
-from test_gan_codec import NoiseAudio, tiny_module
+from test_gan_codec import NoiseAudio, fit, tiny_module
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -84,24 +84,6 @@ class History(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.states.append(float_state(pl_module.codec))
-
-
-def fit(module, batches: int, callbacks=(), **trainer_kwargs) -> Trainer:
-    kwargs = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
-    kwargs.update(trainer_kwargs)
-    trainer = Trainer(**kwargs)
-    trainer.fit(module, DataLoader(NoiseAudio(), batch_size=4))
-    return trainer
 
 
 @pytest.mark.parametrize("every", [1, 2])
