@@ -90,3 +90,8 @@ class EncodedAudio:
     codes: Tensor
     scale: Tensor | None
     length: int
+
+    def to(self, device: torch.device | str) -> EncodedAudio:
+        """The same codes and scale on ``device``."""
+        scale = None if self.scale is None else self.scale.to(device)
+        return EncodedAudio(codes=self.codes.to(device), scale=scale, length=self.length)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from codecplatform.quantizers.dropout import QuantizerDropout
-from codecplatform.quantizers.residual import ResidualQuantizer, residual_stack
+from codecplatform.quantizers.residual import ResidualQuantizer, StageHook, residual_stack
 from codecplatform.types import QuantizerOutput
 
 _LOSSES = ("commit", "codebook")
@@ -143,7 +143,9 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         n_q: number of codebooks (DAC 44 kHz: 9).
         codebook_size: entries per codebook (DAC: 1024).
         codebook_dim: lookup space size M, one for all codebooks or one per codebook (DAC: 8).
-        dropout: how many codebooks each training example uses (``None``: all of them). DAC's
+        dropout: how many codebooks each training example uses (``None``: all of them).
+        stage_hook: transforms the residual before each stage, in training and ``encode``
+            alike (``None``: identity; MUFFIN: ``quantizers.mbs.BandLimit``). DAC's
             recipe is ``PerExampleDropout(p=0.5)``.
 
     Counts per example: ``n_q`` is None (all), an int or a (B,) tensor with values in
@@ -179,6 +181,7 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         codebook_size: int = 1024,
         codebook_dim: int | list[int] = 8,
         dropout: QuantizerDropout | None = None,
+        stage_hook: StageHook | None = None,
     ):
         super().__init__()
         if n_q < 1:
@@ -191,6 +194,7 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         self.codebook_sizes = [codebook_size] * n_q
         self.codebook_dims = dims
         self.dropout = dropout if dropout is not None else QuantizerDropout()
+        self.stage_hook = stage_hook
         self.layers = nn.ModuleList(FactorizedCodebook(dimension, codebook_size, m) for m in dims)
 
     def forward(self, z: Tensor, n_q: int | Tensor | None = None) -> QuantizerOutput:
@@ -200,7 +204,7 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             n_layers = self.n_q if self.training else int(n_q.max())
-            run = residual_stack(self.layers, z, n_q, detach_outputs=False, n_layers=n_layers)
+            run = residual_stack(self.layers, z, n_q, detach_outputs=False, n_layers=n_layers, hook=self.stage_hook)
             losses = {}
             for name in _LOSSES:
                 total = z.new_zeros(())

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from codecplatform.quantizers.base import Quantizer
+from codecplatform.types import QuantizerOutput
 
 
 @dataclass
@@ -28,15 +29,41 @@ class ResidualPass:
     active: list[Tensor]
 
 
-def residual_stack(
-    layers: Sequence[nn.Module], z: Tensor, n_q: Tensor, *, detach_outputs: bool, n_layers: int | None = None
-) -> ResidualPass:
-    """Run residual quantization layers on z (B, D, T') with per-example counts n_q (B,).
+class StageHook(nn.Module):
+    """Transforms the residual before a residual stage quantizes it: (B, D, T'), stage k -> (B, D, T').
 
-    Layer k is called as ``layers[k](residual, mask)`` with ``mask = n_q > k`` and must return
-    a QuantizerOutput with codes (B, 1, T'). Its output, masked, is subtracted from the residual
-    and added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply
-    the straight-through estimator once for the sum, as ``rvq.py``); without it gradients flow
+    The base hook is the identity. A quantizer variant that filters the residual per stage
+    (MUFFIN's multi-band spectral RVQ, :mod:`codecplatform.quantizers.mbs`) subclasses it; the
+    residual loop (:func:`residual_stack`) applies it in training and in ``encode`` alike, so
+    codes from ``encode`` are exactly the codes training produced. Stage k's output is
+    subtracted from the *unfiltered* residual.
+    """
+
+    def forward(self, residual: Tensor, stage: int) -> Tensor:
+        return residual
+
+
+def residual_stack(
+    layers: Sequence[nn.Module],
+    z: Tensor,
+    n_q: Tensor,
+    *,
+    detach_outputs: bool,
+    n_layers: int | None = None,
+    hook: StageHook | None = None,
+    inference: bool = False,
+) -> ResidualPass:
+    """THE residual loop: run residual quantization layers on z (B, D, T') with per-example
+    counts n_q (B,). Training, evaluation and ``encode`` all go through it.
+
+    Before layer k, ``hook(residual, k)`` (default: identity) gives the layer's input. In
+    training/evaluation (``inference=False``) layer k is called as ``layers[k](input, mask)``
+    with ``mask = n_q > k`` and must return a QuantizerOutput with codes (B, 1, T'); with
+    ``inference=True`` (``ResidualQuantizer.encode``) it is looked up with
+    ``layers[k].encode(input) -> (B, T')`` and ``layers[k].decode(codes) -> (B, D, T')``, no
+    losses and no codebook updates. The output, masked, is subtracted from the residual and
+    added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply the
+    straight-through estimator once for the sum, as ``rvq.py``); without it gradients flow
     through every layer and every residual (DAC).
 
     ``n_layers`` (default ``max(n_q)``) layers are run; running more (DAC in training: all of
@@ -50,7 +77,12 @@ def residual_stack(
     codes, losses, active = [], [], []
     for k in range(n_layers):
         mask = n_q > k  # (B,)
-        out = layers[k](residual, mask)
+        stage_input = residual if hook is None else hook(residual, k)  # (B, D, T')
+        if inference:
+            c = layers[k].encode(stage_input)  # (B, T')
+            out = QuantizerOutput(z_q=layers[k].decode(c), codes=c[:, None, :])
+        else:
+            out = layers[k](stage_input, mask)
         q = out.z_q.detach() if detach_outputs else out.z_q
         q = q * mask[:, None, None]
         residual = residual - q
@@ -72,10 +104,12 @@ def residual_stack(
 class ResidualQuantizer(Quantizer):
     """A quantizer made of ``self.layers``, one codebook each (``layer.encode(z) -> (B, T')``,
     ``layer.decode(codes) -> (B, D, T')``), applied to what the previous layers left. Provides the
-    inference path; subclasses provide ``forward`` (through ``residual_stack``).
+    inference path; subclasses provide ``forward``; both run :func:`residual_stack` with
+    ``self.stage_hook`` (None: the residual itself is quantized at every stage).
     """
 
     layers: nn.ModuleList
+    stage_hook: StageHook | None = None
 
     def _check_latent(self, z: Tensor) -> None:
         if z.dim() != 3 or z.shape[1] != self.dimension:
@@ -89,13 +123,10 @@ class ResidualQuantizer(Quantizer):
         if not 1 <= n <= self.n_q:
             raise ValueError(f"n_q={n} is out of range: this quantizer has 1..{self.n_q} codebooks")
         with torch.autocast(device_type=z.device.type, enabled=False):
-            residual = z.float()
-            codes = []
-            for layer in self.layers[:n]:
-                c = layer.encode(residual)
-                residual = residual - layer.decode(c)
-                codes.append(c)
-        return torch.stack(codes, dim=1)
+            z = z.float()
+            n_q = torch.full((z.shape[0],), n, dtype=torch.long, device=z.device)
+            run = residual_stack(self.layers, z, n_q, detach_outputs=True, hook=self.stage_hook, inference=True)
+        return run.codes
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (B, K, T') -> z_q (B, D, T'), 1 <= K <= n_q."""

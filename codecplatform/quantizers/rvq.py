@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from codecplatform.quantizers.dropout import QuantizerDropout
-from codecplatform.quantizers.residual import ResidualQuantizer, residual_stack
+from codecplatform.quantizers.residual import ResidualQuantizer, StageHook, residual_stack
 from codecplatform.quantizers.vq import EMACodebook
 from codecplatform.types import QuantizerOutput
 
@@ -20,6 +20,8 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         codebook_size: entries per codebook.
         decay, epsilon, kmeans_init, kmeans_iters, threshold_ema_dead_code: see ``EMACodebook``.
         dropout: how many codebooks each training example uses (``None``: all of them).
+        stage_hook: transforms the residual before each stage, in training and ``encode``
+            alike (``None``: identity; MUFFIN: ``quantizers.mbs.BandLimit``).
 
     With per-example counts, every codebook up to the largest count runs on the whole batch,
     and example b only adds (and trains) codebooks 0..n_q[b]-1; n_q[b] = 0 bypasses quantization
@@ -38,6 +40,7 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         kmeans_iters: int = 50,
         threshold_ema_dead_code: float = 2.0,
         dropout: QuantizerDropout | None = None,
+        stage_hook: StageHook | None = None,
     ):
         super().__init__()
         if n_q < 1:
@@ -46,6 +49,7 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         self.n_q = n_q
         self.codebook_sizes = [codebook_size] * n_q
         self.dropout = dropout if dropout is not None else QuantizerDropout()
+        self.stage_hook = stage_hook
         self.layers = nn.ModuleList(
             EMACodebook(dimension, codebook_size, decay, epsilon, kmeans_init, kmeans_iters, threshold_ema_dead_code)
             for _ in range(n_q)
@@ -56,7 +60,7 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         n_q = self._resolve_n_q(z, n_q)  # (B,)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
-            run = residual_stack(self.layers, z, n_q, detach_outputs=True)
+            run = residual_stack(self.layers, z, n_q, detach_outputs=True, hook=self.stage_hook)
             z_q = z + (run.z_q - z).detach()  # straight-through for the whole stack
             commits = [losses["commit"] for losses in run.losses]
             commit = torch.stack(commits).mean() if commits else z.sum() * 0.0
