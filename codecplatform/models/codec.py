@@ -10,11 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from codecplatform.generators.base import Decoder, Encoder
+from codecplatform.models.base import AudioCodec
 from codecplatform.quantizers.base import Quantizer
 from codecplatform.types import CodecOutput, EncodedAudio, check_audio
 
 
-class Codec(nn.Module):
+class Codec(AudioCodec):
     """A neural audio codec: (B, C, T) audio <-> (B, K, T') codes.
 
     Args:
@@ -96,6 +97,18 @@ class Codec(nn.Module):
     def bitrate(self, n_q: int) -> float:
         """Nominal bitrate in kbps with the first ``n_q`` codebooks."""
         return self.frame_rate * sum(self.quantizer.bits_per_frame[:n_q]) / 1000.0
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return list(self.quantizer.codebook_sizes)
+
+    @property
+    def n_q(self) -> int:
+        return self.quantizer.n_q
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.hop_length
 
     # -- training / evaluation ------------------------------------------------------------------
     def forward(
