@@ -2,11 +2,11 @@
 
 One file holds one signal: the codes (K, T') of ``Codec.encode`` on (1, C, T) audio, the
 per-segment input scales of codecs that normalize their input, and what a decoder needs to check
-that it is the right model. Everything is little-endian. Version 1 layout::
+that it is the right model. Everything is little-endian. Version 2 layout::
 
     offset  type         field
     0       4 bytes      magic b"CPCF"
-    4       uint16       format version (1); a reader refuses versions it does not know
+    4       uint16       format version (2); a reader refuses versions it does not know
     6       uint32       header length in bytes (everything before the payload)
     10      uint32       sample rate (Hz)
     14      uint16       channels
@@ -19,9 +19,11 @@ that it is the right model. Everything is little-endian. Version 1 layout::
     46      uint16       model identifier length m (bytes of UTF-8)
     48      uint32       number of scales S (0: the codec does not normalize its input)
     52      32 bytes     model checksum: sha256 of the codec's state dict (:func:`model_checksum`)
-    84      uint64       payload length in bytes
-    92      uint32       payload CRC-32 (zlib)
-    96      K x uint32   codebook sizes
+    84      32 bytes     checkpoint hash: sha256 of the checkpoint file's bytes (:func:`file_sha256`;
+                         zeros: not recorded)
+    116     uint64       payload length in bytes
+    124     uint32       payload CRC-32 (zlib)
+    128     K x uint32   codebook sizes
             S x float32  input scales, one per segment (``EncodedAudio.scale``)
             m bytes      model identifier (the checkpoint path given at encode time)
             uint32       header CRC-32 of all the header bytes before it
@@ -31,7 +33,14 @@ Payload: frame after frame, and within a frame codebook 0 first, each code takes
 ``ceil(log2(codebook size))`` bits, most significant bit first; the last byte is padded with
 zero bits. So the payload is ``ceil(T' * sum_k ceil(log2(size_k)) / 8)`` bytes, i.e. the nominal
 bitrate ``frame_rate * sum_k log2(size_k)`` for power-of-two sizes (one bit per code more at most
-otherwise), plus the header: 100 bytes + 4 per codebook + 4 per scale + the identifier.
+otherwise), plus the header: 132 bytes + 4 per codebook + 4 per scale + the identifier.
+
+Version 1 (still read, and written for a header with ``version=1``) is the same without the
+checkpoint hash: payload length at 84, CRC at 92, codebook sizes from 96, a 100-byte base.
+
+The checkpoint hash lets ``codecplatform decode`` check the checkpoint file the header names
+before reading it (``torch.load`` of an untrusted file is what must not happen); the model
+checksum then checks the weights loaded from whichever checkpoint is used.
 
 Reading checks, in this order, and raises :class:`BitstreamError` naming the file: the magic, the
 version, the header length against the file size, the header CRC, the consistency of its fields
@@ -58,10 +67,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from codecplatform.models.base import AudioCodec
+
 MAGIC = b"CPCF"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".cpc"
-_FIXED = struct.Struct("<4sHIIHIQQIIHHI32sQI")  # everything up to the codebook sizes: 96 bytes
+#: Everything up to the codebook sizes, per format version (1: 96 bytes, 2: 128 bytes).
+_FIXED_BY_VERSION = {
+    1: struct.Struct("<4sHIIHIQQIIHHI32sQI"),
+    2: struct.Struct("<4sHIIHIQQIIHHI32s32sQI"),  # + the checkpoint file's sha256
+}
 _CRC = struct.Struct("<I")
 _MAX_CODEBOOK_BITS = 32
 
@@ -152,6 +167,16 @@ def model_checksum(model: nn.Module | Mapping[str, Tensor]) -> bytes:
     return digest.digest()
 
 
+def file_sha256(path: str | Path, block: int = 1 << 20) -> bytes:
+    """sha256 (32 bytes) of a file's bytes, read ``block`` bytes at a time (the checkpoint hash
+    that lets a decoder check a checkpoint file before unpickling anything of it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(block):
+            digest.update(chunk)
+    return digest.digest()
+
+
 # --------------------------------------------------------------------------------------- header
 @dataclass
 class Header:
@@ -159,7 +184,8 @@ class Header:
 
     scales: (S,) float32 input scale per segment (S = 1 for an unsegmented normalizing codec), or
     None when the codec does not normalize. segment_length/segment_stride: None unless the codec
-    encodes fixed segments (EnCodec 48 kHz).
+    encodes fixed segments (EnCodec 48 kHz). checkpoint_sha256: :func:`file_sha256` of the
+    checkpoint file ``model_id`` names, or None (not recorded; always None in version 1 files).
     """
 
     sample_rate: int
@@ -173,6 +199,7 @@ class Header:
     segment_length: int | None = None
     segment_stride: int | None = None
     scales: np.ndarray | None = None
+    checkpoint_sha256: bytes | None = None
     version: int = VERSION
 
     @property
@@ -238,6 +265,10 @@ class Header:
             raise BitstreamError(f"{where}: {len(self.scales)} scales for {len(self.segments())} segment(s)")
         if len(self.model_checksum) != 32:
             raise BitstreamError(f"{where}: model checksum must be 32 bytes, got {len(self.model_checksum)}")
+        if self.version not in _FIXED_BY_VERSION:
+            raise BitstreamError(f"{where}: unknown format version {self.version}")
+        if self.checkpoint_sha256 is not None and (self.version < 2 or len(self.checkpoint_sha256) != 32):
+            raise BitstreamError(f"{where}: a checkpoint hash takes 32 bytes and format version 2 or later")
 
     def to_bytes(self, payload_crc: int) -> bytes:
         """The header bytes (ending with the header CRC) for a payload with CRC ``payload_crc``."""
@@ -247,8 +278,10 @@ class Header:
             raise ValueError(f"model identifier is {len(model_id)} bytes, at most 65535 fit")
         scales = np.zeros(0, np.float32) if self.scales is None else np.asarray(self.scales, dtype="<f4")
         n_q = self.n_q
-        length = _FIXED.size + 4 * n_q + 4 * len(scales) + len(model_id) + _CRC.size
-        fixed = _FIXED.pack(
+        fixed_struct = _FIXED_BY_VERSION[self.version]
+        length = fixed_struct.size + 4 * n_q + 4 * len(scales) + len(model_id) + _CRC.size
+        checkpoint_hash = () if self.version < 2 else (self.checkpoint_sha256 or bytes(32),)
+        fixed = fixed_struct.pack(
             MAGIC,
             self.version,
             length,
@@ -263,6 +296,7 @@ class Header:
             len(model_id),
             len(scales),
             self.model_checksum,
+            *checkpoint_hash,
             self.payload_length,
             payload_crc,
         )
@@ -282,13 +316,16 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
     if len(data) < 6:
         raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs more")
     (version,) = struct.unpack_from("<H", data, 4)
-    if version != VERSION:
-        raise BitstreamError(f"{name} has format version {version}; this codecplatform reads version {VERSION} only")
-    if len(data) < _FIXED.size:
-        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs {_FIXED.size} or more")
+    if version not in _FIXED_BY_VERSION:
+        known = " and ".join(str(v) for v in _FIXED_BY_VERSION)
+        raise BitstreamError(f"{name} has format version {version}; this codecplatform reads versions {known}")
+    fixed = _FIXED_BY_VERSION[version]
+    if len(data) < fixed.size:
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs {fixed.size} or more")
     (_, _, header_length, sample_rate, channels, hop, length, n_frames, seg_len, seg_stride, n_q, id_len, n_scales,
-     checksum, payload_length, payload_crc) = _FIXED.unpack_from(data)  # fmt: skip
-    expected_length = _FIXED.size + 4 * n_q + 4 * n_scales + id_len + _CRC.size
+     checksum, *checkpoint_hash, payload_length, payload_crc) = fixed.unpack_from(data)  # fmt: skip
+    checkpoint_sha256 = checkpoint_hash[0] if checkpoint_hash and any(checkpoint_hash[0]) else None
+    expected_length = fixed.size + 4 * n_q + 4 * n_scales + id_len + _CRC.size
     if header_length != expected_length:
         raise BitstreamError(
             f"{name}: corrupted header (it says {header_length} bytes, its fields need {expected_length})"
@@ -299,7 +336,7 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
     (header_crc,) = _CRC.unpack_from(data, body_end)
     if zlib.crc32(data[:body_end]) != header_crc:
         raise BitstreamError(f"{name}: corrupted header (CRC-32 mismatch)")
-    offset = _FIXED.size
+    offset = fixed.size
     sizes = list(struct.unpack_from(f"<{n_q}I", data, offset))
     offset += 4 * n_q
     scales = np.frombuffer(data, dtype="<f4", count=n_scales, offset=offset).astype(np.float32)
@@ -320,6 +357,7 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
         segment_length=seg_len or None,
         segment_stride=seg_stride or None,
         scales=scales if n_scales else None,
+        checkpoint_sha256=checkpoint_sha256,
         version=version,
     )
     header.validate(f"{name}: inconsistent header")
@@ -405,7 +443,7 @@ def read_compressed(path: str | Path) -> CompressedAudio:
     return from_bytes(path.read_bytes(), str(path))
 
 
-def check_model(header: Header, checksum: bytes, name: str, model: str, codec: nn.Module) -> None:
+def check_model(header: Header, checksum: bytes, name: str, model: str, codec: AudioCodec) -> None:
     """Raise BitstreamError unless ``codec`` (with state-dict ``checksum``, described as ``model``)
     is the model that wrote the file ``name``: same checksum, then same sample rate, channels,
     hop, codebook sizes, segmenting and normalization."""
@@ -414,15 +452,10 @@ def check_model(header: Header, checksum: bytes, name: str, model: str, codec: n
             f"{name} was encoded with model {header.model_id!r} (sha256 {header.model_checksum.hex()[:16]}...), "
             f"but {model} has sha256 {checksum.hex()[:16]}...: decode with the model that encoded it"
         )
-    quantizer = codec.quantizer
+    sizes = list(codec.codebook_sizes)
     own = {
-        "sample rate": codec.sample_rate,
-        "channels": codec.channels,
-        "hop length": codec.hop_length,
-        "codebook sizes": list(quantizer.codebook_sizes[: header.n_q]) if header.n_q <= quantizer.n_q else None,
-        "segment length": codec.segment_length,
-        "segment stride": codec.segment_stride,
-        "normalize": bool(codec.normalize),
+        **codec.bitstream_layout(),
+        "codebook sizes": sizes[: header.n_q] if header.n_q <= len(sizes) else None,
     }
     theirs = {
         "sample rate": header.sample_rate,

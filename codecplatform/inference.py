@@ -7,9 +7,12 @@ The file format is :mod:`codecplatform.bitstream`. ``encode`` reads any sound fi
 reads, maps its channels like the training data (mono is repeated; more channels than the model's
 are averaged to mono or the first ones kept; anything else is an error) and resamples it to the
 model's rate. ``decode`` writes the model's rate and channels. Without ``--checkpoint``, decode uses
-the checkpoint path recorded in the file when it exists; either way the checkpoint's weights must
-have the checksum in the file. A failing command writes nothing: outputs go to a temporary file
-next to the destination, renamed at the end and deleted on error.
+the checkpoint path recorded in the file when it exists, and only when the file's bytes have the
+sha256 recorded at encode time (checked before the checkpoint is read); either way the checkpoint's
+weights must have the checksum in the file. Checkpoints are read with ``torch.load(weights_only=True)``
+(see :func:`codecplatform.models.codec.load_codec_state`). ``encode`` refuses audio with NaN or
+infinite samples. A failing command writes nothing: outputs go to a temporary file next to the
+destination, renamed at the end and deleted on error.
 
 Memory is bounded by the chunk size, not the file length: audio is read, resampled, encoded,
 decoded and written ``--chunk_seconds`` at a time (aligned to the hop length); only the codes,
@@ -45,8 +48,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from codecplatform.bitstream import (
     BitstreamError,
@@ -54,20 +56,20 @@ from codecplatform.bitstream import (
     Header,
     atomic_output,
     check_model,
+    file_sha256,
     model_checksum,
     read_compressed,
     write_compressed,
 )
 from codecplatform.dsp.spectral import resample
-from codecplatform.models.codec import Codec, overlap_weights
-from codecplatform.nn.streaming import StreamingModule, streaming
+from codecplatform.models.base import AudioCodec
+from codecplatform.nn.streaming import streams_exactly
 from codecplatform.types import EncodedAudio
 
 DEFAULT_CHUNK_SECONDS = 5.0
 DEFAULT_CONTEXT_SECONDS = 0.5
 USAGE_ERROR = 2
 FAILURE = 1
-_PROBE_FRAMES = 64  # streaming probes: longer than any layer's start-up need (reflect padding: kernel size)
 _INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
 
 
@@ -125,6 +127,13 @@ class AudioReader:
     def _read_source(self, start: int, stop: int) -> np.ndarray:
         self._file.seek(start)
         audio = self._file.read(stop - start, dtype="float32", always_2d=True)  # (n, C_in)
+        bad = ~np.isfinite(audio)
+        if bad.any():  # NaN/inf would be coded silently (quantized to some codebook entry)
+            frame, channel = (int(i[0]) for i in np.nonzero(bad))
+            raise ValueError(
+                f"{self.path} holds a non-finite sample ({audio[frame, channel]}) at sample {start + frame} "
+                f"(channel {channel}, {(start + frame) / self.source_rate:.3f} s): refusing to encode it"
+            )
         return self._map(audio.T)  # (C, n)
 
     def read(self, start: int, stop: int) -> Tensor:
@@ -142,207 +151,61 @@ class AudioReader:
         return out[:, offset : offset + stop - start].contiguous()
 
 
-# -------------------------------------------------------------------------------------- helpers
-def streams_exactly(module: nn.Module, probe: Tensor, expected: int) -> bool:
-    """True when every StreamingModule inside ``module`` can stream (there is at least one) and
-    streaming ``probe`` (B, C, T) in two halves yields ``expected`` outputs along time, i.e. the
-    stream holds nothing back at its end (a causal decoder with ``trim_right_ratio < 1`` would; a
-    reflect-padded convolution waits for ``kernel_size`` inputs before its first output, so the
-    probe must be at least that long)."""
-    parts = [m for m in module.modules() if isinstance(m, StreamingModule)]
-    if not parts:
-        return False
-    try:
-        for part in parts:
-            part.check_streamable()
-    except RuntimeError:
-        return False
-    half = probe.shape[-1] // 2
-    with torch.no_grad(), streaming(module):
-        out = torch.cat([module(probe[..., :half]), module(probe[..., half:])], dim=-1)
-    return out.shape[-1] == expected
-
-
-def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) of consecutive chunks of ``size`` covering ``total``."""
-    for start in range(0, total, size):
-        yield start, min(total, start + size)
-
-
-def _global_scale(codec: Codec, reader: AudioReader, chunk: int) -> Tensor:
-    """The (1, 1, 1) input scale ``Codec`` computes on the whole signal, from a pass over chunks:
-    RMS over time of the channel mean, + 1e-8."""
-    total = 0.0
-    for start, stop in _chunks(reader.length, chunk):
-        mono = reader.read(start, stop).double().mean(dim=0)
-        total += float(mono.pow(2).sum())
-    return torch.tensor(math.sqrt(total / reader.length) + 1e-8, dtype=torch.float32).view(1, 1, 1)
-
-
-# ---------------------------------------------------------------------------------------- encode
+# ------------------------------------------------------------------------------ chunked coding
 @torch.no_grad()
 def encode_audio(
-    codec: Codec,
+    codec: AudioCodec,
     reader: AudioReader,
     n_q: int,
     chunk_samples: int,
     context_frames: int,
     device: torch.device | str = "cpu",
 ) -> EncodedAudio:
-    """Encode the whole of ``reader`` chunk by chunk -> EncodedAudio(codes (1, n_q, T') on CPU,
-    scale (1, S, 1) or None, length) as ``Codec.encode`` gives on the whole signal (see the module
-    docstring for how chunks join). ``chunk_samples`` must be a multiple of ``codec.hop_length``."""
-    hop, length = codec.hop_length, reader.length
-    if chunk_samples < hop or chunk_samples % hop:
-        raise ValueError(f"chunk_samples must be a positive multiple of the hop {hop}, got {chunk_samples}")
-    read = lambda start, stop: reader.read(start, stop)[None].to(device)  # noqa: E731  (1, C, n)
-    if codec.segment_length is not None:
-        codes, scales = [], []
-        for offset, size in codec.segments(length):
-            x, scale = codec.normalize_input(read(offset, offset + size))
-            codes.append(codec.quantizer.encode(codec.encoder(x), n_q).cpu())  # (1, K, ceil(size / hop))
-            if scale is not None:
-                scales.append(scale.cpu())
-        return EncodedAudio(torch.cat(codes, dim=-1), torch.cat(scales, dim=1) if scales else None, length)
-    if length <= chunk_samples:
-        encoded = codec.encode(read(0, length), n_q=n_q)
-        scale = None if encoded.scale is None else encoded.scale.cpu()
-        return EncodedAudio(encoded.codes.cpu(), scale, length)
-
-    scale = _global_scale(codec, reader, chunk_samples).to(device) if codec.normalize else None
-    prepare = (lambda x: x) if scale is None else (lambda x: x / scale)  # noqa: E731
-    n_frames = math.ceil(length / hop)
-    probe = min(n_frames, _PROBE_FRAMES)
-    codes = []
-    if streams_exactly(codec.encoder, torch.zeros(1, codec.channels, probe * hop, device=device), probe):
-        with streaming(codec.encoder):
-            for start, stop in _chunks(length, chunk_samples):
-                x = prepare(read(start, stop))
-                if stop == length:
-                    x = F.pad(x, (0, -length % hop))  # complete the last frame with zeros
-                z = codec.encoder(x)
-                if z.shape[-1]:
-                    codes.append(codec.quantizer.encode(z, n_q).cpu())
-    else:
-        chunk_frames = chunk_samples // hop
-        for f0, f1 in _chunks(n_frames, chunk_frames):
-            a, b = max(0, f0 - context_frames), min(n_frames, f1 + context_frames)
-            z = codec.encoder(prepare(read(a * hop, min(length, b * hop))))  # (1, D, b - a)
-            codes.append(codec.quantizer.encode(z[..., f0 - a : f1 - a], n_q).cpu())
-    codes = torch.cat(codes, dim=-1)
-    if codes.shape[-1] != n_frames:
-        raise RuntimeError(f"chunked encoding gave {codes.shape[-1]} frames, expected {n_frames}")
-    return EncodedAudio(codes, None if scale is None else scale.cpu(), length)
+    """Encode the whole of ``reader`` chunk by chunk with the codec's own rules
+    (:meth:`AudioCodec.encode_chunked`) -> EncodedAudio(codes (1, n_q, T') on CPU, scale, length)."""
+    return codec.encode_chunked(reader.read, reader.length, n_q, chunk_samples, context_frames, device)
 
 
-# ---------------------------------------------------------------------------------------- decode
-@torch.no_grad()
 def decode_blocks(
-    codec: Codec,
+    codec: AudioCodec,
     encoded: EncodedAudio,
     chunk_frames: int,
     context_frames: int,
     device: torch.device | str = "cpu",
 ) -> Iterator[Tensor]:
-    """Decode EncodedAudio (codes (1, K, T')) chunk by chunk: yields consecutive (C, n) CPU blocks
-    that join into ``Codec.decode(encoded)[0]`` (see the module docstring)."""
-    codes, length, hop = encoded.codes, encoded.length, codec.hop_length
-    n_frames = codes.shape[-1]
-    scales = None if encoded.scale is None else encoded.scale.to(device)
-    synthesize = lambda c: codec.decoder(codec.quantizer.decode(c.to(device)))  # noqa: E731  (1, C, frames * hop)
-
-    if codec.segment_length is not None:
-        segments = codec.segments(length)
-        frames = [math.ceil(size / hop) for _, size in segments]
-        if sum(frames) != n_frames:
-            raise ValueError(f"codes have {n_frames} frames, {len(segments)} segment(s) need {sum(frames)}")
-        stride = codec.segment_stride
-        weight, out, weights, position, f = None, None, None, 0, 0  # out/weights start at `position`
-        for s, ((offset, _), count) in enumerate(zip(segments, frames)):
-            y = synthesize(codes[..., f : f + count])[0]  # (C, count * hop)
-            f += count
-            if scales is not None:
-                y = y * scales[0, s]
-            if weight is None:
-                weight = overlap_weights(y.shape[-1], y)
-                out, weights = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
-            if y.shape[-1] > weight.shape[-1]:
-                raise ValueError(f"segment {s} decodes to {y.shape[-1]} samples, more than the first one")
-            end = offset + y.shape[-1]
-            grow = end - position - out.shape[-1]
-            if grow > 0:
-                out, weights = F.pad(out, (0, grow)), F.pad(weights, (0, grow))
-            lo = offset - position
-            out[:, lo : lo + y.shape[-1]] += weight[: y.shape[-1]] * y
-            weights[lo : lo + y.shape[-1]] += weight[: y.shape[-1]]
-            final = min(length, offset + stride if s + 1 < len(segments) else end)
-            if final > position:
-                n = final - position
-                yield (out[:, :n] / weights[:n]).cpu()
-                out, weights, position = out[:, n:], weights[n:], final
-        return
-
-    if n_frames <= chunk_frames:
-        yield codec.decode(EncodedAudio(codes.to(device), scales, length))[0].cpu()
-        return
-    emitted = 0
-    probe = torch.zeros(1, codes.shape[1], min(n_frames, _PROBE_FRAMES), dtype=torch.long, device=device)
-    if streams_exactly(codec.decoder, codec.quantizer.decode(probe), probe.shape[-1] * hop):
-        with streaming(codec.decoder):
-            for f0, f1 in _chunks(n_frames, chunk_frames):
-                y = synthesize(codes[..., f0:f1])[0]
-                y = y if scales is None else y * scales[0]
-                n = min(y.shape[-1], length - emitted)
-                emitted += n
-                yield y[:, :n].cpu()
-    else:
-        for f0, f1 in _chunks(n_frames, chunk_frames):
-            a, b = max(0, f0 - context_frames), min(n_frames, f1 + context_frames)
-            y = synthesize(codes[..., a:b])[0, :, (f0 - a) * hop : (f1 - a) * hop]
-            y = y if scales is None else y * scales[0]
-            n = min(y.shape[-1], length - emitted)
-            emitted += n
-            yield y[:, :n].cpu()
-    if emitted != length:
-        raise RuntimeError(f"chunked decoding gave {emitted} samples, expected {length}")
+    """Decode EncodedAudio chunk by chunk with the codec's own rules
+    (:meth:`AudioCodec.decode_chunked`): yields consecutive (C, n) CPU blocks."""
+    return codec.decode_chunked(encoded, chunk_frames, context_frames, device)
 
 
 # ------------------------------------------------------------------------------------------ files
-def _chunk_samples(codec: Codec, seconds: float) -> int:
-    return max(1, round(seconds * codec.sample_rate / codec.hop_length)) * codec.hop_length
+def _chunk_samples(codec: AudioCodec, seconds: float) -> int:
+    frame = codec.samples_per_frame
+    return max(1, round(seconds * codec.sample_rate / frame)) * frame
 
 
-def _context_frames(codec: Codec, seconds: float) -> int:
+def _context_frames(codec: AudioCodec, seconds: float) -> int:
     return math.ceil(seconds * codec.frame_rate)
 
 
-def available_bandwidths(codec: Codec) -> dict[float, int]:
-    """kbps -> codebook count: the codec's ``bandwidths``, or the bitrate of every count 1..n_q."""
-    if codec.bandwidths:
-        return {bw: codec.n_q_for_bandwidth(bw) for bw in codec.bandwidths}
-    return {codec.bitrate(n): n for n in range(1, codec.quantizer.n_q + 1)}
+def available_bandwidths(codec: AudioCodec) -> dict[float, int]:
+    """kbps -> codebook count: the codec's operating points (:meth:`AudioCodec.operating_points`)."""
+    return codec.operating_points()
 
 
-def choose_n_q(codec: Codec, bandwidth: float | None, n_q: int | None) -> int:
-    """Codebook count for ``--bandwidth`` (one of :func:`available_bandwidths`, within 1 %) or
-    ``--n_q`` (one of the counts behind them); default all codebooks. ValueError lists the choices."""
-    choices = available_bandwidths(codec)
-    listed = ", ".join(f"{bw:.3g}" for bw in choices)
-    if bandwidth is not None:
-        for bw, count in choices.items():
-            if abs(bandwidth - bw) <= 0.01 * bw:
-                return count
-        raise ValueError(f"bandwidth {bandwidth:g} kbps is not one of this model's bandwidths: {listed} kbps")
-    if n_q is not None:
-        counts = sorted(set(choices.values()))
-        if n_q not in counts:
-            raise ValueError(f"n_q {n_q} is not one of this model's codebook counts: {counts}")
-        return n_q
-    return max(choices.values())
+def choose_n_q(codec: AudioCodec, bandwidth: float | None, n_q: int | None) -> int:
+    """Codebook count for ``--bandwidth`` (kbps: the largest count that fits, the codec's own rule
+    :meth:`AudioCodec.n_q_for_bandwidth`) or ``--n_q`` (1..n_q); default all codebooks. ValueError
+    names the operating points."""
+    try:
+        return codec.resolve_n_q(bandwidth=bandwidth, n_q=n_q)
+    except ValueError as error:
+        listed = ", ".join(f"{bw:.3g}" for bw in codec.operating_points())
+        raise ValueError(f"{error} (this model's bandwidths: {listed} kbps)") from error
 
 
 def encode_file(
-    codec: Codec,
+    codec: AudioCodec,
     source: str | Path,
     out: str | Path,
     n_q: int,
@@ -351,31 +214,37 @@ def encode_file(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
     device: torch.device | str = "cpu",
+    checkpoint_sha256: bytes | None = None,
 ) -> tuple[Header, int]:
-    """Encode the audio file ``source`` into the compressed file ``out`` -> (header, file bytes)."""
+    """Encode the audio file ``source`` into the compressed file ``out`` -> (header, file bytes).
+
+    ``checkpoint_sha256``: :func:`~codecplatform.bitstream.file_sha256` of the checkpoint file
+    ``model_id`` names; without it, decoding needs an explicit ``--checkpoint``."""
     with AudioReader(source, codec.sample_rate, codec.channels) as reader:
         encoded = encode_audio(
             codec, reader, n_q, _chunk_samples(codec, chunk_seconds), _context_frames(codec, context_seconds), device
         )
+    layout = codec.bitstream_layout()
     header = Header(
-        sample_rate=codec.sample_rate,
-        channels=codec.channels,
-        hop_length=codec.hop_length,
+        sample_rate=layout["sample rate"],
+        channels=layout["channels"],
+        hop_length=layout["hop length"],
         length=encoded.length,
         n_frames=encoded.codes.shape[-1],
-        codebook_sizes=list(codec.quantizer.codebook_sizes[:n_q]),
+        codebook_sizes=list(codec.codebook_sizes[:n_q]),
         model_checksum=checksum,
         model_id=model_id,
-        segment_length=codec.segment_length,
-        segment_stride=codec.segment_stride,
+        segment_length=layout["segment length"],
+        segment_stride=layout["segment stride"],
         scales=None if encoded.scale is None else encoded.scale[0, :, 0].numpy().astype(np.float32),
+        checkpoint_sha256=checkpoint_sha256,
     )
     size = write_compressed(out, header, encoded.codes[0])
     return header, size
 
 
 def decode_file(
-    codec: Codec,
+    codec: AudioCodec,
     compressed: CompressedAudio,
     out: str | Path,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
@@ -390,7 +259,7 @@ def decode_file(
     header = compressed.header
     scale = None if header.scales is None else torch.from_numpy(header.scales).view(1, -1, 1)
     encoded = EncodedAudio(torch.from_numpy(compressed.codes)[None], scale, header.length)
-    chunk_frames = _chunk_samples(codec, chunk_seconds) // codec.hop_length
+    chunk_frames = _chunk_samples(codec, chunk_seconds) // codec.samples_per_frame
     clip = subtype in _INTEGER_SUBTYPES
     clipped = 0
     audio_format = out.suffix[1:].upper()
@@ -482,8 +351,8 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load(checkpoint: str | Path, device: torch.device) -> tuple[Codec, bytes]:
-    codec = Codec.from_checkpoint(checkpoint, map_location="cpu")
+def _load(checkpoint: str | Path, device: torch.device) -> tuple[AudioCodec, bytes]:
+    codec = AudioCodec.from_checkpoint(checkpoint, map_location="cpu")
     checksum = model_checksum(codec)  # on CPU: the same bytes whatever the device
     return codec.to(device).eval(), checksum
 
@@ -505,6 +374,7 @@ def encode_main(argv: list[str] | None = None) -> int:
             return _fail(prog, f"{what} not found: {path}", USAGE_ERROR)
     try:
         device = _device(args.device)
+        checkpoint_sha256 = file_sha256(checkpoint)  # recorded: decode checks the file before loading it
         codec, checksum = _load(checkpoint, device)
         n_q = choose_n_q(codec, args.bandwidth, args.n_q)
     except ValueError as error:
@@ -521,6 +391,7 @@ def encode_main(argv: list[str] | None = None) -> int:
             args.chunk_seconds,
             args.context_seconds,
             device,
+            checkpoint_sha256,
         )
     except (ValueError, RuntimeError) as error:
         return _fail(prog, error)
@@ -563,6 +434,23 @@ def decode_main(argv: list[str] | None = None) -> int:
                 prog,
                 f"{source} was encoded with the model {header.model_id!r}, which is not a file here: pass --checkpoint",
                 USAGE_ERROR,
+            )
+        # The file a header names is untrusted until its bytes hash to what the header records:
+        # checked before anything of it is unpickled.
+        if header.checkpoint_sha256 is None:
+            return _fail(
+                prog,
+                f"{source} records no hash of its checkpoint {header.model_id!r} (format version {header.version}), "
+                "so that file is not loaded unchecked: pass --checkpoint",
+                USAGE_ERROR,
+            )
+        actual = file_sha256(checkpoint)
+        if actual != header.checkpoint_sha256:
+            return _fail(
+                prog,
+                f"the checkpoint {checkpoint} is not the file {source} was encoded with (sha256 "
+                f"{actual.hex()[:16]}..., recorded {header.checkpoint_sha256.hex()[:16]}...): not loading it; "
+                "pass --checkpoint with the model that encoded it",
             )
     began = time.perf_counter()
     try:

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from codecplatform.bitstream import (
+    VERSION,
     BitstreamError,
     Header,
     atomic_output,
     check_model,
     code_bits,
+    file_sha256,
     from_bytes,
     model_checksum,
     pack_codes,
@@ -29,6 +31,7 @@ from codecplatform.bitstream import (
     unpack_codes,
     write_compressed,
 )
+from codecplatform.models.base import AudioCodec
 
 
 def random_codes(rng: np.random.Generator, sizes: list[int], n_frames: int) -> np.ndarray:
@@ -137,7 +140,32 @@ def test_header_and_codes_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read.codes, codes)
     model_id = len(header.model_id.encode())
     assert size == (tmp_path / "a.cpc").stat().st_size == read.file_size
-    assert size - header.payload_length == 100 + 4 * 3 + 4 * 3 + model_id  # documented header size
+    assert size - header.payload_length == 132 + 4 * 3 + 4 * 3 + model_id  # documented header size
+
+
+def test_checkpoint_hash_roundtrips_and_version_1_files_still_read(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"weights" * 100_000)  # several read blocks
+    digest = file_sha256(checkpoint, block=4096)
+    assert digest == hashlib.sha256(checkpoint.read_bytes()).digest()
+    header = make_header(checkpoint_sha256=digest)
+    codes = random_codes(np.random.default_rng(5), header.codebook_sizes, header.n_frames)
+    data = to_bytes(header, codes)
+    assert struct.unpack_from("<H", data, 4) == (2,) and data[84:116] == digest  # documented offsets
+    read = from_bytes(data)
+    assert read.header.checkpoint_sha256 == digest and read.header.version == VERSION == 2
+    assert from_bytes(to_bytes(make_header(), codes)).header.checkpoint_sha256 is None  # not recorded: zeros
+    # version 1 (no checkpoint hash, a 100-byte base) is still read
+    old = make_header(version=1)
+    old_data = to_bytes(old, codes)
+    assert len(old_data) - old.payload_length == 100 + 4 * 3 + 4 * 3 + len(old.model_id.encode())
+    read = from_bytes(old_data)
+    assert read.header.version == 1 and read.header.checkpoint_sha256 is None
+    np.testing.assert_array_equal(read.codes, codes)
+    with pytest.raises(BitstreamError, match="checkpoint hash takes 32 bytes and format version 2"):
+        make_header(version=1, checkpoint_sha256=digest).to_bytes(0)
+    with pytest.raises(BitstreamError, match="checkpoint hash takes 32 bytes"):
+        make_header(checkpoint_sha256=b"short").to_bytes(0)
 
 
 def test_header_without_segments_or_scales_roundtrips() -> None:
@@ -169,7 +197,7 @@ def test_file_size_matches_nominal_bitrate_within_header(n_q: int, frame_rate_ho
     codes = random_codes(np.random.default_rng(3), header.codebook_sizes, header.n_frames)
     size = len(to_bytes(header, codes))
     nominal = header.nominal_bitrate * seconds / 8  # bitrate x duration
-    header_bytes = 100 + 4 * n_q + len(header.model_id)
+    header_bytes = 132 + 4 * n_q + len(header.model_id)
     frame_bytes = 10 * n_q / 8
     assert header.nominal_bitrate == pytest.approx(sample_rate / frame_rate_hop * 10 * n_q)
     assert 0 <= size - nominal <= header_bytes + frame_bytes + 1  # at most a partial frame and a byte more
@@ -211,7 +239,7 @@ def test_reading_errors_name_the_file(good_file: tuple[Path, bytes]) -> None:
     (header_length,) = struct.unpack_from("<I", data, 6)
     cases = {
         "not a codecplatform compressed file": b"RIFF" + data[4:],
-        "format version 2; this codecplatform reads version 1": data[:4] + struct.pack("<H", 2) + data[6:],
+        "format version 3; this codecplatform reads versions 1 and 2": data[:4] + struct.pack("<H", 3) + data[6:],
         "truncated: 3 bytes": data[:3],
         "truncated: 50 bytes": data[:50],
         f"truncated: {header_length - 1} bytes, its header alone": data[: header_length - 1],
@@ -258,14 +286,22 @@ def test_model_checksum_is_deterministic_and_sensitive() -> None:
 
 
 def test_check_model_reports_checksums_and_differences() -> None:
-    class FakeQuantizer:
-        n_q = 4
-        codebook_sizes = [1024] * 4
+    class FakeCodec(AudioCodec):  # only the codec interface: check_model reads nothing else
+        sample_rate, channels = 48000, 2
+        normalize = True
 
-    class FakeCodec(nn.Module):
-        sample_rate, channels, hop_length = 48000, 2, 320
-        segment_length, segment_stride, normalize = 48000, 47520, True
-        quantizer = FakeQuantizer()
+        @property
+        def frame_rate(self) -> float:
+            return self.sample_rate / 320
+
+        @property
+        def codebook_sizes(self) -> list[int]:
+            return [1024] * 4
+
+        def bitstream_layout(self) -> dict[str, object]:
+            layout = super().bitstream_layout()
+            layout.update({"segment length": 48000, "segment stride": 47520, "normalize": self.normalize})
+            return layout
 
     header = make_header()
     header.codebook_sizes = [1024, 1024, 1024]

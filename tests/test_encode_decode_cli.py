@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codecplatform.bitstream import read_compressed
+from codecplatform.bitstream import file_sha256, read_compressed, write_compressed
 from codecplatform.cli import cli_main, compose_config
 from codecplatform.dsp.spectral import resample
 from codecplatform.inference import AudioReader, streams_exactly
@@ -112,16 +112,16 @@ def test_roundtrip_equals_codec_encode_decode(name: str, checkpoints, tmp_path: 
 
 @pytest.mark.parametrize("name", list(CODECS))
 def test_chunked_coding_equals_whole_signal_coding(name: str, checkpoints, tmp_path: Path, monkeypatch) -> None:
-    import codecplatform.inference as inference
+    import codecplatform.models.codec as codec_module  # the codec's own chunking rules live there
 
     streamed = []
-    real_streaming = inference.streaming
+    real_streaming = codec_module.streaming
 
     def spy_streaming(module):
         streamed.append(type(module).__name__)
         return real_streaming(module)
 
-    monkeypatch.setattr(inference, "streaming", spy_streaming)
+    monkeypatch.setattr(codec_module, "streaming", spy_streaming)
     codec = Codec.from_checkpoint(checkpoints[name])
     audio = write_audio(tmp_path / "in.wav", codec.sample_rate, codec.channels, 0.5, seed=1)
     chunks = ["--chunk_seconds", "0.05", "--context_seconds", "0.02"]  # 10 chunks, DAC context 0.02 s > its field
@@ -130,9 +130,9 @@ def test_chunked_coding_equals_whole_signal_coding(name: str, checkpoints, tmp_p
     compressed = read_compressed(tmp_path / "a.cpc")
     codes, decoded = reference(codec, audio, compressed.header.n_q)
     out, _ = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
-    # streaming: a probe, then the file
+    # streaming of the file (the probes run in codecplatform.nn.streaming.streams_exactly)
     stream = name.startswith("encodec24")
-    assert streamed == (["SEANetEncoder"] * 2 + ["SEANetDecoder"] * 2 if stream else [])
+    assert streamed == (["SEANetEncoder", "SEANetDecoder"] if stream else [])
     if codec.normalize and codec.segment_length is None:  # the first pass finds the whole file's scale
         scale = float(np.sqrt(np.mean(audio.mean(axis=1, dtype=np.float64) ** 2)) + 1e-8)
         np.testing.assert_allclose(compressed.header.scales, [scale], rtol=1e-6)
@@ -242,10 +242,15 @@ def test_bandwidth_picks_codebooks_and_size(checkpoints, tmp_path: Path, capsys)
     assert sizes[12] < sizes[24] < sizes[48]
     assert run("encode", tmp_path / "in.wav", tmp_path / "n.cpc", "--checkpoint", checkpoint, "--n_q", "2") == 0
     assert read_compressed(tmp_path / "n.cpc").header.n_q == 2
+    # the codec's own rule (Codec.n_q_for_bandwidth): the largest count that fits
+    assert run("encode", tmp_path / "in.wav", tmp_path / "b.cpc", "--checkpoint", checkpoint, "--bandwidth", "30") == 0
+    assert read_compressed(tmp_path / "b.cpc").header.n_q == 2
     capsys.readouterr()
-    status = run("encode", tmp_path / "in.wav", tmp_path / "x.cpc", "--checkpoint", checkpoint, "--bandwidth", "6")
+    status = run("encode", tmp_path / "in.wav", tmp_path / "x.cpc", "--checkpoint", checkpoint, "--bandwidth", "60")
     assert status == 2
-    assert "bandwidth 6 kbps is not one of this model's bandwidths: 12, 24, 48 kbps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bandwidth 60.0 kbps exceeds this codec's maximum of 48 kbps" in err
+    assert "this model's bandwidths: 12, 24, 48 kbps" in err
     assert not (tmp_path / "x.cpc").exists()
 
 
@@ -313,3 +318,108 @@ def test_encode_failures_write_nothing(checkpoints, tmp_path: Path, capsys) -> N
         assert run(*encode, "--device", "cuda") == 2
         assert "CUDA is not available" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav", "in.wav"]
+
+
+# ------------------------------------------------------------------------ bad input at the borders
+def error_lines(err: str) -> list[str]:
+    """The stderr lines of a failed command; a traceback would show as more lines."""
+    return [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_encode_refuses_non_finite_audio_and_writes_nothing(bad, checkpoints, tmp_path: Path, capsys) -> None:
+    audio = write_audio(tmp_path / "in.wav", 24000, 1, 0.3)
+    audio[5000, 0] = bad
+    sf.write(tmp_path / "in.wav", audio, 24000, subtype="FLOAT")
+    capsys.readouterr()
+    out = tmp_path / "a.cpc"
+    args = ["--chunk_seconds", "0.05"]  # the bad sample lies in a later chunk
+    assert run("encode", tmp_path / "in.wav", out, "--checkpoint", checkpoints["encodec24"], *args) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("codecplatform encode: error: "), lines
+    assert f"{tmp_path / 'in.wav'} holds a non-finite sample" in lines[0] and "at sample 5000" in lines[0]
+    assert not out.exists() and leftovers(tmp_path) == []
+    with AudioReader(tmp_path / "in.wav", 24000, 1) as reader:  # the reader refuses, whatever reads it
+        reader.read(0, 4000)
+        with pytest.raises(ValueError, match="non-finite sample .* at sample 5000"):
+            reader.read(4000, 6000)
+
+
+@pytest.mark.parametrize("content", [b"this is a text file, not a checkpoint\n", b"", b"PK\x03\x04 truncated zip"])
+def test_encode_refuses_a_file_that_is_no_checkpoint(content, tmp_path: Path, capsys) -> None:
+    write_audio(tmp_path / "in.wav", 24000, 1, 0.1)
+    checkpoint = tmp_path / "notes.ckpt"
+    checkpoint.write_bytes(content)
+    out = tmp_path / "a.cpc"
+    status = run("encode", tmp_path / "in.wav", out, "--checkpoint", checkpoint)
+    assert status != 0
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith("codecplatform encode: error: ") and lines[0].count("error:") == 1
+    assert f"{checkpoint} is not a codec checkpoint" in lines[0]
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------- untrusted files run no code
+class RunsCode:
+    """A pickle payload: unpickling it creates ``marker`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant(path: Path, marker: Path) -> None:
+    """Replace ``path`` by a checkpoint-looking file whose unpickling would run code."""
+    torch.save({"codec_config": {"class_path": "x"}, "state_dict": {}, "payload": RunsCode(marker)}, path)
+
+
+def test_decode_refuses_a_planted_checkpoint_before_unpickling_it(checkpoints, tmp_path: Path, capsys) -> None:
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(checkpoints["encodec24"].read_bytes())
+    write_audio(tmp_path / "in.wav", 24000, 1, 0.2)
+    assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoint) == 0
+    header = read_compressed(tmp_path / "a.cpc").header
+    assert header.checkpoint_sha256 == file_sha256(checkpoint)
+    marker = tmp_path / "code_ran"
+    plant(checkpoint, marker)  # the path the .cpc names now holds a pickle that runs code
+    capsys.readouterr()
+    assert run("decode", tmp_path / "a.cpc", tmp_path / "out.wav") == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(checkpoint) in lines[0] and str(tmp_path / "a.cpc") in lines[0], lines
+    assert "is not the file" in lines[0]
+    assert not marker.exists() and not (tmp_path / "out.wav").exists()
+
+    # a forged .cpc that names the planted file with its true hash: torch.load(weights_only=True) refuses it
+    forged = tmp_path / "forged.cpc"
+    header.checkpoint_sha256 = file_sha256(checkpoint)
+    write_compressed(forged, header, read_compressed(tmp_path / "a.cpc").codes)
+    assert run("decode", forged, tmp_path / "out.wav") == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and f"{checkpoint} is not a codec checkpoint" in lines[0], lines
+    assert not marker.exists() and not (tmp_path / "out.wav").exists()
+    # named explicitly: refused the same way
+    assert run("decode", tmp_path / "a.cpc", tmp_path / "out.wav", "--checkpoint", checkpoint) == 1
+    assert "weights_only=True" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out.wav").exists() and leftovers(tmp_path) == []
+
+
+def test_decode_of_a_file_without_checkpoint_hash_needs_an_explicit_checkpoint(
+    checkpoints, tmp_path: Path, capsys
+) -> None:
+    """Format version 1 recorded no checkpoint hash: still read, but the named file is not loaded unchecked."""
+    write_audio(tmp_path / "in.wav", 24000, 1, 0.2)
+    assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoints["encodec24"]) == 0
+    compressed = read_compressed(tmp_path / "a.cpc")
+    compressed.header.version, compressed.header.checkpoint_sha256 = 1, None
+    write_compressed(tmp_path / "v1.cpc", compressed.header, compressed.codes)
+    capsys.readouterr()
+    assert run("decode", tmp_path / "v1.cpc", tmp_path / "out.wav") == 2
+    err = capsys.readouterr().err
+    assert "records no hash of its checkpoint" in err and "format version 1" in err and "pass --checkpoint" in err
+    assert not (tmp_path / "out.wav").exists()
+    assert run("decode", tmp_path / "v1.cpc", tmp_path / "out.wav", "--checkpoint", checkpoints["encodec24"]) == 0
+    assert run("decode", tmp_path / "a.cpc", tmp_path / "out2.wav") == 0
+    np.testing.assert_array_equal(sf.read(tmp_path / "out.wav")[0], sf.read(tmp_path / "out2.wav")[0])

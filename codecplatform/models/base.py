@@ -134,17 +134,27 @@ class AudioCodec(nn.Module):
         chunk_frames: int,
         context_frames: int,
         device: torch.device | str = "cpu",
+        codebooks: Sequence[int] | None = None,
     ) -> Iterator[Tensor]:
-        """Yield consecutive (C, n) CPU blocks that join into ``decode(encoded)[0]``.
+        """Yield consecutive (C, n) CPU blocks that join into ``decode(encoded, codebooks)[0]``.
 
         The base implementation decodes the whole signal at once."""
-        yield self.decode(encoded.to(device))[0].cpu()
+        yield self.decode(encoded.to(device), codebooks)[0].cpu()
 
     def bitstream_layout(self) -> dict[str, Any]:
         """Everything besides the codebooks that a ``.cpc`` file must agree on with this codec
-        to be decodable (written to the header, compared on decode). Values are ints, floats,
-        bools or None."""
-        return {"sample rate": self.sample_rate, "channels": self.channels}
+        to be decodable (written to the header, compared on decode): ``sample rate``,
+        ``channels``, ``hop length`` (samples per code frame), ``segment length`` and
+        ``segment stride`` (samples; None unless the codec codes fixed segments) and
+        ``normalize`` (whether ``EncodedAudio.scale`` is used)."""
+        return {
+            "sample rate": self.sample_rate,
+            "channels": self.channels,
+            "hop length": self.samples_per_frame,
+            "segment length": None,
+            "segment stride": None,
+            "normalize": False,
+        }
 
     # -- description ------------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
@@ -163,8 +173,34 @@ class AudioCodec(nn.Module):
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AudioCodec:
+        """Build a codec from its ``{class_path, init_args}`` config (as in experiment YAMLs); the
+        class must be ``cls`` or a subclass (``AudioCodec.from_config`` builds any family)."""
+        from codecplatform.config import instantiate
+
+        codec = instantiate(config, cls)
+        if not isinstance(codec, cls):
+            raise TypeError(f"config builds a {type(codec).__name__}, not a {cls.__name__}")
+        return codec
+
+    @classmethod
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu", weights: str = "auto"
-    ) -> AudioCodec:  # pragma: no cover - abstract
-        """Load a trained codec from ``path`` without Lightning."""
-        raise NotImplementedError
+    ) -> AudioCodec:
+        """Load the codec of a training checkpoint (from ``codecplatform fit``) or an imported one,
+        without Lightning; ``AudioCodec.from_checkpoint`` loads any family (the class named by
+        the checkpoint's codec config).
+
+        The checkpoint carries the codec's config (``codec_config``) and the training module's
+        state dict, whose ``codec.`` entries are the codec's trained weights and, with generator
+        EMA, whose ``codec_ema.`` entries are their exponential moving average (see
+        :func:`codecplatform.models.codec.load_codec_state`). ``weights``: ``"auto"`` (default)
+        the EMA weights when the checkpoint has them (as the training run evaluated), else the
+        trained ones; ``"raw"`` the trained ones; ``"ema"`` the EMA weights or an error.
+        """
+        from codecplatform.models.codec import load_codec_state
+
+        config, state = load_codec_state(path, map_location, weights)
+        codec = cls.from_config(config)
+        codec.load_state_dict(state)
+        return codec.eval()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import pickle
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
 from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.models.base import AudioCodec
+from codecplatform.nn.streaming import streaming, streams_exactly
 from codecplatform.quantizers.base import Quantizer
 from codecplatform.types import CodecOutput, EncodedAudio, check_audio
 
@@ -179,12 +183,31 @@ class Codec(AudioCodec):
         )
 
     @torch.no_grad()
-    def decode(self, encoded: EncodedAudio | Tensor) -> Tensor:
+    def decode(self, encoded: EncodedAudio | Tensor, codebooks: Sequence[int] | None = None) -> Tensor:
         """EncodedAudio (or bare codes (B, K, T') of an unsegmented codec) -> audio (B, C, T).
 
-        Segmented codes are decoded segment by segment, each multiplied by its scale, and
-        overlap-added with EnCodec's triangular weights (:func:`linear_overlap_add`).
+        ``codebooks``: decode from these codebook indices only (0-based, each < K; codebook
+        ablation: "what does codebook 1 carry?"); the others contribute nothing to the latent.
+        Default: all K. Segmented codes are decoded segment by segment, each multiplied by its
+        scale, and overlap-added with EnCodec's triangular weights (:func:`linear_overlap_add`).
         """
+        if codebooks is not None:
+            encoded = self._as_encoded(encoded)
+            keep = self.codebook_mask(codebooks, encoded.codes.shape[1])
+            return self._decode(encoded, lambda codes: self.quantizer.decode(codes, keep))
+        return self._decode(self._as_encoded(encoded), self.quantizer.decode)
+
+    @staticmethod
+    def codebook_mask(codebooks: Sequence[int], k: int) -> list[bool]:
+        """Which of ``k`` codebooks ``codebooks`` (indices) selects; ValueError on a bad index."""
+        chosen = sorted(set(int(c) for c in codebooks))
+        if not chosen:
+            raise ValueError("codebooks must name at least one codebook")
+        if chosen[0] < 0 or chosen[-1] >= k:
+            raise ValueError(f"codebooks {list(codebooks)} out of range: the codes hold codebooks 0..{k - 1}")
+        return [i in chosen for i in range(k)]
+
+    def _as_encoded(self, encoded: EncodedAudio | Tensor) -> EncodedAudio:
         if isinstance(encoded, Tensor):
             if self.segment_length is not None:
                 raise ValueError(
@@ -192,6 +215,9 @@ class Codec(AudioCodec):
                     "the segment layout follows from its length"
                 )
             encoded = EncodedAudio(codes=encoded, scale=None, length=encoded.shape[-1] * self.hop_length)
+        return encoded
+
+    def _decode(self, encoded: EncodedAudio, to_latent: Callable[[Tensor], Tensor]) -> Tensor:
         segments = self.segments(encoded.length)
         frames = [math.ceil(size / self.hop_length) for _, size in segments]
         if sum(frames) != encoded.codes.shape[-1]:
@@ -203,7 +229,7 @@ class Codec(AudioCodec):
             raise ValueError(f"scale has {encoded.scale.shape[1]} entries for {len(segments)} segment(s)")
         outputs: list[Tensor] = []
         for s, codes in enumerate(encoded.codes.split(frames, dim=-1)):
-            x_hat = self.decoder(self.quantizer.decode(codes))  # (B, C, frames_s * hop)
+            x_hat = self.decoder(to_latent(codes))  # (B, C, frames_s * hop)
             if encoded.scale is not None:
                 x_hat = x_hat * encoded.scale[:, s : s + 1]
             outputs.append(x_hat)
@@ -211,35 +237,172 @@ class Codec(AudioCodec):
             return outputs[0][..., : encoded.length]
         return linear_overlap_add(outputs, self.segment_stride)[..., : encoded.length]
 
-    # -- loading -------------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Codec:
-        """Build a codec from its ``{class_path, init_args}`` config (as in experiment YAMLs)."""
-        from codecplatform.config import instantiate
+    # -- chunked file coding ---------------------------------------------------------------------
+    # How a long signal is cut so that chunked coding equals whole-signal coding as far as possible:
+    # * segmented codecs (``segment_seconds``, EnCodec 48 kHz): the codec's own segments are the
+    #   chunks; decoded segments are overlap-added incrementally with the same triangular weights:
+    #   equal to ``encode``/``decode`` on the whole.
+    # * streamable codecs (causal convolutions, EnCodec 24 kHz): encoder and decoder stream
+    #   (:mod:`codecplatform.nn.streaming`), carrying their state across chunks; equal to whole-signal
+    #   coding except the last frame, whose missing samples are zeros here (the whole signal pads
+    #   them by reflection inside each convolution).
+    # * other codecs (DAC): each chunk is coded with ``context_frames`` of neighbouring frames on
+    #   both sides, which are dropped; equal to whole-signal coding once the context covers the
+    #   networks' receptive field.
+    # Signals no longer than one chunk are coded whole. Codecs that normalize without segments get
+    # their scale from a first pass over the signal.
+    _PROBE_FRAMES = 64  # streaming probes: longer than any layer's start-up need (reflect padding)
 
-        codec = instantiate(config, cls)
-        if not isinstance(codec, Codec):
-            raise TypeError(f"config builds a {type(codec).__name__}, not a Codec")
-        return codec
+    @torch.no_grad()
+    def encode_chunked(
+        self,
+        read: Callable[[int, int], Tensor],
+        length: int,
+        n_q: int,
+        chunk_samples: int,
+        context_frames: int,
+        device: torch.device | str = "cpu",
+    ) -> EncodedAudio:
+        """Encode the ``length``-sample signal ``read(start, stop) -> (C, stop - start)`` chunk by
+        chunk -> EncodedAudio(codes (1, n_q, T') on CPU, scale (1, S, 1) or None, length), as
+        ``encode`` gives on the whole signal (see the comment above for how chunks join).
+        ``chunk_samples`` must be a multiple of ``hop_length``."""
+        hop = self.hop_length
+        if chunk_samples < hop or chunk_samples % hop:
+            raise ValueError(f"chunk_samples must be a positive multiple of the hop {hop}, got {chunk_samples}")
+        n_q = self.resolve_n_q(n_q=n_q)
+        load = lambda start, stop: read(start, stop)[None].to(device)  # noqa: E731  (1, C, n)
+        if self.segment_length is not None:
+            codes, scales = [], []
+            for offset, size in self.segments(length):
+                x, scale = self.normalize_input(load(offset, offset + size))
+                codes.append(self.quantizer.encode(self.encoder(x), n_q).cpu())  # (1, K, ceil(size / hop))
+                if scale is not None:
+                    scales.append(scale.cpu())
+            return EncodedAudio(torch.cat(codes, dim=-1), torch.cat(scales, dim=1) if scales else None, length)
+        if length <= chunk_samples:
+            return self.encode(load(0, length), n_q=n_q).to("cpu")
 
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, map_location: str | torch.device = "cpu", weights: str = "auto"
-    ) -> Codec:
-        """Load the codec of a training checkpoint (from ``codecplatform fit``) without Lightning.
+        scale = _chunked_scale(read, length, chunk_samples).to(device) if self.normalize else None
+        prepare = (lambda x: x) if scale is None else (lambda x: x / scale)  # noqa: E731
+        n_frames = math.ceil(length / hop)
+        probe = min(n_frames, self._PROBE_FRAMES)
+        codes = []
+        if streams_exactly(self.encoder, torch.zeros(1, self.channels, probe * hop, device=device), probe):
+            with streaming(self.encoder):
+                for start, stop in _chunks(length, chunk_samples):
+                    x = prepare(load(start, stop))
+                    if stop == length:
+                        x = F.pad(x, (0, -length % hop))  # complete the last frame with zeros
+                    z = self.encoder(x)
+                    if z.shape[-1]:
+                        codes.append(self.quantizer.encode(z, n_q).cpu())
+        else:
+            for f0, f1 in _chunks(n_frames, chunk_samples // hop):
+                a, b = max(0, f0 - context_frames), min(n_frames, f1 + context_frames)
+                z = self.encoder(prepare(load(a * hop, min(length, b * hop))))  # (1, D, b - a)
+                codes.append(self.quantizer.encode(z[..., f0 - a : f1 - a], n_q).cpu())
+        all_codes = torch.cat(codes, dim=-1)
+        if all_codes.shape[-1] != n_frames:
+            raise RuntimeError(f"chunked encoding gave {all_codes.shape[-1]} frames, expected {n_frames}")
+        return EncodedAudio(all_codes, None if scale is None else scale.cpu(), length)
 
-        The checkpoint carries the codec's config (``codec_config``) and the training module's
-        state dict, whose ``codec.`` entries are the codec's trained weights and codebooks and, with
-        ``generator_ema``, whose ``codec_ema.`` entries are their exponential moving average (see
-        :func:`load_codec_state`; imported official weights have the ``codec.`` layout).
-        ``weights``: ``"auto"`` (default) the EMA weights when the checkpoint has them (as the
-        training run evaluated), else the trained ones; ``"raw"`` the trained ones; ``"ema"``
-        the EMA weights or an error.
-        """
-        config, state = load_codec_state(path, map_location, weights)
-        codec = cls.from_config(config)
-        codec.load_state_dict(state)
-        return codec.eval()
+    @torch.no_grad()
+    def decode_chunked(
+        self,
+        encoded: EncodedAudio,
+        chunk_frames: int,
+        context_frames: int,
+        device: torch.device | str = "cpu",
+        codebooks: Sequence[int] | None = None,
+    ) -> Iterator[Tensor]:
+        """Decode EncodedAudio (codes (1, K, T')) chunk by chunk: yields consecutive (C, n) CPU
+        blocks that join into ``decode(encoded, codebooks)[0]`` (see the comment above)."""
+        codes, length, hop = encoded.codes, encoded.length, self.hop_length
+        n_frames = codes.shape[-1]
+        scales = None if encoded.scale is None else encoded.scale.to(device)
+        keep = None if codebooks is None else self.codebook_mask(codebooks, codes.shape[1])
+        synthesize = lambda c: self.decoder(self.quantizer.decode(c.to(device), keep))  # noqa: E731  (1, C, frames * hop)
+
+        if self.segment_length is not None:
+            yield from self._decode_segments(codes, scales, length, synthesize)
+            return
+        if n_frames <= chunk_frames:
+            yield self.decode(EncodedAudio(codes.to(device), scales, length), codebooks)[0].cpu()
+            return
+        emitted = 0
+        probe = torch.zeros(1, codes.shape[1], min(n_frames, self._PROBE_FRAMES), dtype=torch.long, device=device)
+        if streams_exactly(self.decoder, self.quantizer.decode(probe), probe.shape[-1] * hop):
+            with streaming(self.decoder):
+                for f0, f1 in _chunks(n_frames, chunk_frames):
+                    y = synthesize(codes[..., f0:f1])[0]
+                    y = y if scales is None else y * scales[0]
+                    n = min(y.shape[-1], length - emitted)
+                    emitted += n
+                    yield y[:, :n].cpu()
+        else:
+            for f0, f1 in _chunks(n_frames, chunk_frames):
+                a, b = max(0, f0 - context_frames), min(n_frames, f1 + context_frames)
+                y = synthesize(codes[..., a:b])[0, :, (f0 - a) * hop : (f1 - a) * hop]
+                y = y if scales is None else y * scales[0]
+                n = min(y.shape[-1], length - emitted)
+                emitted += n
+                yield y[:, :n].cpu()
+        if emitted != length:
+            raise RuntimeError(f"chunked decoding gave {emitted} samples, expected {length}")
+
+    def _decode_segments(
+        self, codes: Tensor, scales: Tensor | None, length: int, synthesize: Callable[[Tensor], Tensor]
+    ) -> Iterator[Tensor]:
+        """Segment-by-segment decoding of a segmented codec, overlap-added incrementally: yields
+        (C, n) CPU blocks equal to ``decode`` of the whole."""
+        segments = self.segments(length)
+        frames = [math.ceil(size / self.hop_length) for _, size in segments]
+        if sum(frames) != codes.shape[-1]:
+            raise ValueError(f"codes have {codes.shape[-1]} frames, {len(segments)} segment(s) need {sum(frames)}")
+        stride = self.segment_stride
+        weight, out, weights, position, f = None, None, None, 0, 0  # out/weights start at `position`
+        for s, ((offset, _), count) in enumerate(zip(segments, frames)):
+            y = synthesize(codes[..., f : f + count])[0]  # (C, count * hop)
+            f += count
+            if scales is not None:
+                y = y * scales[0, s]
+            if weight is None:
+                weight = overlap_weights(y.shape[-1], y)
+                out, weights = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
+            if y.shape[-1] > weight.shape[-1]:
+                raise ValueError(f"segment {s} decodes to {y.shape[-1]} samples, more than the first one")
+            end = offset + y.shape[-1]
+            grow = end - position - out.shape[-1]
+            if grow > 0:
+                out, weights = F.pad(out, (0, grow)), F.pad(weights, (0, grow))
+            lo = offset - position
+            out[:, lo : lo + y.shape[-1]] += weight[: y.shape[-1]] * y
+            weights[lo : lo + y.shape[-1]] += weight[: y.shape[-1]]
+            final = min(length, offset + stride if s + 1 < len(segments) else end)
+            if final > position:
+                n = final - position
+                yield (out[:, :n] / weights[:n]).cpu()
+                out, weights, position = out[:, n:], weights[n:], final
+
+    def bitstream_layout(self) -> dict[str, Any]:
+        return {
+            "sample rate": self.sample_rate,
+            "channels": self.channels,
+            "hop length": self.hop_length,
+            "segment length": self.segment_length,
+            "segment stride": self.segment_stride,
+            "normalize": bool(self.normalize),
+        }
+
+    def describe(self) -> dict[str, str]:
+        return {
+            **super().describe(),
+            "family": type(self.encoder).__name__.removesuffix("Encoder"),
+            "encoder": type(self.encoder).__name__,
+            "quantizer": type(self.quantizer).__name__,
+            "decoder": type(self.decoder).__name__,
+        }
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts of the parts (for READMEs and logs)."""
@@ -268,20 +431,42 @@ def load_codec_state(
     - ``"ema"``: the ``codec_ema.`` entries, or ValueError when the checkpoint has none.
 
     The prefix is removed here.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain data only, so a
+    file that would build other objects (and could run code while unpickling) is refused, not
+    run. Checkpoints of ``codecplatform fit`` (hyperparameters as plain config data, callback,
+    optimizer, scheduler, loop and data-module states) and of ``import-checkpoint`` need nothing
+    beyond that. ValueError ``"<path> is not a codec checkpoint: ..."`` for a file torch cannot
+    read or refuses.
     """
     if weights not in ("auto", "raw", "ema"):
         raise ValueError(f"weights must be 'auto', 'raw' or 'ema', got {weights!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as error:  # weights_only refused an object, or not a pickle at all
+        raise ValueError(
+            f"{path} is not a codec checkpoint: torch.load(weights_only=True) refuses it "
+            f"({_load_error_detail(error)}): it is not tensors and plain data only, so it is not loaded"
+        ) from error
+    except Exception as error:  # noqa: BLE001  (text, empty, truncated, a zip of something else: any failure)
+        raise ValueError(
+            f"{path} is not a codec checkpoint: torch.load cannot read it "
+            f"({type(error).__name__}: {_load_error_detail(error)})"
+        ) from error
     config = checkpoint.get("codec_config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict):
         raise ValueError(
             f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit` "
             "or `codecplatform import-checkpoint`?"
         )
-    full = checkpoint["state_dict"]
+    full = checkpoint.get("state_dict")
+    if not isinstance(full, dict):
+        raise ValueError(f"{path} holds no state dict ('state_dict') of tensors")
     has_ema = any(k.startswith("codec_ema.") for k in full)
     if weights == "ema" and not has_ema:
         raise ValueError(f"{path} holds no generator EMA weights ('codec_ema.'): load weights='raw'")
@@ -290,6 +475,33 @@ def load_codec_state(
     prefix = "codec_ema." if weights == "ema" or (weights == "auto" and has_ema and updated) else "codec."
     state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
     return config, state
+
+
+def _load_error_detail(error: BaseException, limit: int = 200) -> str:
+    """The informative part of a ``torch.load`` error on one line (its boilerplate dropped)."""
+    boilerplate = ("Weights only load failed", "Check the documentation of torch.load")
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in lines if not line.startswith(boilerplate)]
+    lines = [line for line in lines if line and not line.startswith("Please file an issue")]
+    detail = " ".join(" ".join(lines).split()) or ("unexpected end of file" if isinstance(error, EOFError) else "")
+    detail = detail or type(error).__name__
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) of consecutive chunks of ``size`` covering ``total``."""
+    for start in range(0, total, size):
+        yield start, min(total, start + size)
+
+
+def _chunked_scale(read: Callable[[int, int], Tensor], length: int, chunk: int) -> Tensor:
+    """The (1, 1, 1) input scale ``Codec.normalize_input`` computes on the whole signal, from a
+    pass over chunks: RMS over time of the channel mean, + 1e-8."""
+    total = 0.0
+    for start, stop in _chunks(length, chunk):
+        mono = read(start, stop).double().mean(dim=0)
+        total += float(mono.pow(2).sum())
+    return torch.tensor(math.sqrt(total / length) + 1e-8, dtype=torch.float32).view(1, 1, 1)
 
 
 def overlap_weights(n: int, like: Tensor) -> Tensor:

@@ -95,3 +95,23 @@ def run_in_chunks(module: nn.Module, x: Tensor, chunk_sizes: Sequence[int]) -> T
             outputs.append(module(x[..., start : start + size]))
             start, i = start + size, i + 1
     return torch.cat(outputs, dim=-1)
+
+
+def streams_exactly(module: nn.Module, probe: Tensor, expected: int) -> bool:
+    """True when every StreamingModule inside ``module`` can stream (there is at least one) and
+    streaming ``probe`` (B, C, T) in two halves yields ``expected`` outputs along time, i.e. the
+    stream holds nothing back at its end (a causal decoder with ``trim_right_ratio < 1`` would; a
+    reflect-padded convolution waits for ``kernel_size`` inputs before its first output, so the
+    probe must be at least that long)."""
+    parts = [m for m in module.modules() if isinstance(m, StreamingModule)]
+    if not parts:
+        return False
+    try:
+        for part in parts:
+            part.check_streamable()
+    except RuntimeError:
+        return False
+    half = probe.shape[-1] // 2
+    with torch.no_grad(), streaming(module):
+        out = torch.cat([module(probe[..., :half]), module(probe[..., half:])], dim=-1)
+    return out.shape[-1] == expected

@@ -34,7 +34,8 @@ class Quantizer(nn.Module):
     def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def decode(self, codes: Tensor) -> Tensor:  # pragma: no cover
+    def decode(self, codes: Tensor, keep: list[bool] | None = None) -> Tensor:  # pragma: no cover
+        """codes (B, K, T') -> z_q (B, D, T'); ``keep``: only the codebooks marked True."""
         raise NotImplementedError
 
     def sample_n_q(

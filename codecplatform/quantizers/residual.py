@@ -109,7 +109,9 @@ class ResidualQuantizer(Quantizer):
     """
 
     layers: nn.ModuleList
-    stage_hook: StageHook | None = None
+    # Annotation only, set by every subclass's __init__: a class-level default (None) would shadow the
+    # submodule that nn.Module registers in _modules, and the hook would silently never run.
+    stage_hook: StageHook | None
 
     def _check_latent(self, z: Tensor) -> None:
         if z.dim() != 3 or z.shape[1] != self.dimension:
@@ -128,12 +130,20 @@ class ResidualQuantizer(Quantizer):
             run = residual_stack(self.layers, z, n_q, detach_outputs=True, hook=self.stage_hook, inference=True)
         return run.codes
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes (B, K, T') -> z_q (B, D, T'), 1 <= K <= n_q."""
+    def decode(self, codes: Tensor, keep: Sequence[bool] | None = None) -> Tensor:
+        """codes (B, K, T') -> z_q (B, D, T'), 1 <= K <= n_q: the sum of the codebooks' entries.
+
+        ``keep`` (K bools, at least one True): sum only the codebooks marked True (codebook
+        ablation); default all."""
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.n_q:
             raise ValueError(f"codes must be (B, K, T') with 1 <= K <= {self.n_q}, got shape {tuple(codes.shape)}")
+        if keep is None:
+            keep = [True] * codes.shape[1]
+        if len(keep) != codes.shape[1] or not any(keep):
+            raise ValueError(f"keep must hold {codes.shape[1]} flags, at least one True, got {list(keep)}")
         with torch.autocast(device_type=codes.device.type, enabled=False):
-            z_q = self.layers[0].decode(codes[:, 0])
-            for k in range(1, codes.shape[1]):
-                z_q = z_q + self.layers[k].decode(codes[:, k])
+            parts = [self.layers[k].decode(codes[:, k]) for k in range(codes.shape[1]) if keep[k]]
+            z_q = parts[0]
+            for part in parts[1:]:
+                z_q = z_q + part
         return z_q

@@ -109,3 +109,40 @@ def test_from_config_builds_the_codec():
     }
     codec = Codec.from_config(config)
     assert codec.hop_length == 2 and codec.quantizer.n_q == 2
+
+
+# ------------------------------------------------------------------------------ loading checkpoints
+class RunsCode:
+    """A pickle payload: unpickling it creates ``marker`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_from_checkpoint_refuses_a_pickle_that_would_run_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "planted.ckpt"
+    codec = make_codec(ratios=(2,), n_q=2)
+    state = {f"codec.{k}": v for k, v in codec.state_dict().items()}
+    torch.save({"codec_config": {"class_path": "x"}, "state_dict": state, "payload": RunsCode(marker)}, path)
+    with pytest.raises(ValueError, match=r"planted.ckpt is not a codec checkpoint: torch.load\(weights_only=True\)"):
+        Codec.from_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: a full unpickling runs it
+    assert marker.exists()
+
+
+def test_from_checkpoint_names_a_file_that_is_no_checkpoint(tmp_path):
+    from codecplatform.models.codec import load_codec_state
+
+    for name, content in (("text.ckpt", b"hello\n"), ("empty.ckpt", b""), ("random.ckpt", bytes(range(256)) * 4)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{tmp_path / name} is not a codec checkpoint: ") as error:
+            load_codec_state(tmp_path / name)
+        assert "\n" not in str(error.value)
+    torch.save({"codec_config": {"class_path": "x"}, "state_dict": [1, 2]}, tmp_path / "list.ckpt")
+    with pytest.raises(ValueError, match="holds no state dict"):
+        load_codec_state(tmp_path / "list.ckpt")

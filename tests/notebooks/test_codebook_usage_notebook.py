@@ -153,7 +153,16 @@ def check_statistics(nb, result: dict, checkpoint: Path, files: list[Path]) -> N
     for row in result["by_n_q"]:
         assert row["kbps"] == pytest.approx(codec.bitrate(row["n_q"]))
         assert all(math.isfinite(row[key]) for key in ("kbps", "mel_distance", "si_sdr"))
-    assert audio_players(nb) == 1 + K  # the original, then 1..K codebooks
+    # Codebook ablation: each of the first codebooks alone, and 0..k together (= the first k + 1).
+    ablation = result["ablation"]
+    first = min(K, 4)
+    assert [row["codebooks"] for row in ablation if len(row["codebooks"]) == 1] == [[k] for k in range(first)]
+    by_count = {row["n_q"]: row["mel_distance"] for row in result["by_n_q"]}
+    for row in ablation:
+        assert math.isfinite(row["mel_distance"])
+        if row["codebooks"] == list(range(len(row["codebooks"]))):  # a prefix decodes as the first k codebooks
+            assert row["mel_distance"] == pytest.approx(by_count[len(row["codebooks"])], rel=1e-5)
+    assert audio_players(nb) == 1 + K + len(ablation)  # the original, 1..K codebooks, then the ablation
     for k in range(1, K + 1):
         assert f"{k} codebook(s), {codec.bitrate(k):g} kbps" in text
 
