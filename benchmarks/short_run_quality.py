@@ -170,7 +170,7 @@ def run_family(
         raise RuntimeError(f"{family}: the fit wrote no {opts.checkpoint} checkpoint (did it validate?)")
     checkpoint = os.path.realpath(checkpoint)  # last.ckpt is a link
     checkpoint_batch = int(
-        torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]["batch_counter"]
+        torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]["batch_counter"]
     )
 
     print(f"\n== {family}: testing the trained model ({opts.checkpoint} checkpoint, batch {checkpoint_batch}) ==")

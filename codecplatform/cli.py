@@ -7,7 +7,8 @@
 
 Experiment YAMLs hold changes only. A YAML may start with ``_base_: [paths]`` (relative to the
 file); those are applied first, in order, then the file itself. Lists are replaced whole by a
-later file, so each list (discriminators, callbacks) lives in exactly one file.
+later file, so each list (discriminators, callbacks) lives in exactly one file. The composition
+is :mod:`codecplatform.config`; here each ``--config FILE`` is expanded into its chain.
 """
 
 from __future__ import annotations
@@ -16,60 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from codecplatform.config import compose_config, expand_config  # noqa: F401  (compose_config: re-exported)
 from codecplatform.launch import LaunchTrainer
 from codecplatform.tracking import MLflowSaveConfigCallback
 
-BASE_KEY = "_base_"
 CONFIG_FLAGS = ("--config", "-c")
-
-
-def expand_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[str]:
-    """``--config`` values for ``path``: its bases (recursively, in order) then its own content.
-
-    A file with a ``_base_`` key is passed on as a YAML string without that key.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    resolved = path.resolve()
-    if resolved in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, resolved))
-        raise ValueError(f"config _base_ cycle: {chain}")
-    content = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(content, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping at the top level")
-    bases = content.pop(BASE_KEY, None)
-    if bases is None:
-        return [str(path)]
-    if isinstance(bases, str):
-        bases = [bases]
-    expanded: list[str] = []
-    for base in bases:
-        expanded += expand_config(path.parent / base, (*_seen, resolved))
-    if content:
-        expanded.append(yaml.safe_dump(content, sort_keys=False))
-    return expanded
-
-
-def compose_config(path: str | Path) -> dict[str, Any]:
-    """The config chain of ``path`` merged into plain data (later files win, lists replaced whole),
-    without validation: for reading values such as the sample rate or the codec's config."""
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for key, value in b.items():
-            both = isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = merge(out[key], value) if both else value
-        return out
-
-    merged: dict[str, Any] = {}
-    for item in expand_config(path):
-        text = Path(item).read_text() if not item.count("\n") and Path(item).is_file() else item
-        merged = merge(merged, yaml.safe_load(text) or {})
-    return merged
 
 
 def _is_config_file(value: str) -> bool:

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = fit.trainer.logger.run_id
     # the checkpoint with the best validation mel distance (model selection on val, test on test)
     checkpoint = fit.trainer.checkpoint_callback.best_model_path
-    best_batch = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]["batch_counter"])
+    best_batch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]["batch_counter"])
     print(f"\n== 2/3 testing the trained model (best validation checkpoint, batch {best_batch}) on held-out cuts ==")
     trained, per_bitrate, _ = _test_metrics(
         [*common, "--ckpt_path", checkpoint, f"--trainer.logger.init_args.run_id={run_id}"]

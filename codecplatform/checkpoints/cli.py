@@ -8,6 +8,8 @@
 For DAC ``--variant`` may be left out when the file carries ``DAC.save``'s metadata (it names the
 architecture); a variant that contradicts the metadata is an error. Prints the parameter count
 and the written path; exit status 2 for a missing source file or an unknown family/variant.
+``--family`` is a name of :data:`codecplatform.checkpoints.IMPORTERS` or the class path of a
+:class:`~codecplatform.checkpoints.base.CheckpointImporter` subclass.
 
 Use the result in a notebook::
 
@@ -27,11 +29,11 @@ architecture, which is checked strictly when fitting starts)::
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
-FAMILIES: dict[str, tuple[str, ...]] = {"dac": ("44khz", "24khz", "16khz"), "encodec": ("24khz", "48khz")}
+from codecplatform.checkpoints import IMPORTERS, importer_class
+
 USAGE_ERROR = 2
 
 
@@ -40,12 +42,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="codecplatform import-checkpoint",
         description="Convert official codec weights into a codecplatform checkpoint.",
     )
-    parser.add_argument("--family", required=True, help=f"one of {', '.join(FAMILIES)}")
     parser.add_argument(
-        "--variant",
-        default=None,
-        help="dac: 44khz|24khz|16khz (default: from the file's metadata); encodec: 24khz|48khz",
+        "--family",
+        required=True,
+        help=f"one of {', '.join(IMPORTERS)}, or the class path of a codecplatform.checkpoints.CheckpointImporter",
     )
+    variants = "; ".join(
+        f"{name}: {'|'.join(cls.variants)}" + (" (default: from the file)" if cls.variant_from_file else "")
+        for name, cls in IMPORTERS.items()
+    )
+    parser.add_argument("--variant", default=None, help=variants)
     parser.add_argument("--source", required=True, help="the official weights file")
     parser.add_argument("--out", required=True, help="where to write the checkpoint")
     return parser
@@ -63,25 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exit_:  # argparse has printed the message
         return int(exit_.code or 0)
-    family = args.family.lower()
-    if family not in FAMILIES:
-        return _fail(f"unknown family {args.family!r}: choose one of {', '.join(FAMILIES)}")
-    if args.variant is not None and args.variant not in FAMILIES[family]:
-        return _fail(f"unknown {family} variant {args.variant!r}: choose one of {', '.join(FAMILIES[family])}")
+    try:
+        importer = importer_class(args.family)()
+    except ValueError as error:
+        return _fail(str(error))
+    family, choices = importer.family, ", ".join(importer.variants)
+    if args.variant is not None and args.variant not in importer.variants:
+        return _fail(f"unknown {family} variant {args.variant!r}: choose one of {choices}")
+    if args.variant is None and not importer.variant_from_file:
+        return _fail(f"--variant is required for {family}: choose one of {choices}")
     source = Path(args.source)
     if not source.is_file():
         return _fail(f"source file not found: {source}")
-
-    if family == "dac":
-        from codecplatform.checkpoints.dac import import_dac as importer
-    else:
-        if args.variant is None:
-            return _fail(f"--variant is required for encodec: choose one of {', '.join(FAMILIES[family])}")
-        importer = _encodec_importer()
-        if importer is None:
-            return _fail("encodec import is not available (codecplatform.checkpoints.encodec.import_encodec)")
     try:
-        out = importer(source, args.variant, args.out)
+        out = importer.import_file(source, args.variant, args.out)
     except (ValueError, KeyError, RuntimeError) as error:
         print(f"import-checkpoint: conversion failed: {error}", file=sys.stderr)
         return 1
@@ -96,16 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {Path(out).resolve()}")
     return 0
-
-
-def _encodec_importer():
-    try:
-        module = importlib.import_module("codecplatform.checkpoints.encodec")
-    except ModuleNotFoundError as error:
-        if error.name == "codecplatform.checkpoints.encodec":
-            return None
-        raise
-    return getattr(module, "import_encodec", None)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from codecplatform.checkpoints.base import CheckpointImporter
 from codecplatform.checkpoints.keymap import load_weights_file, rename_state_dict
 from codecplatform.models.codec import Codec, check_codec_state
 
 DACVariant = Literal["44khz", "24khz", "16khz"]
 VARIANTS: tuple[str, ...] = ("44khz", "24khz", "16khz")
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 #: Constructor arguments of the released models (``conf/final/*.yml``), as ``DAC.save`` records them.
 _SHARED_KWARGS: dict[str, Any] = dict(
@@ -153,16 +153,11 @@ def dac_codec_config_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def dac_codec_config(variant: DACVariant) -> dict[str, Any]:
-    """Our Codec config for a released DAC model: the codec of ``experiments/dac/<variant>.yaml``
-    (built from :data:`OFFICIAL_KWARGS` where the experiments folder is not installed)."""
+    """Our Codec config for a released DAC model, built from :data:`OFFICIAL_KWARGS`: the codec of
+    ``experiments/dac/<variant>.yaml`` (``tests/checkpoints`` checks that the two agree)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown DAC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
-    path = EXPERIMENTS / "dac" / f"{variant}.yaml"
-    if not path.is_file():
-        return dac_codec_config_from_kwargs(OFFICIAL_KWARGS[variant])
-    from codecplatform.cli import compose_config
-
-    return compose_config(path)["model"]["init_args"]["codec"]
+    return dac_codec_config_from_kwargs(OFFICIAL_KWARGS[variant])
 
 
 def variant_of(kwargs: dict[str, Any]) -> str | None:
@@ -274,3 +269,17 @@ def import_dac(source: str | Path, variant: DACVariant | None, out: str | Path) 
         out,
     )
     return out
+
+
+class DACImporter(CheckpointImporter):
+    """Official DAC weights (``DAC.save`` / released ``weights_*.pth``): :func:`import_dac`."""
+
+    family = "dac"
+    variants = VARIANTS
+    variant_from_file = True  # DAC.save's metadata names the architecture
+
+    def codec_config(self, variant: str) -> dict[str, Any]:
+        return dac_codec_config(variant)  # type: ignore[arg-type]
+
+    def import_file(self, source: str | Path, variant: str | None, out: str | Path) -> Path:
+        return import_dac(source, variant, out)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ Official model vs ours (all handled so that the outputs agree; see ``tests/check
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -43,14 +44,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from codecplatform.checkpoints.base import CheckpointImporter
 from codecplatform.checkpoints.keymap import load_weights_file, rename_state_dict
+from codecplatform.config import merge_config
 from codecplatform.models.codec import Codec, check_codec_state, key_list
 from codecplatform.nn.conv import StreamableConvTranspose1d
 
 EncodecVariant = Literal["24khz", "48khz"]
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-#: The experiment YAML each variant's config starts from.
-EXPERIMENT_FILES: dict[str, str] = {"24khz": "24khz_mono.yaml", "48khz": "48khz_stereo.yaml"}
 
 
 def _seanet(channels: int, causal: bool, norm: str) -> dict[str, Any]:
@@ -148,34 +148,26 @@ OFFICIAL_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 # -- configs -----------------------------------------------------------------------------------
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override``'s values (nested dicts merged, everything else replaced)."""
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both else value
-    return out
+#: The family recipe's training-only settings that the official files do not describe, as
+#: ``experiments/encodec/_encodec.yaml`` sets them (used when fine-tuning an imported model).
+TRAINING_SETTINGS: dict[str, Any] = {
+    "init_args": {
+        "quantizer": {"init_args": {"dropout": {"class_path": "codecplatform.quantizers.dropout.PerBatchChoice"}}}
+    }
+}
 
 
 def encodec_codec_config(variant: EncodecVariant) -> dict[str, Any]:
     """Our Codec config (``{class_path, init_args}``) of a released EnCodec model.
 
-    The codec of ``experiments/encodec/<24khz_mono|48khz_stereo>.yaml`` (which contributes the
-    training-only settings, e.g. the quantizer dropout policy) with every architecture and
-    inference value set to the official model's (:data:`OFFICIAL_CONFIGS`); without the
-    experiments folder, the official values alone.
+    The official architecture and inference values (:data:`OFFICIAL_CONFIGS`) with the family's
+    training-only settings (:data:`TRAINING_SETTINGS`, e.g. the quantizer dropout policy): the
+    codec of ``experiments/encodec/<24khz_mono|48khz_stereo>.yaml`` with every architecture and
+    inference value set to the official model's (``tests/checkpoints`` checks that they agree).
     """
     if variant not in OFFICIAL_CONFIGS:
         raise ValueError(f"unknown EnCodec variant {variant!r}: choose one of {', '.join(OFFICIAL_CONFIGS)}")
-    path = EXPERIMENTS / "encodec" / EXPERIMENT_FILES[variant]
-    if not path.is_file():
-        return _merge({}, OFFICIAL_CONFIGS[variant])
-    from codecplatform.cli import compose_config
-
-    codec = compose_config(path)["model"]["init_args"]["codec"]
-    if codec.get("class_path") != OFFICIAL_CONFIGS[variant]["class_path"]:
-        raise ValueError(f"{path}: the codec is a {codec.get('class_path')}, not a Codec")
-    return _merge(codec, OFFICIAL_CONFIGS[variant])
+    return copy.deepcopy(merge_config(TRAINING_SETTINGS, OFFICIAL_CONFIGS[variant]))  # callers may edit it
 
 
 # -- state dicts ---------------------------------------------------------------------------------
@@ -308,3 +300,19 @@ def import_encodec(source: str | Path, variant: EncodecVariant, out: str | Path)
         out,
     )
     return out
+
+
+class EncodecImporter(CheckpointImporter):
+    """Official EnCodec weights (a bare ``EncodecModel.state_dict()``): :func:`import_encodec`."""
+
+    family = "encodec"
+    variants = tuple(OFFICIAL_CONFIGS)
+    variant_from_file = False  # a bare state dict does not say which model it is
+
+    def codec_config(self, variant: str) -> dict[str, Any]:
+        return encodec_codec_config(variant)  # type: ignore[arg-type]
+
+    def import_file(self, source: str | Path, variant: str | None, out: str | Path) -> Path:
+        if variant is None:
+            raise ValueError(f"name the EnCodec variant of {source}: one of {', '.join(self.variants)}")
+        return import_encodec(source, variant, out)  # type: ignore[arg-type]

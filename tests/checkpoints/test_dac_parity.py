@@ -4,6 +4,7 @@ equal latents, codes and audio for every codebook count; and the conversion's er
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import dac  # installed by `make test` (parity extra); a missing install must fail, not skip
 import numpy as np
@@ -18,9 +19,11 @@ from codecplatform.checkpoints.dac import (
     dac_codec_config_from_kwargs,
     import_dac,
 )
+from codecplatform.config import compose_config
 from codecplatform.models.codec import Codec, load_codec_state
 from codecplatform.types import EncodedAudio
 
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 SAMPLE_RATE = 44100
 LENGTH = 2 * SAMPLE_RATE + 123  # not a multiple of the hop (512): exercises the padding
 DECODE_FRAMES = 16  # frames decoded per codebook count below the full one (the decoder is slow on CPU)
@@ -115,6 +118,9 @@ def test_official_file_carries_the_variant_kwargs(models):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_experiment_configs_match_the_official_kwargs(variant):
     assert dac_codec_config(variant) == dac_codec_config_from_kwargs(OFFICIAL_KWARGS[variant])
+    # the import config is built in code; it is the codec of the variant's experiment YAML
+    experiment = compose_config(EXPERIMENTS / "dac" / f"{variant}.yaml")["model"]["init_args"]["codec"]
+    assert dac_codec_config(variant) == experiment
 
 
 def test_encoder_latents_and_codes_match(encoded):

@@ -20,10 +20,12 @@ from codecplatform.checkpoints.encodec import (
     encodec_codec_config,
     import_encodec,
 )
+from codecplatform.config import compose_config, merge_config
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
 from codecplatform.models.codec import Codec, linear_overlap_add
 from codecplatform.quantizers.rvq import ResidualVectorQuantizer
 
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 SECONDS = 3.0
 EXTRA = 123  # samples beyond 3 s: not a multiple of the hop (320), exercises the padding
 BANDWIDTHS = {"24khz": [1.5, 6.0, 24.0], "48khz": [3.0, 6.0, 24.0]}  # 1.5 kbps is no 48 kHz bandwidth
@@ -119,6 +121,16 @@ def test_import_config_mirrors_the_official_model(models, variant):
         assert args[part]["init_args"]["causal"] == (variant == "24khz")
     assert args["quantizer"]["init_args"]["dropout"]  # training settings come from the experiment YAML
     assert encodec_codec_config(variant)["init_args"]["encoder"] == OFFICIAL_CONFIGS[variant]["init_args"]["encoder"]
+
+
+@pytest.mark.parametrize(("variant", "experiment"), [("24khz", "24khz_mono.yaml"), ("48khz", "48khz_stereo.yaml")])
+def test_import_config_is_the_experiment_codec_with_the_official_values(variant, experiment):
+    """Built in code, the import config equals the experiment YAML's codec with every official value set."""
+    codec = compose_config(EXPERIMENTS / "encodec" / experiment)["model"]["init_args"]["codec"]
+    assert encodec_codec_config(variant) == merge_config(codec, OFFICIAL_CONFIGS[variant])
+    config = encodec_codec_config(variant)
+    config["init_args"]["encoder"]["init_args"]["ratios"].append(1)  # a copy: the constants stay
+    assert OFFICIAL_CONFIGS[variant]["init_args"]["encoder"]["init_args"]["ratios"] == [8, 5, 4, 2]
 
 
 # -- parity ---------------------------------------------------------------------------------------

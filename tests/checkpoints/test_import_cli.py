@@ -80,25 +80,65 @@ def test_cli_variant_mismatch_fails(tmp_path, capsys):
 
 
 def test_cli_encodec_is_dispatched(tmp_path, capsys, monkeypatch):
-    """--family encodec calls codecplatform.checkpoints.encodec.import_encodec(source, variant, out)."""
+    """--family encodec calls EncodecImporter.import_file(source, variant, out); --variant is required."""
+    from codecplatform.checkpoints.encodec import EncodecImporter
+
     calls = []
 
-    def fake_import(source, variant, out):
+    def fake_import(self, source, variant, out):
         calls.append((Path(source), variant, Path(out)))
         return import_dac_tiny(tmp_path, out)
 
-    monkeypatch.setattr(import_cli, "_encodec_importer", lambda: fake_import)
+    monkeypatch.setattr(EncodecImporter, "import_file", fake_import)
     source = tmp_path / "encodec.th"
     source.write_bytes(b"x")
     code = import_cli.main(
         ["--family", "encodec", "--variant", "48khz", "--source", str(source), "--out", str(tmp_path / "e.ckpt")]
     )
     assert code == 0 and calls == [(source, "48khz", tmp_path / "e.ckpt")]
-    monkeypatch.setattr(import_cli, "_encodec_importer", lambda: None)
-    code = import_cli.main(
-        ["--family", "encodec", "--variant", "48khz", "--source", str(source), "--out", str(tmp_path / "e.ckpt")]
+    code = import_cli.main(["--family", "encodec", "--source", str(source), "--out", str(tmp_path / "f.ckpt")])
+    assert code == 2 and "--variant is required for encodec: choose one of 24khz, 48khz" in capsys.readouterr().err
+    assert len(calls) == 1 and not (tmp_path / "f.ckpt").exists()
+
+
+def test_family_is_a_name_or_an_importer_class_path(tmp_path, capsys):
+    """One mapping (IMPORTERS) names the importers; any CheckpointImporter subclass is taken by class path."""
+    from codecplatform.checkpoints import IMPORTERS, CheckpointImporter, importer_class
+    from codecplatform.checkpoints.dac import DACImporter
+    from codecplatform.checkpoints.encodec import EncodecImporter
+
+    assert IMPORTERS == {"dac": DACImporter, "encodec": EncodecImporter}
+    assert all(issubclass(cls, CheckpointImporter) for cls in IMPORTERS.values())
+    assert importer_class("codecplatform.checkpoints.dac.DACImporter") is DACImporter
+    source = official_file(tmp_path)
+    out = tmp_path / "by_class_path.ckpt"
+    args = ["--family", "codecplatform.checkpoints.dac.DACImporter", "--source", str(source), "--out", str(out)]
+    assert import_cli.main(args) == 0
+    assert torch.load(out, weights_only=True)["family"] == "dac"
+    capsys.readouterr()
+    args = ["--family", "codecplatform.models.codec.Codec", "--source", str(source), "--out", str(tmp_path / "x")]
+    assert import_cli.main(args) == 2
+    assert "codecplatform.models.codec.Codec is not a CheckpointImporter subclass" in capsys.readouterr().err
+
+
+def test_importers_do_not_import_the_cli(tmp_path):
+    """No import circle: the importers (and their command) load without codecplatform.cli or Lightning."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, codecplatform.checkpoints.cli, codecplatform.checkpoints; "
+        "assert 'codecplatform.cli' not in sys.modules, 'codecplatform.cli imported'; "
+        "assert 'lightning' not in sys.modules, 'lightning imported'; "
+        "import codecplatform.cli"
     )
-    assert code == 2 and "encodec import is not available" in capsys.readouterr().err
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    package = Path(import_cli.__file__).parent
+    for path in package.glob("*.py"):
+        text = path.read_text()
+        assert "codecplatform.cli " not in text and "from codecplatform.cli" not in text, path
+        assert "parents[2]" not in text, f"{path} reads files outside the package"
 
 
 def import_dac_tiny(folder: Path, out) -> Path:
