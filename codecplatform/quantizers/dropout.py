@@ -61,9 +61,9 @@ class BiasedRangeDropout(QuantizerDropout):
             (SpectroStream's ``full_quantizer_dropout_rate``, 0.5).
 
     A bypassed example gets the count **0**: the quantizer passes its latent through unchanged
-    (z_q = z), uses no codes and adds no loss. Only quantizers that accept n_q = 0 (e.g.
-    ``FactorizedResidualVectorQuantizer``) can be trained with ``bypass_rate > 0``;
-    ``ResidualVectorQuantizer`` refuses counts below 1 with a clear error.
+    (z_q = z), uses no codes and adds no loss. The residual quantizers
+    (``FactorizedResidualVectorQuantizer``, ``ResidualVectorQuantizer``) accept n_q = 0 through
+    the base class's ``_resolve_n_q``.
 
     The levels come from ``ranges``, not from the allowed counts passed to ``sample``; those
     only bound them: a range reaching above max(n_q_choices) is an error.
@@ -107,5 +107,54 @@ class BiasedRangeDropout(QuantizerDropout):
         if batch_size == 0:
             return torch.zeros(0, dtype=torch.long)
         drawn = self.levels[torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)]
+        bypass = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.bypass_rate
+        return torch.where(bypass, torch.zeros_like(drawn), drawn)
+
+
+# SpectroStream's official truncation targets (magenta/magenta-realtime, config
+# ``stft_spectrostream_40ms_generic_48khz_stereo_config``: ``target_num_quantizers``, "Low RVQ biased").
+SPECTROSTREAM_LEVELS: tuple[int, ...] = (*range(1, 17), *range(18, 33, 2), *range(36, 65, 4))
+
+
+class DiscreteLevelDropout(QuantizerDropout):
+    """A count drawn uniformly from a fixed set of levels per example, plus a full bypass
+    (SpectroStream's official ``target_num_quantizers`` + ``full_quantizer_dropout_rate``).
+
+    Args:
+        levels: the codebook counts an example may use, each >= 1, distinct (default
+            :data:`SPECTROSTREAM_LEVELS`: 1..16, 18, 20, ..., 32, 36, 40, ..., 64, i.e. 32 levels:
+            per unit of count a 4:2:1 density over 1-16, 17-32, 33-64; 17, 19, 33-35, ... are never
+            drawn).
+        bypass_rate: probability that an example bypasses the quantizer (count **0**: z_q = z, no
+            codes, no commitment loss; SpectroStream 0.5).
+
+    As :class:`BiasedRangeDropout`, the levels do not come from the allowed counts passed to
+    ``sample`` (the codec's bandwidths); those only bound them: a level above max(n_q_choices)
+    is an error.
+    """
+
+    def __init__(self, levels: list[int] | None = None, bypass_rate: float = 0.0):
+        levels = list(SPECTROSTREAM_LEVELS) if levels is None else list(levels)
+        if not levels:
+            raise ValueError("levels must hold at least one codebook count")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in levels):
+            raise ValueError(f"levels must be integer codebook counts >= 1, got {levels}")
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"levels must be distinct, got {levels}")
+        if not 0.0 <= bypass_rate <= 1.0:
+            raise ValueError(
+                f"bypass_rate (fraction of examples bypassing the quantizer) must be in [0, 1], got {bypass_rate}"
+            )
+        self.levels = torch.tensor(sorted(levels), dtype=torch.long)
+        self.bypass_rate = bypass_rate
+
+    def sample(self, batch_size: int, n_q_choices: list[int], generator: torch.Generator | None = None) -> Tensor:
+        """-> (B,) int64: a level per example (uniform over ``levels``), 0 for bypassed examples."""
+        top = int(self.levels.max())
+        if top > max(n_q_choices):
+            raise ValueError(f"levels reach {top} codebooks but at most {max(n_q_choices)} are allowed")
+        if batch_size == 0:
+            return torch.zeros(0, dtype=torch.long)
+        drawn = self.levels[torch.randint(len(self.levels), (batch_size,), generator=generator)]
         bypass = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.bypass_rate
         return torch.where(bypass, torch.zeros_like(drawn), drawn)
