@@ -8,12 +8,24 @@ Layer facts follow the official ``dac/model/discriminator.py`` (class ``MPD``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codecplatform.discriminators.base import ChannelFoldedDiscriminator
 from codecplatform.discriminators.msstft import Conv2dNorm, _conv2d
+
+Activation = Literal["leaky_relu", "silu"]
+
+
+def _activation(activation: str, negative_slope: float) -> nn.Module:
+    """LeakyReLU(negative_slope) (HiFi-GAN, DAC) or SiLU (MUFFIN); ValueError naming ``activation``."""
+    if activation == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    if activation == "silu":
+        return nn.SiLU()
+    raise ValueError(f"activation must be 'leaky_relu' or 'silu', got {activation!r}")
 
 
 class PeriodDiscriminator(nn.Module):
@@ -26,7 +38,9 @@ class PeriodDiscriminator(nn.Module):
       conv (kernel_size, 1), stride 1: channels[-2] -> channels[-1]
     and the output conv (3, 1): channels[-1] -> 1 (the logits, no activation). All paddings are
     "same" ((k - 1) // 2 along time, 0 along the period axis), so each strided conv maps H rows to
-    ceil(H / stride). Every conv gets ``norm`` (weight norm in DAC).
+    ceil(H / stride). Every conv gets ``norm`` (weight norm in DAC). ``activation``: LeakyReLU
+    with ``negative_slope`` (DAC) or SiLU (MUFFIN). ``logits_in_features``: the logits are also
+    the last feature map (HiFi-GAN's and MUFFIN's code match features on them too).
     """
 
     def __init__(
@@ -37,6 +51,8 @@ class PeriodDiscriminator(nn.Module):
         stride: int = 3,
         norm: Conv2dNorm = "weight_norm",
         negative_slope: float = 0.1,
+        activation: Activation = "leaky_relu",
+        logits_in_features: bool = False,
     ):
         super().__init__()
         channels = list(channels)
@@ -56,7 +72,8 @@ class PeriodDiscriminator(nn.Module):
             self.convs.append(_conv2d(width, out, (kernel_size, 1), norm, stride=layer_stride))
             width = out
         self.conv_post = _conv2d(width, 1, (3, 1), norm)
-        self.activation = nn.LeakyReLU(negative_slope)
+        self.activation = _activation(activation, negative_slope)
+        self.logits_in_features = logits_in_features
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(B, 1, T) -> (logits (B, 1, H, p), feature maps [(B, C_l, H_l, p)])."""
@@ -76,7 +93,10 @@ class PeriodDiscriminator(nn.Module):
         for conv in self.convs:
             z = self.activation(conv(z))
             features.append(z)
-        return self.conv_post(z), features
+        logits = self.conv_post(z)
+        if self.logits_in_features:
+            features.append(logits)
+        return logits, features
 
 
 class MultiPeriodDiscriminator(ChannelFoldedDiscriminator):
@@ -89,7 +109,8 @@ class MultiPeriodDiscriminator(ChannelFoldedDiscriminator):
 
     Defaults are DAC's (= HiFi-GAN's): periods 2, 3, 5, 7, 11; channels 32, 128, 512, 1024, 1024;
     kernel (5, 1), stride (3, 1) except the last (5, 1) conv (stride 1); output conv (3, 1);
-    LeakyReLU 0.1; weight norm. 8,221,154 parameters per period, 41,105,770 for five.
+    LeakyReLU 0.1; weight norm. 8,221,154 parameters per period, 41,105,770 for five. MUFFIN's MPD
+    is this one with ``activation="silu"``, ``logits_in_features=True``, ``normalize_input=False``.
 
     Output: ``DiscriminatorOutput(logits=[(B*C, 1, H_p, p)], features=[[(B*C, ch_l, H_pl, p)]
     * len(channels)], names=[f"{name}_{p}"])`` with H_p0 = ceil(T / p) rows before the convs.
@@ -105,6 +126,8 @@ class MultiPeriodDiscriminator(ChannelFoldedDiscriminator):
         negative_slope: float = 0.1,
         normalize_input: bool = True,
         name: str = "mpd",
+        activation: Activation = "leaky_relu",
+        logits_in_features: bool = False,
     ):
         super().__init__()
         periods = list(periods)
@@ -124,6 +147,8 @@ class MultiPeriodDiscriminator(ChannelFoldedDiscriminator):
                 stride=stride,
                 norm=norm,
                 negative_slope=negative_slope,
+                activation=activation,
+                logits_in_features=logits_in_features,
             )
             for p in periods
         )

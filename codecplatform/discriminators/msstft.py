@@ -61,7 +61,8 @@ class STFTDiscriminator(nn.Module):
       output conv (k0, k0) -> 1 channel (the logits)
     Channel widths grow by ``filters_scale`` per dilated conv, capped at ``max_filters``. Every
     conv gets ``norm`` (the paper applies weight norm to the discriminator; audiocraft's code leaves
-    the first conv unnormalized).
+    the first conv unnormalized), except the first one when ``first_conv_norm`` is given (None: ``norm``;
+    ``"none"``: audiocraft's and MUFFIN's code).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class STFTDiscriminator(nn.Module):
         normalized: bool = True,
         norm: Conv2dNorm = "weight_norm",
         negative_slope: float = 0.2,
+        first_conv_norm: Conv2dNorm | None = None,
     ):
         super().__init__()
         if len(kernel_size) != 2 or any(k < 1 for k in kernel_size):
@@ -85,6 +87,10 @@ class STFTDiscriminator(nn.Module):
             raise ValueError(f"stride must be two positive ints (time, freq), got {stride}")
         if norm not in ("none", "weight_norm", "spectral_norm"):
             raise ValueError(f"norm must be 'none', 'weight_norm' or 'spectral_norm', got {norm!r}")
+        if first_conv_norm not in (None, "none", "weight_norm", "spectral_norm"):
+            raise ValueError(
+                f"first_conv_norm must be None, 'none', 'weight_norm' or 'spectral_norm', got {first_conv_norm!r}"
+            )
         if filters < 1 or filters_scale < 1 or max_filters < 1:
             raise ValueError(
                 f"filters, filters_scale and max_filters must be >= 1, got {filters}, {filters_scale}, {max_filters}"
@@ -96,7 +102,7 @@ class STFTDiscriminator(nn.Module):
         k0 = kernel_size[0]
         self.convs = nn.ModuleList()
         width = min(filters, max_filters)
-        self.convs.append(_conv2d(2, width, kernel_size, norm))
+        self.convs.append(_conv2d(2, width, kernel_size, norm if first_conv_norm is None else first_conv_norm))
         for i, d in enumerate(dilations):
             out = min(filters_scale ** (i + 1) * filters, max_filters)
             self.convs.append(_conv2d(width, out, kernel_size, norm, stride=stride, dilation=(d, 1)))
@@ -138,7 +144,8 @@ class MultiScaleSTFTDiscriminator(ChannelFoldedDiscriminator):
     Defaults are the paper's: windows [2048, 1024, 512, 256, 128] (double them at 48 kHz), 32
     filters, time dilations 1, 2, 4, frequency stride 2. The paper states a 3x8 first kernel; the
     official code uses (3, 9) for every kernel (odd, so "same" padding is symmetric), as here.
-    audiocraft's EnCodec configs set ``negative_slope=0.3``.
+    audiocraft's EnCodec configs set ``negative_slope=0.3``. MUFFIN: n_ffts [1024, 2048, 512, 256, 128],
+    32 filters, LeakyReLU 0.2, ``first_conv_norm="none"`` (its code, like audiocraft's).
 
     Output: ``DiscriminatorOutput(logits=[(B*C, 1, N_i, F_i')], features=[[(B*C, ch, N_i, F_il)]
     * (2 + len(dilations))], names=[f"{name}_{n_fft}"])``.
@@ -158,6 +165,7 @@ class MultiScaleSTFTDiscriminator(ChannelFoldedDiscriminator):
         norm: Conv2dNorm = "weight_norm",
         negative_slope: float = 0.2,
         name: str = "msstft",
+        first_conv_norm: Conv2dNorm | None = None,
     ):
         super().__init__()
         n_ffts = list(n_ffts)
@@ -186,6 +194,7 @@ class MultiScaleSTFTDiscriminator(ChannelFoldedDiscriminator):
                 normalized=normalized,
                 norm=norm,
                 negative_slope=negative_slope,
+                first_conv_norm=first_conv_norm,
             )
             for n in n_ffts
         )

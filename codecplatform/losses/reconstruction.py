@@ -45,8 +45,10 @@ class TimeL1Loss(nn.Module):
 class _MultiScaleSpectralLoss(nn.Module):
     """Shared part of the multi-scale losses: Hann windows, hops, float32 context, reduction.
 
-    Scale i uses n_fft = win = ``window_lengths[i]`` and hop = ``window_lengths[i] // hop_divisor``.
-    Subclasses implement ``_scale_loss(x, x_hat, i)`` on float32 (B, C, T) audio.
+    Scale i uses win = ``window_lengths[i]``, n_fft = ``n_ffts[i]`` (default: the window; a larger
+    n_fft zero-pads the centred window) and hop = ``window_lengths[i] // hop_divisor``.
+    Subclasses implement ``_scale_loss(x, x_hat, i)`` on float32 (B, C, T) audio; the per-scale
+    losses are multiplied by ``scale_weights`` (default all 1) before ``scale_reduction``.
     """
 
     def __init__(
@@ -55,6 +57,8 @@ class _MultiScaleSpectralLoss(nn.Module):
         hop_divisor: int,
         scale_reduction: ScaleReduction,
         center: bool,
+        n_ffts: Sequence[int] | None = None,
+        scale_weights: Sequence[float] | None = None,
     ):
         super().__init__()
         window_lengths = list(window_lengths)
@@ -69,7 +73,17 @@ class _MultiScaleSpectralLoss(nn.Module):
             )
         if scale_reduction not in ("mean", "sum"):
             raise ValueError(f"scale_reduction must be 'mean' or 'sum', got {scale_reduction!r}")
+        n_ffts = list(window_lengths) if n_ffts is None else [int(n) for n in n_ffts]
+        if len(n_ffts) != len(window_lengths) or any(n < w for n, w in zip(n_ffts, window_lengths)):
+            raise ValueError(
+                f"n_ffts must give one FFT size >= its window per scale, got {n_ffts} for {window_lengths}"
+            )
+        weights = [1.0] * len(window_lengths) if scale_weights is None else [float(v) for v in scale_weights]
+        if len(weights) != len(window_lengths):
+            raise ValueError(f"scale_weights has {len(weights)} entries but window_lengths has {len(window_lengths)}")
         self.window_lengths = window_lengths
+        self.n_ffts = n_ffts
+        self.scale_weights = weights
         self.hop_lengths = [w // hop_divisor for w in window_lengths]
         self.scale_reduction = scale_reduction
         self.center = center
@@ -82,8 +96,9 @@ class _MultiScaleSpectralLoss(nn.Module):
         both = torch.cat([x, x_hat])  # (2B, C, T): one STFT call for both signals
         mag = stft(
             both,
-            n_fft=self.window_lengths[i],
+            n_fft=self.n_ffts[i],
             hop_length=self.hop_lengths[i],
+            win_length=self.window_lengths[i],
             window=window.float(),
             center=self.center,
             normalized=normalized,
@@ -96,7 +111,7 @@ class _MultiScaleSpectralLoss(nn.Module):
 
     def _min_length(self) -> int:
         """Fewest samples the longest window accepts."""
-        longest = max(self.window_lengths)
+        longest = max(self.n_ffts)
         return longest // 2 + 1 if self.center else longest
 
     def forward(self, x: Tensor, x_hat: Tensor) -> Tensor:
@@ -110,6 +125,8 @@ class _MultiScaleSpectralLoss(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             x, x_hat = x.float(), x_hat.float()
             per_scale = torch.stack([self._scale_loss(x, x_hat, i) for i in range(len(self.window_lengths))])
+            if self.scale_weights != [1.0] * len(self.scale_weights):
+                per_scale = per_scale * torch.tensor(self.scale_weights, device=per_scale.device)
         return per_scale.mean() if self.scale_reduction == "mean" else per_scale.sum()
 
 
@@ -141,6 +158,12 @@ class MultiScaleMelLoss(_MultiScaleSpectralLoss):
       (``mag_weight=0, log_weight=1``) *sums* the per-scale L1 of ``log10(clamp(mel, 1e-5))``, so
       ``"sum"`` keeps DAC's loss weight of 15 meaningful; DAC's ``pow`` is applied after the mel
       filterbank, ``power`` here before it (torchaudio convention); at 1 they coincide.
+    * MUFFIN: ``window_lengths=[1024, 512, 256, 128, 2048]``, ``n_ffts=[1025, 512, 256, 128, 2048]``
+      (its weight-45 scale takes n_fft 1025 with a 1024 window), ``n_mels=[64, 64, 64, 32, 64]``,
+      ``f_max=12000``, natural log, ``clamp_eps=1e-5``, ``l2_weight=0``, ``scale_reduction="sum"``
+      with ``scale_weights=[45, 25, 10, 5, 1]``.
+    * ``n_ffts``: FFT size per scale (default the window); ``scale_weights``: a factor per scale
+      applied before ``scale_reduction`` (default 1).
     * STFT: periodic Hann window, ``center=True`` with reflect padding (as DAC; audiocraft pads
       by (n_fft - hop) / 2 with ``center=False``, the same frames up to the borders).
       ``normalized=True`` divides the STFT by the window's L2 norm (torchaudio/audiocraft).
@@ -165,17 +188,20 @@ class MultiScaleMelLoss(_MultiScaleSpectralLoss):
         mel_norm: MelNorm = "slaney",
         mel_scale: MelScale = "slaney",
         scale_reduction: ScaleReduction = "mean",
+        n_ffts: Sequence[int] | None = None,
+        scale_weights: Sequence[float] | None = None,
     ):
-        super().__init__(window_lengths, hop_divisor, scale_reduction, center)
+        super().__init__(window_lengths, hop_divisor, scale_reduction, center, n_ffts, scale_weights)
         n_scales = len(self.window_lengths)
         mels = [n_mels] * n_scales if isinstance(n_mels, int) else list(n_mels)
         if len(mels) != n_scales:
             raise ValueError(f"n_mels has {len(mels)} entries but window_lengths has {n_scales}")
-        for i, (m, w) in enumerate(zip(mels, self.window_lengths)):
-            if not 1 <= m <= w // 2 + 1:
+        for i, (m, w, n) in enumerate(zip(mels, self.window_lengths, self.n_ffts)):
+            if not 1 <= m <= n // 2 + 1:
+                fft = f" (n_fft {n})" if n != w else ""
                 raise ValueError(
-                    f"n_mels[{i}]={m} must be between 1 and the {w // 2 + 1} frequency bins of "
-                    f"window_lengths[{i}]={w}; give n_mels as a per-scale list"
+                    f"n_mels[{i}]={m} must be between 1 and the {n // 2 + 1} frequency bins of "
+                    f"window_lengths[{i}]={w}{fft}; give n_mels as a per-scale list"
                 )
         if power <= 0:
             raise ValueError(f"power must be > 0, got {power}")
@@ -189,7 +215,7 @@ class MultiScaleMelLoss(_MultiScaleSpectralLoss):
         self.clamp_eps = clamp_eps
         self.power = power
         self.normalized = normalized
-        for i, (m, w) in enumerate(zip(mels, self.window_lengths)):
+        for i, (m, w) in enumerate(zip(mels, self.n_ffts)):
             fb = mel_filterbank(sample_rate, w, m, f_min, f_max, norm=mel_norm, mel_scale=mel_scale)
             self.register_buffer(f"mel_{i}", fb, persistent=False)  # (n_mels, F)
 

@@ -1,4 +1,5 @@
-"""Snake activation (Liu et al. 2020; BigVGAN; DAC section 3.1): a periodic inductive bias.
+"""Snake activation (Liu et al. 2020; BigVGAN; DAC section 3.1): a periodic inductive bias
+(MUFFIN's modified snake with amplitude and offset: :class:`ModifiedSnake1d`, at the end).
 
     snake(x) = x + 1 / (alpha + 1e-9) * sin(alpha * x) ** 2
 
@@ -47,6 +48,47 @@ class Snake1d(nn.Module):
         if x.dim() != 3 or x.shape[1] != self.channels:
             raise ValueError(f"Snake1d expects (batch, {self.channels}, time), got shape {tuple(x.shape)}")
         return snake(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+def modified_snake(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
+    """MUFFIN's modified snake of ``x`` (B, C, ...): ``x + beta * sin(alpha x)^2 / (alpha + 1e-8) - gamma``,
+    with per-channel ``alpha``, ``beta``, ``gamma`` broadcastable to ``x`` (e.g. (1, C, 1)).
+
+    Evaluated in at least float32 like :func:`snake`; returns ``x``'s shape and dtype.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf, af = x.to(dtype), alpha.to(dtype)
+    y = xf + beta.to(dtype) * (af + 1e-8).reciprocal() * torch.sin(af * xf).square() - gamma.to(dtype)
+    return y.to(x.dtype)
+
+
+class ModifiedSnake1d(nn.Module):
+    """MUFFIN's snake (official ``muffin/modules/utils.py``): a learnable per-channel amplitude
+    ``beta`` and offset ``gamma`` on top of :class:`Snake1d`: (B, C, T) -> (B, C, T).
+
+        y = x + beta * sin^2(alpha * x) / (alpha + 1e-8) - gamma
+
+    Parameters of shape (1, C, 1), initialised alpha = 1, beta = 1, gamma = 0 (so it starts as
+    :class:`Snake1d` up to the epsilon).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.channels = channels
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+        self.beta = nn.Parameter(torch.ones(1, channels, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, T) -> (B, C, T), same dtype as ``x``."""
+        if x.dim() != 3 or x.shape[1] != self.channels:
+            raise ValueError(f"ModifiedSnake1d expects (batch, {self.channels}, time), got shape {tuple(x.shape)}")
+        return modified_snake(x, self.alpha, self.beta, self.gamma)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

@@ -22,6 +22,8 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         dropout: how many codebooks each training example uses (``None``: all of them).
         stage_hook: transforms the residual before each stage, in training and ``encode``
             alike (``None``: identity; MUFFIN: ``quantizers.mbs.BandLimit``).
+        search_dropout: training-only dropout in each codebook's nearest-neighbour search (see
+            ``EMACodebook``; MUFFIN: 0.1; default 0, EnCodec).
 
     With per-example counts, every codebook up to the largest count runs on the whole batch,
     and example b only adds (and trains) codebooks 0..n_q[b]-1; n_q[b] = 0 bypasses quantization
@@ -41,6 +43,7 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         threshold_ema_dead_code: float = 2.0,
         dropout: QuantizerDropout | None = None,
         stage_hook: StageHook | None = None,
+        search_dropout: float = 0.0,
     ):
         super().__init__()
         if n_q < 1:
@@ -51,7 +54,16 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         self.dropout = dropout if dropout is not None else QuantizerDropout()
         self.stage_hook = stage_hook
         self.layers = nn.ModuleList(
-            EMACodebook(dimension, codebook_size, decay, epsilon, kmeans_init, kmeans_iters, threshold_ema_dead_code)
+            EMACodebook(
+                dimension,
+                codebook_size,
+                decay,
+                epsilon,
+                kmeans_init,
+                kmeans_iters,
+                threshold_ema_dead_code,
+                search_dropout,
+            )
             for _ in range(n_q)
         )
 

@@ -66,6 +66,10 @@ class EMACodebook(nn.Module):
         threshold_ema_dead_code: entries whose EMA count (frames per rank per step, averaged
             over ranks) falls below this are replaced by random vectors of the current batch
             (0 disables replacement).
+        search_dropout: in training only, the nearest-neighbour search sees the input vectors
+            and the codebook through dropout with this probability (each element zeroed, the rest
+            scaled by 1 / (1 - p), independently for both); the EMA update and the returned
+            z_q use the undropped values. MUFFIN: 0.1. Default 0: plain search (EnCodec).
     """
 
     def __init__(
@@ -77,10 +81,14 @@ class EMACodebook(nn.Module):
         kmeans_init: bool = True,
         kmeans_iters: int = 50,
         threshold_ema_dead_code: float = 2.0,
+        search_dropout: float = 0.0,
     ):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
+        if not 0.0 <= search_dropout < 1.0:
+            raise ValueError(f"search_dropout must be in [0, 1), got {search_dropout}")
+        self.search_dropout = search_dropout
         if codebook_size < 2 or dimension < 1:
             raise ValueError(f"codebook_size must be >= 2 and dimension >= 1, got {codebook_size}, {dimension}")
         self.dimension = dimension
@@ -111,6 +119,12 @@ class EMACodebook(nn.Module):
         return F.embedding(codes, self.embed).transpose(1, 2)
 
     # -- training ------------------------------------------------------------------------
+    def _search(self, z: Tensor) -> Tensor:
+        """(B, D, T') -> codes (B, T'): nearest entries with dropout on both sides (MUFFIN)."""
+        b, d, t = z.shape
+        flat = F.dropout(z.transpose(1, 2).reshape(-1, d).float(), self.search_dropout)  # (B*T', D)
+        return nearest(flat, F.dropout(self.embed, self.search_dropout)).view(b, t)
+
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         """Quantize z (B, D, T'); ``mask`` (B,) bool marks the examples this codebook serves.
 
@@ -128,7 +142,7 @@ class EMACodebook(nn.Module):
         active = z.transpose(1, 2)[mask].reshape(-1, d)  # (B,D,T)->(N_active*T,D)
         if self.training and not bool(self.initialized):
             self._init_from(active)
-        codes = self.encode(z)
+        codes = self._search(z) if self.training and self.search_dropout > 0 else self.encode(z)
         z_q = self.decode(codes)  # a copy: the in-place update below does not reach it
         if self.training:
             self._ema_update(active, codes[mask].reshape(-1))

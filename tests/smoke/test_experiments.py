@@ -65,6 +65,14 @@ REAL_COUNTS = {
     "dac/44khz.yaml": (76_651_890, 42_519_760),
     "dac/24khz.yaml": (74_708_706, None),
     "dac/16khz.yaml": (74_175_906, None),
+    # SpectroStream 2D encoder + decoder (64 x 1024 EMA codebooks of 256-d are buffers: 16,777,216
+    # entries), 2D multi-scale STFT discriminator (sizes NOT FOUND in the paper: config values).
+    "spectrostream/48khz_stereo.yaml": (44_955_970, 3_660_965),
+    # MUFFIN encoder + decoder (EMA codebooks of 512-d are buffers), MPD + MSD + MS-STFT.
+    "muffin/75hz.yaml": (34_185_344 + 11_852_802, None),
+    "muffin/25hz.yaml": (34_379_904 + 12_047_362, None),
+    "muffin/12_5hz.yaml": (36_477_056 + 14_144_514, None),
+    "muffin/6_25hz.yaml": (36_741_248 + 14_408_706, None),
 }
 
 

@@ -1,0 +1,55 @@
+"""Global Response Normalization over channels for 1D features, as MUFFIN uses it.
+
+MUFFIN (official ``muffin/modules/utils.py``, adapted from ConvNeXt V2) applies GRN to
+(B, C, T) features with the roles of the axes as follows::
+
+    Gx = ||x||_2 over channels            (B, 1, T)
+    Nx = Gx / (mean_t Gx + 1e-8)          (B, 1, T)
+    y  = gamma * (x * Nx) + beta + x      (B, C, T)
+
+``gamma`` and ``beta`` are per-channel parameters (1, C, 1) initialised to zero, so the layer
+starts as the identity. (ConvNeXt V2's GRN takes the norm over the spatial axes and divides by
+its mean over channels; MUFFIN's 1D version swaps the two, as written above.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def grn(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-8) -> Tensor:
+    """GRN of ``x`` (B, C, T) with ``gamma``, ``beta`` broadcastable to it -> (B, C, T).
+
+    Computed in at least float32, returned in ``x``'s dtype.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(dtype)
+    gx = torch.linalg.vector_norm(xf, ord=2, dim=1, keepdim=True)  # (B, C, T) -> (B, 1, T)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)  # (B, 1, T)
+    return (gamma.to(dtype) * (xf * nx) + beta.to(dtype) + xf).to(x.dtype)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization (MUFFIN's 1D form): (B, C, T) -> (B, C, T).
+
+    ``gamma``, ``beta``: parameters of shape (1, C, 1), zero at init (identity at init).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.channels = channels
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, T) -> (B, C, T), same dtype as ``x``."""
+        if x.dim() != 3 or x.shape[1] != self.channels:
+            raise ValueError(f"GRN expects (batch, {self.channels}, time), got shape {tuple(x.shape)}")
+        return grn(x, self.gamma, self.beta, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
