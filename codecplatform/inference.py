@@ -42,7 +42,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,7 @@ from codecplatform.bitstream import (
 )
 from codecplatform.dsp.spectral import resample
 from codecplatform.models.base import AudioCodec
+from codecplatform.models.codec import Codec
 from codecplatform.nn.streaming import streams_exactly
 from codecplatform.types import EncodedAudio
 
@@ -251,11 +252,15 @@ def decode_file(
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
     subtype: str | None = "PCM_16",
     device: torch.device | str = "cpu",
+    codebooks: Sequence[int] | None = None,
 ) -> int:
     """Decode ``compressed`` (already checked against ``codec``) into the audio file ``out``,
     written block by block to a temporary file renamed at the end. Integer subtypes are clipped to
-    [-1, 1]; returns the number of clipped samples."""
+    [-1, 1]; returns the number of clipped samples. ``codebooks``: decode from these codebook
+    indices only (codebook ablation, :meth:`AudioCodec.decode`); default all in the file."""
     out = Path(out)
+    if codebooks is not None:
+        Codec.codebook_mask(codebooks, compressed.header.n_q)  # ValueError before anything is written
     header = compressed.header
     scale = None if header.scales is None else torch.from_numpy(header.scales).view(1, -1, 1)
     encoded = EncodedAudio(torch.from_numpy(compressed.codes)[None], scale, header.length)
@@ -271,7 +276,8 @@ def decode_file(
         with sf.SoundFile(
             str(tmp), "w", header.sample_rate, header.channels, subtype=subtype, format=audio_format
         ) as sink:
-            for block in decode_blocks(codec, encoded, chunk_frames, _context_frames(codec, context_seconds), device):
+            context = _context_frames(codec, context_seconds)
+            for block in codec.decode_chunked(encoded, chunk_frames, context, device, codebooks):
                 block = block.numpy().T  # (n, C)
                 if clip:
                     clipped += int(np.count_nonzero(np.abs(block) > 1.0))
@@ -324,6 +330,12 @@ def _decode_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="codec checkpoint (default: the path recorded in the file, if it exists)"
     )
     parser.add_argument("--subtype", default="PCM_16", help="soundfile subtype (PCM_16 default, PCM_24, FLOAT, ...)")
+    parser.add_argument(
+        "--codebooks",
+        default=None,
+        help="decode from these codebooks only, comma-separated 0-based indices (codebook ablation: "
+        "'0' = what the first codebook carries, '0,1' = the first two); default all in the file",
+    )
     _add_common(parser)
     return parser
 
@@ -355,6 +367,16 @@ def _load(checkpoint: str | Path, device: torch.device) -> tuple[AudioCodec, byt
     codec = AudioCodec.from_checkpoint(checkpoint, map_location="cpu")
     checksum = model_checksum(codec)  # on CPU: the same bytes whatever the device
     return codec.to(device).eval(), checksum
+
+
+def _codebook_list(text: str | None) -> list[int] | None:
+    """``--codebooks`` '0,2' -> [0, 2] (None: all); ValueError naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--codebooks must be comma-separated codebook indices such as 0,1, got {text!r}") from None
 
 
 def _fail(prog: str, message: object, status: int = FAILURE) -> int:
@@ -456,7 +478,10 @@ def decode_main(argv: list[str] | None = None) -> int:
     try:
         codec, checksum = _load(checkpoint, device)
         check_model(header, checksum, str(source), f"the checkpoint {checkpoint}", codec)
-        clipped = decode_file(codec, compressed, out, args.chunk_seconds, args.context_seconds, args.subtype, device)
+        codebooks = _codebook_list(args.codebooks)
+        clipped = decode_file(
+            codec, compressed, out, args.chunk_seconds, args.context_seconds, args.subtype, device, codebooks
+        )
     except (ValueError, RuntimeError) as error:  # BitstreamError is a ValueError
         return _fail(prog, error)
     seconds = time.perf_counter() - began

@@ -29,7 +29,12 @@ CODECS = {
     "encodec24_normalized": ("encodec/24khz_mono.yaml", "encodec.yaml", {"normalize": True, "bandwidths": None}),
     "encodec48": ("encodec/48khz_stereo.yaml", "encodec.yaml", {"segment_seconds": 0.1, "bandwidths": None}),
     "dac": ("dac/44khz.yaml", "dac.yaml", {}),
+    #   spectrostream: stereo 48 kHz, streams with a look-ahead (flushed with zeros at the end)
+    #   muffin: neither streams nor segments (non-causal convolutions): chunks with context
+    "spectrostream": ("spectrostream/48khz_stereo.yaml", "spectrostream.yaml", {}),
+    "muffin": ("muffin/75hz.yaml", "muffin.yaml", {}),
 }
+STREAMING = {"encodec24": "SEANet", "spectrostream": "SpectroStream"}
 
 
 def merge(a: dict, b: dict) -> dict:
@@ -49,7 +54,7 @@ def save_tiny_checkpoint(name: str, path: Path, seed: int = 0) -> Codec:
     torch.manual_seed(seed)
     codec = Codec.from_config(codec_config).train()
     with torch.no_grad():  # k-means initialization of EMA codebooks (else all codes would be 0)
-        codec(0.1 * torch.randn(2, codec.channels, codec.sample_rate // 10), n_q=codec.quantizer.n_q)
+        codec(0.1 * torch.randn(2, codec.channels, codec.sample_rate // 10), n_q=codec.n_q)
     codec.eval()
     state = {f"codec.{k}": v for k, v in codec.state_dict().items()}
     torch.save({"codec_config": codec_config, "state_dict": state}, path)
@@ -131,14 +136,19 @@ def test_chunked_coding_equals_whole_signal_coding(name: str, checkpoints, tmp_p
     codes, decoded = reference(codec, audio, compressed.header.n_q)
     out, _ = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
     # streaming of the file (the probes run in codecplatform.nn.streaming.streams_exactly)
-    stream = name.startswith("encodec24")
-    assert streamed == (["SEANetEncoder", "SEANetDecoder"] if stream else [])
+    family = STREAMING.get(name.removesuffix("_normalized"))
+    stream = family is not None
+    assert streamed == ([f"{family}Encoder", f"{family}Decoder"] if stream else [])
     if codec.normalize and codec.segment_length is None:  # the first pass finds the whole file's scale
         scale = float(np.sqrt(np.mean(audio.mean(axis=1, dtype=np.float64) ** 2)) + 1e-8)
         np.testing.assert_allclose(compressed.header.scales, [scale], rtol=1e-6)
     if stream:  # the last frame may differ (zero- vs reflection-completed)
         np.testing.assert_array_equal(compressed.codes[:, :-1], codes[:, :-1])
         np.testing.assert_allclose(out[: -4 * codec.hop_length], decoded[: -4 * codec.hop_length], atol=1e-5, rtol=0)
+    elif name == "muffin":  # GRN normalizes by a mean over the whole time axis: chunks see their own mean
+        assert np.mean(compressed.codes != codes) < 0.01
+        error = np.mean((out - decoded) ** 2) / np.mean(decoded**2)
+        assert error < 1e-2
     else:  # segments are independent / the context covers the receptive field: identical codes
         np.testing.assert_array_equal(compressed.codes, codes)
         np.testing.assert_allclose(out, decoded, atol=1e-5, rtol=0)
@@ -252,6 +262,28 @@ def test_bandwidth_picks_codebooks_and_size(checkpoints, tmp_path: Path, capsys)
     assert "bandwidth 60.0 kbps exceeds this codec's maximum of 48 kbps" in err
     assert "this model's bandwidths: 12, 24, 48 kbps" in err
     assert not (tmp_path / "x.cpc").exists()
+
+
+@pytest.mark.parametrize("name", ["encodec24", "muffin", "spectrostream"])
+def test_decode_a_subset_of_codebooks(name: str, checkpoints, tmp_path: Path, capsys) -> None:
+    """Codebook ablation from the command line equals ``Codec.decode(codebooks=...)``."""
+    codec = Codec.from_checkpoint(checkpoints[name])
+    audio = write_audio(tmp_path / "in.wav", codec.sample_rate, codec.channels, 0.3)
+    assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoints[name]) == 0
+    compressed = read_compressed(tmp_path / "a.cpc")
+    encoded = codec.encode(torch.from_numpy(audio.T.copy())[None], n_q=compressed.header.n_q)
+    for subset in ([0], [1], [0, 2]):
+        out = tmp_path / f"{subset}.wav"
+        flag = ",".join(map(str, subset))
+        assert run("decode", tmp_path / "a.cpc", out, "--subtype", "FLOAT", "--codebooks", flag) == 0
+        decoded, _ = sf.read(out, dtype="float32", always_2d=True)
+        np.testing.assert_allclose(decoded, codec.decode(encoded, codebooks=subset)[0].numpy().T, atol=1e-5, rtol=0)
+    capsys.readouterr()
+    for bad in ("7", "x"):
+        assert run("decode", tmp_path / "a.cpc", tmp_path / "bad.wav", "--codebooks", bad) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and ("--codebooks" in err or "out of range" in err)
+        assert not (tmp_path / "bad.wav").exists() and leftovers(tmp_path) == []
 
 
 def test_help(capsys) -> None:

@@ -288,12 +288,14 @@ class Codec(AudioCodec):
         n_frames = math.ceil(length / hop)
         probe = min(n_frames, self._PROBE_FRAMES)
         codes = []
-        if streams_exactly(self.encoder, torch.zeros(1, self.channels, probe * hop, device=device), probe):
+        flush = self.encoder_lookahead
+        zeros = torch.zeros(1, self.channels, probe * hop, device=device)
+        if streams_exactly(self.encoder, zeros, probe, flush):
             with streaming(self.encoder):
                 for start, stop in _chunks(length, chunk_samples):
                     x = prepare(load(start, stop))
-                    if stop == length:
-                        x = F.pad(x, (0, -length % hop))  # complete the last frame with zeros
+                    if stop == length:  # complete the last frame, then the look-ahead, with zeros
+                        x = F.pad(x, (0, -length % hop + flush))
                     z = self.encoder(x)
                     if z.shape[-1]:
                         codes.append(self.quantizer.encode(z, n_q).cpu())
@@ -332,10 +334,14 @@ class Codec(AudioCodec):
             return
         emitted = 0
         probe = torch.zeros(1, codes.shape[1], min(n_frames, self._PROBE_FRAMES), dtype=torch.long, device=device)
-        if streams_exactly(self.decoder, self.quantizer.decode(probe), probe.shape[-1] * hop):
+        flush = self.decoder_lookahead
+        if streams_exactly(self.decoder, self.quantizer.decode(probe), probe.shape[-1] * hop, flush):
             with streaming(self.decoder):
                 for f0, f1 in _chunks(n_frames, chunk_frames):
-                    y = synthesize(codes[..., f0:f1])[0]
+                    latent = self.quantizer.decode(codes[..., f0:f1].to(device), keep)  # (1, D, frames)
+                    if f1 == n_frames and flush:  # the decoder's look-ahead: zero latent frames
+                        latent = F.pad(latent, (0, flush))
+                    y = self.decoder(latent)[0]
                     y = y if scales is None else y * scales[0]
                     n = min(y.shape[-1], length - emitted)
                     emitted += n
@@ -384,6 +390,18 @@ class Codec(AudioCodec):
                 n = final - position
                 yield (out[:, :n] / weights[:n]).cpu()
                 out, weights, position = out[:, n:], weights[n:], final
+
+    @property
+    def encoder_lookahead(self) -> int:
+        """Samples of zeros a streaming encoder needs after the signal to give its last frames
+        (SpectroStream's reverse-causal STFT: ``stream_flush_samples``); 0 for most encoders."""
+        return int(getattr(self.encoder, "stream_flush_samples", 0))
+
+    @property
+    def decoder_lookahead(self) -> int:
+        """Zero latent frames a streaming decoder needs after the codes to give its last samples
+        (SpectroStream: ``stream_flush_frames`` = 1 embedding); 0 for most decoders."""
+        return int(getattr(self.decoder, "stream_flush_frames", 0))
 
     def bitstream_layout(self) -> dict[str, Any]:
         return {

@@ -97,12 +97,14 @@ def run_in_chunks(module: nn.Module, x: Tensor, chunk_sizes: Sequence[int]) -> T
     return torch.cat(outputs, dim=-1)
 
 
-def streams_exactly(module: nn.Module, probe: Tensor, expected: int) -> bool:
+def streams_exactly(module: nn.Module, probe: Tensor, expected: int, flush: int = 0) -> bool:
     """True when every StreamingModule inside ``module`` can stream (there is at least one) and
-    streaming ``probe`` (B, C, T) in two halves yields ``expected`` outputs along time, i.e. the
-    stream holds nothing back at its end (a causal decoder with ``trim_right_ratio < 1`` would; a
-    reflect-padded convolution waits for ``kernel_size`` inputs before its first output, so the
-    probe must be at least that long)."""
+    streaming ``probe`` (B, C, T) in two halves, then ``flush`` zeros along time (a module with a
+    declared look-ahead, e.g. SpectroStream's ``stream_flush_samples``), yields ``expected``
+    outputs along time, i.e. the stream holds nothing back at its end beyond its declared
+    look-ahead (a causal decoder with ``trim_right_ratio < 1`` would; a reflect-padded convolution
+    waits for ``kernel_size`` inputs before its first output, so the probe must be at least that
+    long)."""
     parts = [m for m in module.modules() if isinstance(m, StreamingModule)]
     if not parts:
         return False
@@ -112,6 +114,9 @@ def streams_exactly(module: nn.Module, probe: Tensor, expected: int) -> bool:
     except RuntimeError:
         return False
     half = probe.shape[-1] // 2
+    tail = probe.new_zeros(*probe.shape[:-1], flush)
     with torch.no_grad(), streaming(module):
-        out = torch.cat([module(probe[..., :half]), module(probe[..., half:])], dim=-1)
-    return out.shape[-1] == expected
+        outputs = [module(probe[..., :half]), module(probe[..., half:])]
+        if flush:
+            outputs.append(module(tail))
+    return torch.cat(outputs, dim=-1).shape[-1] == expected
