@@ -8,7 +8,8 @@ every evaluated bitrate, both in the same run.
         [--out outputs/benchmarks/short_run_quality.json] [-- --KEY=VALUE ...]
 
 For each family (``SMALL_CONFIGS``: EnCodec ``experiments/quickstart.yaml``, DAC
-``experiments/dac/small.yaml``; a new family adds its small config there):
+``experiments/dac/small.yaml``, MUFFIN ``experiments/muffin/small.yaml``, SpectroStream
+``experiments/spectrostream/small.yaml`` (24 kHz stereo); a new family adds its small config there):
 
 1. manifests: ``--data_dir`` (any folder of recordings, searched recursively) is prepared with
    ``codecplatform prepare``'s function at the config's sample rate and channel count, into
@@ -61,6 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_CONFIGS: dict[str, Path] = {
     "encodec": REPO / "experiments" / "quickstart.yaml",
     "dac": REPO / "experiments" / "dac" / "small.yaml",
+    "muffin": REPO / "experiments" / "muffin" / "small.yaml",
+    "spectrostream": REPO / "experiments" / "spectrostream" / "small.yaml",
 }
 METRICS = ("mel_distance", "stft_distance", "si_sdr", "codebook_perplexity", "codebook_efficiency")
 HIGHER_IS_BETTER = {"si_sdr", "codebook_perplexity", "codebook_efficiency"}

@@ -44,9 +44,9 @@ def test_short_run_quality_tables(in_tmp_dir, capsys):
     )
     assert json.loads(out.read_text()) == results
     assert not any((audio / name).exists() for name in ("manifests", "cuts_train.jsonl.gz"))  # data left alone
-    assert set(results["families"]) == {"encodec", "dac"}
+    assert set(results["families"]) == {"encodec", "dac", "muffin", "spectrostream"}
     for family, result in results["families"].items():
-        assert (result["sample_rate"], result["channels"]) == (24000, 1)
+        assert (result["sample_rate"], result["channels"]) == (24000, 2 if family == "spectrostream" else 1)
         assert result["batches"] == 2
         assert result["checkpoint"]["kind"] == "best" and Path(result["checkpoint"]["path"]).is_file()
         assert result["mlflow"]["tracking_uri"] == f"sqlite:///{in_tmp_dir / 'work' / 'mlflow.db'}"
@@ -58,11 +58,15 @@ def test_short_run_quality_tables(in_tmp_dir, capsys):
                 assert len(values) == len(table["columns"]) and all(math.isfinite(v) for v in values)
         assert result["untrained"]["batches"] == 0
         assert result["trained"]["batches"] == result["checkpoint"]["batch"] >= 1
-    # the small DAC's discriminator trains from batch 0; the quickstart's joins after 100 batches
-    assert set(results["families"]["dac"]["discriminator_last_batch"]) >= {"loss", "real_score", "fake_score"}
+    # the small DAC's, MUFFIN's and SpectroStream's discriminators train from batch 0; the quickstart's
+    # joins after 100 batches
+    for family in ("dac", "muffin", "spectrostream"):
+        assert set(results["families"][family]["discriminator_last_batch"]) >= {"loss", "real_score", "fake_score"}
     assert results["families"]["encodec"]["discriminator_last_batch"] == {}
     printed = capsys.readouterr().out
     assert "encodec (experiments/quickstart.yaml)" in printed and "dac (experiments/dac/small.yaml)" in printed
+    assert "muffin (experiments/muffin/small.yaml)" in printed
+    assert "spectrostream (experiments/spectrostream/small.yaml)" in printed
     assert "codebook_efficiency" in printed and "discriminator, last batch: loss" in printed
 
 
