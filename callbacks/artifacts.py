@@ -77,11 +77,11 @@ def batch_audio(batch: Any, key: str = "audio") -> Tensor:
 
 
 def module_codec(pl_module: LightningModule, callback: str) -> Any:
-    """``pl_module.codec`` (a ``codecplatform.models.codec.Codec``), or a clear error."""
+    """``pl_module.codec`` (a ``codecplatform.models.base.AudioCodec``), or a clear error."""
     codec = getattr(pl_module, "codec", None)
     if codec is None:
         raise AttributeError(
-            f"{callback} needs the LightningModule to have a `codec` attribute (a Codec); "
+            f"{callback} needs the LightningModule to have a `codec` attribute (an AudioCodec); "
             f"{type(pl_module).__name__} has none"
         )
     return codec

@@ -12,11 +12,13 @@ from torch import Tensor
 
 from callbacks.artifacts import artifact_folder, batch_audio, batches_seen, module_codec, validation_folder
 from codecplatform.dsp.spectral import mel_filterbank, stft
+from codecplatform.models.base import AudioCodec
 
 
 class AudioReconstructionLogger(Callback):
     """Every ``every_n_validations``-th validation (sanity checks not counted), reconstructs the
-    same ``num_examples`` validation examples with all codebooks and logs, per example ``i``:
+    same ``num_examples`` validation examples with all codebooks (``codec.encode`` then
+    ``codec.decode``, the inference path) and logs, per example ``i``:
 
     - ``audio/val_<batches>/example_<i>_original.wav`` and ``..._reconstruction.wav`` (float,
       the codec's sample rate, all channels);
@@ -116,15 +118,19 @@ class AudioReconstructionLogger(Callback):
 
     # -- work -------------------------------------------------------------------------------
     @torch.no_grad()
-    def reconstruct(self, codec: torch.nn.Module) -> list[Tensor]:
-        """Each example (C, T) through the codec in eval mode, all codebooks -> (C, T) float32 CPU."""
+    def reconstruct(self, codec: AudioCodec) -> list[Tensor]:
+        """Each example (C, T) encoded and decoded by the codec (the inference path of the codec
+        interface) in eval mode, all codebooks -> (C, T) float32 CPU."""
         param = next(codec.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         was_training = codec.training
         codec.eval()
         try:
-            out = [codec(x[None].to(device=device, dtype=dtype)).x_hat[0].float().cpu() for x in self.examples]
+            out = [
+                codec.decode(codec.encode(x[None].to(device=device, dtype=dtype), n_q=codec.n_q))[0].float().cpu()
+                for x in self.examples
+            ]
         finally:
             codec.train(was_training)
         return out

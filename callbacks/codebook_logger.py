@@ -42,7 +42,8 @@ class CodebookUsageLogger(Callback):
                         "perplexity": float, "dead_codes": int, "utilization": float}, ...]}
 
     to the MLflow run (or ``<trainer.log_dir>/artifacts/`` without MLflow; see ``callbacks.artifacts``).
-    Works with any LightningModule that has a ``codec`` attribute (a ``Codec``).
+    Works with any LightningModule that has a ``codec`` attribute (an ``AudioCodec``: only
+    ``codebook_sizes``, ``n_q`` and ``encode`` are used).
 
     Args:
         every_n_validations: write the heatmap and the counts at validations N, 2N, ...
@@ -71,11 +72,12 @@ class CodebookUsageLogger(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        quantizer = module_codec(pl_module, "CodebookUsageLogger").quantizer
-        self.sizes = [int(size) for size in quantizer.codebook_sizes]
-        self.usage = CodebookUsage(int(quantizer.n_q), max(self.sizes), sync_on_compute=True).to(pl_module.device)
+        codec = module_codec(pl_module, "CodebookUsageLogger")
+        self.sizes = [int(size) for size in codec.codebook_sizes]
+        n_q = len(self.sizes)
+        self.usage = CodebookUsage(n_q, max(self.sizes), sync_on_compute=True).to(pl_module.device)
         # Zero frames: compute() is then defined (and joins the all-reduce) on a rank without batches.
-        self.usage.update(torch.zeros(0, int(quantizer.n_q), 0, dtype=torch.long, device=pl_module.device))
+        self.usage.update(torch.zeros(0, n_q, 0, dtype=torch.long, device=pl_module.device))
 
     def on_validation_batch_end(
         self,
@@ -97,7 +99,7 @@ class CodebookUsageLogger(Callback):
             param = next(codec.parameters(), None)
             if param is not None and param.is_floating_point():
                 x = x.to(dtype=param.dtype)
-            codes = codec.encode(x, n_q=codec.quantizer.n_q).codes
+            codes = codec.encode(x, n_q=codec.n_q).codes
         self.usage.update(codes)  # (B, K, T')
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -43,8 +43,9 @@ def absolute_sqlite_uri(uri: str | None) -> str | None:
 
 class MLflowSaveConfigCallback(SaveConfigCallback):
     """Stores the fully resolved config in the MLflow run (artifact ``config/<stage>.yaml``) and tags
-    the run with the codec's parts, sample rate, channels and maximum bitrate (the ``family`` tag
-    comes from the experiment's logger config). Runs on rank 0 only.
+    the run with :func:`run_tags`: the stage, the module's class and the codec's ``describe()``
+    (family, sample rate, channels, frame rate, maximum bitrate, parts). A tag the logger was
+    configured with (the experiment's ``family``) is not overwritten. Runs on rank 0 only.
     """
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -55,19 +56,17 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
                 continue
             client, run_id = logger.experiment, logger.run_id
             client.log_text(run_id, config, f"config/{stage}.yaml")
+            configured = logger.tags or {}
             for key, value in run_tags(pl_module, stage).items():
-                client.set_tag(run_id, key, value)
+                if key not in configured:
+                    client.set_tag(run_id, key, value)
 
 
 def run_tags(pl_module: LightningModule, stage: str) -> dict[str, str]:
+    """``stage``, ``module`` (the LightningModule's class) and, when the module has a ``codec`` (an
+    ``AudioCodec``), the codec's ``describe()``."""
     tags = {"stage": stage, "module": type(pl_module).__name__}
     codec = getattr(pl_module, "codec", None)
     if codec is not None:
-        tags.update(
-            encoder=type(codec.encoder).__name__,
-            quantizer=type(codec.quantizer).__name__,
-            sample_rate=str(codec.sample_rate),
-            channels=str(codec.channels),
-            max_kbps=f"{codec.bitrate(codec.quantizer.n_q):g}",
-        )
+        tags.update({key: str(value) for key, value in codec.describe().items() if key not in tags})
     return tags

@@ -1,48 +1,31 @@
-"""GANCodecModule: adversarial codec training with manual optimization.
+"""GANCodecModule: adversarial codec training, wiring a Codec to the GAN step and the evaluation.
 
-One training batch:
-  1. codec forward (codebook counts drawn with a generator seeded from the batch index);
-  2. discriminator step on ``x_hat.detach()`` when the schedule says so;
-  3. generator step: reconstruction losses, adversarial and feature-matching losses against the
-     just-updated discriminator, quantizer losses; weighted by ``loss_weights`` or balanced;
-  4. both schedulers step once; the module's own batch counter advances.
+The parts (see their modules):
+  ``codecplatform.lightning.gan_step.GANStep`` (attribute ``gan``): the discriminators, losses,
+    balancer, schedule, batch counter and skip counters, and the manual-optimization G/D step;
+  ``codecplatform.lightning.evaluation.BitrateEvaluator`` (attribute ``evaluation``): validation and
+    test at every bitrate, their log keys and the MLflow tables;
+  ``codecplatform.lightning.ema``: the generator EMA.
 
-Gradient clipping and the non-finite check run in ``on_before_optimizer_step``: Lightning calls
-it inside ``optimizer.step()`` after AMP unscaling, so the norm is the true one under 16-mixed.
-A step whose gradient norm is not finite is skipped (gradients dropped, counted in
-``skipped_steps``). ``trainer.global_step`` counts optimizer steps (up to two per batch); use
-``max_batches`` to stop after a number of batches.
+One training batch: the codec forward (codebook counts drawn with a generator seeded from the batch
+index), then ``GANStep.step`` (discriminator step on ``x_hat.detach()`` when the schedule says so,
+generator step with the reconstruction, adversarial, feature-matching and quantizer losses, both
+schedulers step, the batch counter advances). The module adds ``train/n_q`` and
+``train/codebook/perplexity/<k>`` to the step's logs. ``trainer.global_step`` counts optimizer steps
+(up to two per batch); use ``max_batches`` to stop after a number of batches.
 
-Evaluation (validation and test) at every bitrate:
-  Each evaluation batch is encoded once with all codebooks (``Codec.encode``, the inference path) and
-  decoded once per evaluated codebook count from the first ``n_q`` codebooks of those codes (residual
-  quantizers: the first codes do not depend on how many follow). Evaluated counts: those of
-  ``eval_bandwidths`` (default: the codec's ``n_q_choices``, or 1..n_q without bandwidths), always
-  including the full count. Validation uses the ``metrics`` (cheap ones; default mel distance, STFT
-  distance, SI-SDR) at every evaluated count, or only at the full count with
-  ``per_bitrate_validation=False``; test adds ``test_metrics`` (expensive ones: ViSQOL, PESQ, STOI).
-  Codebook statistics (``CodebookUsage``) come from the same codes.
+Evaluation (validation and test): ``BitrateEvaluator`` encodes each batch once and decodes it at every
+evaluated bitrate (``<stage>/<kbps>kbps/<metric>``, ``<stage>/<metric>`` for the full bitrate, codebook
+rows, ``tables/<stage>_per_bitrate.{json,md}``); the module adds the reconstruction losses at the full
+bitrate, ``<stage>/g/<loss>``.
 
-  Log keys (valid MLflow metric keys):
-    ``<stage>/<name>``            the full bitrate (all codebooks), e.g. ``val/mel_distance``, ``test/si_sdr``;
-    ``<stage>/<kbps>kbps/<name>`` one bitrate, kbps = ``Codec.bitrate(n_q)`` rounded to 3 decimals with
-                                  trailing zeros dropped, e.g. ``test/6kbps/mel_distance``,
-                                  ``test/1.5kbps/codebook_efficiency``, ``val/0.861kbps/si_sdr``;
-    ``<stage>/g/<loss>``          the reconstruction losses at the full bitrate.
-  Codebook rows: ``codebook_entropy`` (bits per frame, summed over the used codebooks),
-  ``codebook_efficiency`` (that sum / the bits allotted, DAC's bitrate efficiency),
-  ``codebook_perplexity`` (mean over the used codebooks), ``codebook_min_perplexity`` (the least used
-  codebook's: a collapsed codebook shows here, not in the mean), ``codebook_dead_codes`` (entries never
-  used, summed).
-
-  At the end of each evaluation epoch every rank computes the metrics (same collectives everywhere); rank
-  zero builds the table metrics x bitrate, writes it to every MLflow logger of the trainer as the
-  artifacts ``tables/<stage>_per_bitrate.json`` and ``.md`` (overwritten at each validation; the history
-  is in the metrics), and prints it for ``test`` and ``validate`` runs (not during ``fit``).
+Checkpoint keys are those of a flat module: the GAN step's state is stored without its ``gan.``
+prefix (``discriminator.*``, ``balancer.*``, ``batch_counter``, ``skipped_steps``), beside ``codec.*``
+and, with generator EMA, ``codec_ema.*`` and ``ema_updates``.
 
 Discriminator per bandwidth (``discriminator_per_bandwidth``, EnCodec section 3.4): one copy of the
-discriminator set per codebook count the codec trains with (``codec.n_q_choices``, state keys
-``discriminator.nq<k>.*``). The batch's count (one per batch: ``PerBatchChoice``, drawn from the
+discriminator set per codebook count the codec trains with (the counts of its operating points; state
+keys ``discriminator.nq<k>.*``). The batch's count (one per batch: ``PerBatchChoice``, drawn from the
 batch index, so every DDP rank picks the same copy) selects the copy that is stepped and that gives
 the generator its adversarial and feature losses; logged as ``train/d/bandwidth`` (kbps) and
 ``train/d/n_q``. One discriminator optimizer holds every copy: the copies not used in a batch have
@@ -59,7 +42,6 @@ present (``weights="raw"`` for the others).
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from typing import Any
 
@@ -67,30 +49,21 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
 from codecplatform.lightning.ema import GeneratorEMA, copy_weights_, ema_weight, swap_weights_, update_ema_
-from codecplatform.lightning.health import (
-    codebook_perplexities,
-    decision_threshold,
-    discriminator_scores,
-    equilibrium_loss,
-)
+from codecplatform.lightning.evaluation import BitrateEvaluator, format_table
+from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
+from codecplatform.lightning.health import codebook_perplexities
 from codecplatform.lightning.schedule import DiscriminatorSchedule, uniform_from
-from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, HingeGANLoss, RelativeFeatureMatchingLoss
+from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss
 from codecplatform.losses.balancer import Balancer
-from codecplatform.metrics.codebook import CodebookUsage, codebook_statistics
-from codecplatform.metrics.reconstruction import SISDR, MelDistance, STFTDistance
 from codecplatform.models.codec import Codec
-from codecplatform.types import EncodedAudio
 
-ADVERSARIAL = "adv"
-FEATURE_MATCHING = "feat"
-GENERATOR, DISCRIMINATOR = 0, 1
+GAN_PREFIX = "gan."
 
 
 class GANCodecModule(LightningModule):
@@ -185,51 +158,33 @@ class GANCodecModule(LightningModule):
         ]
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
 
-        unknown_losses = set(reconstruction_losses) & {ADVERSARIAL, FEATURE_MATCHING}
-        if unknown_losses:
-            raise ValueError(f"reconstruction_losses may not be named {sorted(unknown_losses)}: reserved names")
-        missing = [name for name in [*reconstruction_losses, ADVERSARIAL, FEATURE_MATCHING] if name not in loss_weights]
-        if missing:
-            raise ValueError(f"loss_weights has no weight for {missing}; give one for every loss (0 to disable)")
-        negative = {k: v for k, v in loss_weights.items() if v < 0}
-        if negative:
-            raise ValueError(f"loss_weights must be >= 0, got {negative}")
-        for name, clip in (
-            ("generator_grad_clip", generator_grad_clip),
-            ("discriminator_grad_clip", discriminator_grad_clip),
-        ):
-            if clip is not None and clip <= 0:
-                raise ValueError(f"{name} must be > 0 or null, got {clip}")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
-
         self.codec = codec
         self.discriminator_per_bandwidth = discriminator_per_bandwidth
-        self.discriminator: MultiDiscriminator | nn.ModuleDict
+        copies = None
         if discriminator_per_bandwidth:
-            if not codec.n_q_choices:
+            if not codec.bandwidths:
                 raise ValueError(
                     "discriminator_per_bandwidth needs the codec's bandwidths (codec.init_args.bandwidths): "
                     "one discriminator set is built per bandwidth"
                 )
-            self.discriminator = nn.ModuleDict(
-                {f"nq{k}": MultiDiscriminator(copy.deepcopy(discriminators)) for k in codec.n_q_choices}
-            )
-        else:
-            self.discriminator = MultiDiscriminator(discriminators)
-        self.reconstruction_losses = nn.ModuleDict(reconstruction_losses)
-        self.loss_weights = dict(loss_weights)
-        self.gan_loss = gan_loss or HingeGANLoss()
-        self._decision_threshold = decision_threshold(self.gan_loss)  # hinge 0, LS 0.5: train/d/accuracy
-        self.feature_loss = feature_loss or RelativeFeatureMatchingLoss()
-        self.balancer = balancer
-        self.generator_optimizer = generator_optimizer
-        self.discriminator_optimizer = discriminator_optimizer
-        self.generator_scheduler = generator_scheduler
-        self.discriminator_scheduler = discriminator_scheduler
-        self.discriminator_schedule = discriminator_schedule or DiscriminatorSchedule()
-        self.grad_clip = (generator_grad_clip, discriminator_grad_clip)
-        self.max_batches = max_batches
+            copies = [f"nq{k}" for k in sorted(set(codec.operating_points().values()))]
+        self.gan = GANStep(
+            discriminators,
+            reconstruction_losses,
+            loss_weights,
+            gan_loss=gan_loss,
+            feature_loss=feature_loss,
+            balancer=balancer,
+            generator_optimizer=generator_optimizer,
+            discriminator_optimizer=discriminator_optimizer,
+            generator_scheduler=generator_scheduler,
+            discriminator_scheduler=discriminator_scheduler,
+            discriminator_schedule=discriminator_schedule,
+            generator_grad_clip=generator_grad_clip,
+            discriminator_grad_clip=discriminator_grad_clip,
+            max_batches=max_batches,
+            discriminator_copies=copies,
+        )
         self.seed = seed
         self.init_codec_from = init_codec_from
         if isinstance(generator_ema, dict):
@@ -241,64 +196,64 @@ class GANCodecModule(LightningModule):
         if generator_ema is not None:
             self.codec_ema = copy.deepcopy(codec).requires_grad_(False)  # in no optimizer; DDP skips it
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.evaluation = BitrateEvaluator(codec, metrics, test_metrics, eval_bandwidths, per_bitrate_validation)
+        # checkpoint keys of the GAN step's state without "gan." (those of the module before the split)
+        self.register_state_dict_post_hook(_flatten_gan_keys)
+        self.register_load_state_dict_pre_hook(_nest_gan_keys)
 
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
-        self.register_buffer("skipped_steps", torch.zeros(2, dtype=torch.long))  # generator, discriminator
-        self._grad_norms = [torch.tensor(0.0), torch.tensor(0.0)]
-        self._init_evaluation(metrics, test_metrics, eval_bandwidths, per_bitrate_validation)
+    # -- the parts' state under the names it always had -------------------------------------------
+    @property
+    def discriminator(self) -> MultiDiscriminator | nn.ModuleDict:
+        """The discriminator set, or with ``discriminator_per_bandwidth`` its copies ``nq<k>``."""
+        return self.gan.discriminator
 
-    def _init_evaluation(
-        self,
-        metrics: dict[str, Metric] | None,
-        test_metrics: dict[str, Metric] | None,
-        eval_bandwidths: list[float] | None,
-        per_bitrate_validation: bool,
-    ) -> None:
-        """Per stage and evaluated codebook count, deep copies of the metrics; per stage a CodebookUsage."""
-        codec = self.codec
-        if metrics is None:
-            metrics = {
-                "mel_distance": MelDistance(codec.sample_rate),
-                "stft_distance": STFTDistance(),
-                "si_sdr": SISDR(),
-            }
-        test_metrics = test_metrics or {}
-        for field, given in (("metrics", metrics), ("test_metrics", test_metrics)):
-            for name, metric in given.items():
-                if not isinstance(metric, Metric):
-                    raise TypeError(f"{field}.{name} must be a torchmetrics Metric, got {type(metric).__name__}")
-                if not name or any(not (c.isalnum() or c in "_-") for c in name):
-                    raise ValueError(f"{field}: metric name {name!r} must be letters, digits, '_' or '-'")
-        clash = sorted(set(metrics) & set(test_metrics))
-        if clash:
-            raise ValueError(f"test_metrics repeats names of metrics: {clash}; give each metric once")
-        full = codec.quantizer.n_q
-        if eval_bandwidths is not None:
-            if not eval_bandwidths:
-                raise ValueError("eval_bandwidths: give at least one bandwidth in kbps, or null for the codec's own")
-            chosen = {codec.n_q_for_bandwidth(bw) for bw in eval_bandwidths}
-        else:
-            chosen = set(codec.n_q_choices or range(1, full + 1))
-        self.eval_n_q = {"test": sorted(chosen | {full})}
-        self.eval_n_q["val"] = self.eval_n_q["test"] if per_bitrate_validation else [full]
-        self.bitrate_labels = {k: f"{round(codec.bitrate(k), 3):g}kbps" for k in self.eval_n_q["test"]}
-        if len(set(self.bitrate_labels.values())) != len(self.bitrate_labels):
-            raise ValueError(f"evaluated bitrates share a label: {self.bitrate_labels}")
-        per_stage = {"val": metrics, "test": {**metrics, **test_metrics}}
-        self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        f"nq{k}": nn.ModuleDict({name: copy.deepcopy(m) for name, m in per_stage[stage].items()})
-                        for k in self.eval_n_q[stage]
-                    }
-                )
-                for stage in ("val", "test")
-            }
-        )
-        self.codebook_usage = nn.ModuleDict(
-            {stage: CodebookUsage(full, max(codec.quantizer.codebook_sizes)) for stage in ("val", "test")}
-        )
+    @property
+    def balancer(self) -> Balancer | None:
+        return self.gan.balancer
+
+    @property
+    def batch_counter(self) -> Tensor:
+        """Training batches done (the schedules' clock; restored from checkpoints)."""
+        return self.gan.batch_counter
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """(2,) generator and discriminator steps skipped for a non-finite gradient norm."""
+        return self.gan.skipped_steps
+
+    @property
+    def _grad_norms(self) -> list[Tensor]:
+        return self.gan.grad_norms
+
+    @property
+    def max_batches(self) -> int | None:
+        """Training stops after this many batches (None: the trainer decides); may be changed."""
+        return self.gan.max_batches
+
+    @max_batches.setter
+    def max_batches(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"max_batches must be >= 1 or null, got {value}")
+        self.gan.max_batches = value
+
+    @property
+    def eval_n_q(self) -> dict[str, list[int]]:
+        """Stage -> evaluated codebook counts."""
+        return self.evaluation.eval_n_q
+
+    @property
+    def bitrate_labels(self) -> dict[int, str]:
+        """Codebook count -> bitrate label (``"6kbps"``)."""
+        return self.evaluation.bitrate_labels
+
+    @property
+    def eval_metrics(self) -> nn.ModuleDict:
+        """``eval_metrics[stage][f"nq{k}"][name]``."""
+        return self.evaluation.metrics
+
+    @property
+    def codebook_usage(self) -> nn.ModuleDict:
+        return self.evaluation.codebook_usage
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -331,21 +286,15 @@ class GANCodecModule(LightningModule):
         self.codec.load_state_dict(state, strict=True)
 
     def configure_optimizers(self) -> Any:
-        default = lambda params: torch.optim.Adam(params, lr=3e-4, betas=(0.5, 0.9))  # noqa: E731
-        g_opt = (self.generator_optimizer or default)(self.codec.parameters())
-        d_opt = (self.discriminator_optimizer or default)(self.discriminator.parameters())
-        schedulers = []
-        for factory, opt in ((self.generator_scheduler, g_opt), (self.discriminator_scheduler, d_opt)):
-            if factory is not None:
-                schedulers.append({"scheduler": factory(opt), "interval": "step"})
-        return [g_opt, d_opt], schedulers
+        return self.gan.configure_optimizers(self.codec.parameters())
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
-        """One G/D step (see the module docstring). Returns the values it logged (step tensors, no
-        host sync) so callbacks see exactly this batch's (``TrainingHealthMonitor``)."""
+        """The codec forward, then one G/D step (see the module docstring). Returns the values it
+        logged (step tensors, no host sync) so callbacks see exactly this batch's
+        (``TrainingHealthMonitor``)."""
         x = batch
-        if self._any_rank_empty(x):
+        if any_rank_empty(self, x):
             warnings.warn(
                 f"skipping batch {int(self.batch_counter)} on every rank: a rank's batch was empty "
                 "(all its files were bad)",
@@ -353,225 +302,63 @@ class GANCodecModule(LightningModule):
             )
             return
         step = int(self.batch_counter)
-        g_opt, d_opt = self.optimizers()
         generator = torch.Generator().manual_seed(int(uniform_from(self.seed, step, "quantizer") * 2**62))
         out = self.codec(x, generator=generator)
-        x_hat = out.x_hat.float()
         logs: dict[str, Tensor] = {}
-        discriminator = self._batch_discriminator(out.quantized.n_q, logs)
-
-        if self.discriminator_schedule.should_update(step):
-            with self.toggled_optimizer(d_opt):
-                real = discriminator(x)
-                fake = discriminator(x_hat.detach())
-                d_loss, per_disc = self.gan_loss.discriminator_loss(real.logits, fake.logits)
-                d_opt.zero_grad(set_to_none=True)  # other bandwidths' copies keep grad None: Adam skips them
-                self.manual_backward(d_loss)
-                d_opt.step()
-            logs["train/d/loss"] = d_loss.detach()
-            logs.update({f"train/d/{name}": v.detach() for name, v in zip(real.names, per_disc)})
-            logs["train/d/grad_norm"] = self._grad_norms[DISCRIMINATOR]
-            scores = discriminator_scores(real.logits, fake.logits, self._decision_threshold)
-            logs.update({f"train/d/{name}": value for name, value in scores.items()})
-            equilibrium = equilibrium_loss(self.gan_loss, len(real.logits), self._decision_threshold)  # host math
-            logs["train/d/equilibrium_loss"] = torch.tensor(equilibrium)  # d loss of a D that cannot tell
-
-        with self.toggled_optimizer(g_opt):
-            losses = {name: loss(x, x_hat) for name, loss in self.reconstruction_losses.items()}
-            if self.discriminator_schedule.is_active(step):
-                with torch.no_grad():
-                    real = discriminator(x)
-                fake = discriminator(x_hat)
-                losses[ADVERSARIAL] = self.gan_loss.generator_loss(fake.logits)
-                losses[FEATURE_MATCHING] = self.feature_loss(real.features, fake.features)
-            quantizer_losses = out.quantized.losses
-            self._check_weights(quantizer_losses)
-            total = sum(self.loss_weights[name] * value for name, value in quantizer_losses.items())
-            if self.balancer is not None:
-                balanced = {name: value for name, value in losses.items() if self.loss_weights[name] > 0}
-                surrogate, shares = self.balancer.surrogate_loss(balanced, self.loss_weights, x_hat)
-                total = total + surrogate
-                logs.update({f"train/balancer/{name}": share for name, share in shares.items()})
-            else:
-                total = total + sum(self.loss_weights[name] * value for name, value in losses.items())
-            g_opt.zero_grad()
-            self.manual_backward(total)
-            g_opt.step()
-
-        for config in self.trainer.lr_scheduler_configs:
-            config.scheduler.step()
-        self.batch_counter += 1
-
-        logs.update({f"train/g/{name}": value.detach() for name, value in {**losses, **quantizer_losses}.items()})
-        logs["train/g/grad_norm"] = self._grad_norms[GENERATOR]
+        key = self._discriminator_key(out.quantized.n_q, logs)
+        logs.update(self.gan.step(self, x, GeneratorOutput(out.x_hat, out.quantized.losses), key))
         logs["train/n_q"] = out.quantized.n_q.float().mean()
         # the codebooks the batch ran (codes: (B, max n_q, T')), each over the examples that used it
-        sizes = self.codec.quantizer.codebook_sizes
-        perplexity = codebook_perplexities(out.quantized.codes, out.quantized.n_q, max(sizes))
+        perplexity = codebook_perplexities(out.quantized.codes, out.quantized.n_q, max(self.codec.codebook_sizes))
         logs.update({f"train/codebook/perplexity/{k}": p for k, p in enumerate(perplexity)})
-        logs["train/lr/generator"] = torch.tensor(g_opt.param_groups[0]["lr"])
-        logs["train/lr/discriminator"] = torch.tensor(d_opt.param_groups[0]["lr"])
-        logs["train/skipped_steps/generator"] = self.skipped_steps[GENERATOR].float()
-        logs["train/skipped_steps/discriminator"] = self.skipped_steps[DISCRIMINATOR].float()
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        self.log(
-            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0]
-        )
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
+        self.gan.log(self, logs, batch_size=x.shape[0])
         return logs
 
-    def _batch_discriminator(self, n_q: Tensor, logs: dict[str, Tensor]) -> MultiDiscriminator:
-        """The discriminator set of this batch: the only one, or with ``discriminator_per_bandwidth``
-        the copy of the batch's codebook count ``n_q`` (B,), which must be the same for the whole
-        batch; logs that count and its bandwidth. The count comes from a generator seeded by the
-        batch index: every DDP rank picks the same copy."""
-        if not isinstance(self.discriminator, nn.ModuleDict):
-            return self.discriminator
+    def _discriminator_key(self, n_q: Tensor, logs: dict[str, Tensor]) -> str | None:
+        """The discriminator copy of this batch: None (the only set), or with
+        ``discriminator_per_bandwidth`` ``nq<k>`` for the batch's codebook count ``n_q`` (B,), which
+        must be the same for the whole batch; logs that count and its bandwidth. The count comes from
+        a generator seeded by the batch index: every DDP rank picks the same copy."""
+        if not self.discriminator_per_bandwidth:
+            return None
         low, high = torch.aminmax(n_q.detach())
         low, high = int(low), int(high)
         if low != high or f"nq{low}" not in self.discriminator:
+            counts = [int(key[2:]) for key in self.discriminator]
             raise ValueError(
-                f"discriminator_per_bandwidth needs one codebook count per batch among {self.codec.n_q_choices} "
+                f"discriminator_per_bandwidth needs one codebook count per batch among {counts} "
                 f"(quantizer dropout: PerBatchChoice); this batch uses {low}..{high}"
             )
         logs["train/d/n_q"] = torch.tensor(float(low))
         logs["train/d/bandwidth"] = torch.tensor(self.codec.bitrate(low))
-        return self.discriminator[f"nq{low}"]
-
-    def _any_rank_empty(self, x: Tensor) -> bool:
-        """Whether the batch of any rank is empty. All ranks then skip the batch together: one rank
-        skipping alone would leave the others waiting in the gradient all-reduce forever."""
-        size = torch.tensor(x.shape[0], device=x.device)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            size = self.all_gather(size).min()
-        return int(size) == 0
-
-    def _check_weights(self, quantizer_losses: dict[str, Tensor]) -> None:
-        missing = [name for name in quantizer_losses if name not in self.loss_weights]
-        if missing:
-            raise ValueError(f"loss_weights has no weight for the quantizer loss(es) {missing} (0 to disable)")
-        known = {*self.reconstruction_losses, ADVERSARIAL, FEATURE_MATCHING, *quantizer_losses}
-        unknown = sorted(set(self.loss_weights) - known)
-        if unknown:
-            raise ValueError(f"loss_weights names no loss: {unknown}; the losses are {sorted(known)}")
+        return f"nq{low}"
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Runs inside ``optimizer.step()``, after AMP unscaling: non-finite check, then clipping."""
-        which = GENERATOR if optimizer is self.optimizers()[GENERATOR].optimizer else DISCRIMINATOR
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params])
-        )
-        self._grad_norms[which] = norm.detach()
-        if not torch.isfinite(norm):
-            # Identical on every rank (gradients are already all-reduced): all skip together.
-            for p in params:
-                p.grad = None  # optimizers leave parameters without a gradient untouched
-            self.skipped_steps[which] += 1
-            return
-        clip = self.grad_clip[which]
-        if clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        self.gan.on_before_optimizer_step(self, optimizer)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _evaluate(self, x: Tensor, stage: str) -> dict[str, Tensor] | None:
-        """Encode once, decode at every evaluated codebook count, update that count's metrics.
-        Returns ``{"codes": (B, n_q, T')}`` for callbacks (``CodebookUsageLogger`` counts them
-        instead of encoding the batch again); None for an empty batch."""
-        if x.shape[0] == 0:
+        """Encode once, decode at every evaluated codebook count, update that count's metrics, log the
+        reconstruction losses at the full count. Returns ``{"codes": (B, n_q, T')}`` for callbacks
+        (``CodebookUsageLogger`` counts them instead of encoding the batch again); None for an empty
+        batch."""
+        evaluated = self.evaluation.update(stage, x, self.codec)
+        if evaluated is None:
             return None
-        x = x.float()
-        encoded = self.codec.encode(x)  # all codebooks: codes (B, n_q, T'); eval mode, no codebook updates
-        self.codebook_usage[stage].update(encoded.codes)
-        full = self.codec.quantizer.n_q
-        for k in self.eval_n_q[stage]:
-            x_hat = self.codec.decode(EncodedAudio(encoded.codes[:, :k], encoded.scale, encoded.length)).float()
-            for metric in self.eval_metrics[stage][f"nq{k}"].values():
-                metric.update(x_hat, x)
-            if k == full:
-                for name, loss in self.reconstruction_losses.items():
-                    self.log(
-                        f"{stage}/g/{name}",
-                        loss(x, x_hat),
-                        on_step=False,
-                        on_epoch=True,
-                        sync_dist=True,
-                        batch_size=x.shape[0],
-                    )
-        return {"codes": encoded.codes}
+        self.gan.log_reconstruction(self, stage, evaluated.x, evaluated.x_hat)
+        return {"codes": evaluated.encoded.codes}
 
     def _finish_evaluation(self, stage: str) -> None:
         """Compute (on every rank), log, and on rank zero tabulate the per-bitrate results of ``stage``."""
-        full = self.codec.quantizer.n_q
-        table: dict[str, dict[str, float]] = {}  # row (metric) -> column (bitrate label) -> value
-        for k in self.eval_n_q[stage]:
-            label = self.bitrate_labels[k]
-            for name, metric in self.eval_metrics[stage][f"nq{k}"].items():
-                value = metric.compute()
-                metric.reset()
-                if not isinstance(value, Tensor) or value.numel() != 1:
-                    raise TypeError(f"metric {name} must compute a scalar tensor, got {type(value).__name__}")
-                table.setdefault(name, {})[label] = float(value)
-        counts = self.codebook_usage[stage].compute()["counts"]  # (n_q, N), summed over ranks
-        self.codebook_usage[stage].reset()
-        for k in self.eval_n_q[stage]:
-            for name, value in self._codebook_rows(counts, k).items():
-                table.setdefault(name, {})[self.bitrate_labels[k]] = value
-        logs: dict[str, float] = {}
-        for name, row in table.items():
-            for label, value in row.items():
-                logs[f"{stage}/{label}/{name}"] = value
-            if self.bitrate_labels[full] in row:
-                logs[f"{stage}/{name}"] = row[self.bitrate_labels[full]]
-        # values are already reduced over ranks (identical everywhere); sync_dist averages equal numbers
-        self.log_dict({k: torch.tensor(v) for k, v in logs.items()}, on_step=False, on_epoch=True, sync_dist=True)
-        if self.trainer.is_global_zero:
-            self._report_table(stage, table)
-
-    def _codebook_rows(self, counts: Tensor, k: int) -> dict[str, float]:
-        """Codebook statistics of the first ``k`` codebooks: total entropy (bits per frame), bitrate
-        efficiency (entropy / allotted bits), mean perplexity, dead codes."""
-        stats = codebook_statistics(counts[:k])
-        allotted = sum(self.codec.quantizer.bits_per_frame[:k])
-        entropy = float(stats["entropy"].sum())
-        return {
-            "codebook_entropy": entropy,
-            "codebook_efficiency": entropy / allotted if allotted > 0 else 0.0,
-            "codebook_perplexity": float(stats["perplexity"].mean()),
-            "codebook_min_perplexity": float(stats["perplexity"].min()),
-            "codebook_dead_codes": float(stats["dead_codes"].sum()),
-        }
+        table = self.evaluation.compute_and_log(self, stage)
+        self.evaluation.write_tables(self, stage, table, int(self.batch_counter))
 
     def per_bitrate_table(self, stage: str, table: dict[str, dict[str, float]]) -> dict[str, Any]:
         """The JSON form of a table: columns (label, n_q, kbps) and rows (metric -> values per column)."""
-        columns = [
-            {"label": self.bitrate_labels[k], "n_q": k, "kbps": self.codec.bitrate(k)} for k in self.eval_n_q[stage]
-        ]
-        rows = {name: [row.get(c["label"], float("nan")) for c in columns] for name, row in table.items()}
-        return {"stage": stage, "batches": int(self.batch_counter), "columns": columns, "rows": rows}
+        return self.evaluation.table_json(stage, table, int(self.batch_counter))
 
-    @staticmethod
-    def format_table(data: dict[str, Any]) -> str:
-        """Markdown table, metrics x bitrates, of ``per_bitrate_table``'s output."""
-        heads = [f"{c['label']} (n_q={c['n_q']})" for c in data["columns"]]
-        lines = ["| metric | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
-        for name, values in data["rows"].items():
-            cells = ["nan" if not math.isfinite(v) else f"{v:.4g}" for v in values]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def _report_table(self, stage: str, table: dict[str, dict[str, float]]) -> None:
-        data = self.per_bitrate_table(stage, table)
-        text = self.format_table(data)
-        for logger in self.loggers:
-            if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
-                logger.experiment.log_dict(logger.run_id, data, f"tables/{stage}_per_bitrate.json")
-                logger.experiment.log_text(logger.run_id, text + "\n", f"tables/{stage}_per_bitrate.md")
-        if self.trainer.state.fn in ("test", "validate"):
-            print(f"\n{stage} metrics per bitrate (batch {data['batches']}):\n{text}\n", flush=True)
+    format_table = staticmethod(format_table)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
         return self._evaluate(batch, "val")
@@ -683,3 +470,20 @@ class GANCodecModule(LightningModule):
             for key in [k for k in state if k.startswith("codec.")]:
                 state["codec_ema." + key[len("codec.") :]] = state[key].clone()
             state["ema_updates"] = torch.zeros((), dtype=torch.long)
+
+
+def _flatten_gan_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post hook: ``<prefix>gan.<name>`` -> ``<prefix><name>``."""
+    inner = prefix + GAN_PREFIX
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+
+def _nest_gan_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre hook, the inverse of :func:`_flatten_gan_keys`: the keys whose first name
+    is one of the GAN step's (``discriminator``, ``batch_counter``, ...) go back under ``gan.``."""
+    gan = module.gan
+    names = {*gan._modules, *gan._buffers, *gan._parameters}
+    for key in list(state_dict):
+        if key.startswith(prefix) and key[len(prefix) :].split(".", 1)[0] in names:
+            state_dict[prefix + GAN_PREFIX + key[len(prefix) :]] = state_dict.pop(key)
