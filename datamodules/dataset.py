@@ -1,9 +1,11 @@
-"""Map-style lhotse dataset: a ``CutSet`` (one sampler batch) -> audio windows (B, C, T)."""
+"""Map-style lhotse dataset: a ``CutSet`` (one sampler batch) -> audio windows (B, C, T), or with
+``return_text`` a mapping ``{"audio": (B, C, T), "text": B strings or None}``."""
 
 from __future__ import annotations
 
 import random
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,18 @@ def cut_domain(cut: Cut) -> str:
     custom = getattr(cut, "custom", None) or {}
     domain = custom.get("domain")
     return "general" if domain is None else str(domain)
+
+
+def window_text(cut: Cut, window: Cut) -> str | None:
+    """The supervision text of ``window`` (a part of ``cut``): the texts of the supervisions that
+    overlap it, in time order, joined by spaces ("" when none overlaps, e.g. an instrumental part
+    of timed lyrics); None when ``cut`` has no supervision at all (no sidecar: no text known).
+    A supervision that only partly overlaps the window counts whole, and a whole-recording
+    transcript (``.txt``) is the text of every window of its recording."""
+    if not cut.supervisions:
+        return None
+    parts = sorted(window.supervisions, key=lambda s: s.start)
+    return " ".join(s.text.strip() for s in parts if s.text and s.text.strip())
 
 
 def map_channels(audio: np.ndarray, channels: int, name: str) -> np.ndarray:
@@ -99,6 +113,9 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         seed: seed of the offset generator.
         rank: distributed rank; each rank and each DataLoader worker draws its own offsets.
         augmentation: on-the-fly augmentation of each batch (training only); None: none.
+        return_text: return ``{"audio": (B', C, T), "text": [B' x str | None]}`` with each window's
+            supervision text (:func:`window_text`; MuCodec's lyrics CTC) instead of the tensor.
+            Not with an augmentation (it mixes and refills windows).
     """
 
     def __init__(
@@ -112,8 +129,13 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         rank: int = 0,
         augmentation: Augmentation | None = None,
         normalize_lufs: float | None = None,
+        return_text: bool = False,
     ) -> None:
         super().__init__()
+        if return_text and augmentation is not None:
+            raise ValueError("return_text cannot be combined with an augmentation (it mixes and refills windows)")
+        self.return_text = return_text
+        self._last_window: Cut | None = None  # the window _load_raw read last (for return_text)
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
         if channels <= 0:
@@ -179,6 +201,7 @@ class AudioWindowDataset(torch.utils.data.Dataset):
     def _load_raw(self, cut: Cut, rng: random.Random | None = None) -> np.ndarray | None:
         """One window of ``cut`` as recorded: (channels, <= T) float32, or None if bad."""
         window = self._window(cut.resample(self.sample_rate), rng)
+        self._last_window = window
         try:
             audio = window.load_audio()  # (C_in, N)
         except Exception as err:
@@ -235,7 +258,7 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         )
         return None
 
-    def __getitem__(self, cuts: CutSet) -> torch.Tensor:
+    def __getitem__(self, cuts: CutSet) -> torch.Tensor | dict[str, Any]:
         """Load a batch of cuts: a ``CutSet`` of B cuts -> (B', C, T) float32 with B' <= B
         (B' = B with an augmentation unless every cut failed)."""
         if self.augmentation is not None:
@@ -247,10 +270,25 @@ class AudioWindowDataset(torch.utils.data.Dataset):
                 loaded, [cut_domain(cut) for cut in cut_list], self.sample_rate, self._batch_generator(cut_list)
             )
             return torch.from_numpy(batch)  # (B, C, T)
+        if self.return_text:
+            return self._audio_and_text(cuts)
         windows = [w for w in (self.load_window(cut) for cut in cuts) if w is not None]
         if not windows:
             return torch.zeros(0, self.channels, self.num_samples)
         return torch.from_numpy(np.stack(windows))  # (B', C, T)
 
+    def _audio_and_text(self, cuts: CutSet) -> dict[str, Any]:
+        """``{"audio": (B', C, T), "text": [B' texts]}`` of the cuts that loaded (see ``return_text``)."""
+        windows, texts = [], []
+        for cut in cuts:
+            audio = self.load_window(cut)
+            if audio is not None:
+                assert self._last_window is not None
+                windows.append(audio)
+                texts.append(window_text(cut, self._last_window))
+        if not windows:
+            return {"audio": torch.zeros(0, self.channels, self.num_samples), "text": []}
+        return {"audio": torch.from_numpy(np.stack(windows)), "text": texts}
 
-__all__ = ["AudioWindowDataset", "cut_domain", "cut_source", "map_channels", "normalize_rms"]
+
+__all__ = ["AudioWindowDataset", "cut_domain", "cut_source", "map_channels", "normalize_rms", "window_text"]

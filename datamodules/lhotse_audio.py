@@ -171,6 +171,11 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         normalize_lufs: target integrated loudness of each window in LUFS (ITU-R BS.1770-4; DAC
             normalizes to -24.0), peak limited to 1.0, for every split; at most one of it and
             ``normalize_db``.
+        return_text: batches are ``{"audio": (B, C, T), "text": [B x str | None]}`` with each
+            window's supervision text (``codecplatform prepare`` makes supervisions from ``.lrc`` /
+            ``.txt`` sidecars; see ``datamodules.dataset.window_text``), for models trained on
+            transcripts (MuCodec's lyrics CTC). Default false: plain (B, C, T) tensors. Not with an
+            augmentation.
     """
 
     def __init__(
@@ -196,8 +201,12 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         stable_windows: bool = True,
         augmentation: Augmentation | None = None,
         normalize_lufs: float | None = None,
+        return_text: bool = False,
     ) -> None:
         super().__init__()
+        if return_text and augmentation is not None:
+            raise ValueError("return_text cannot be combined with an augmentation (it mixes and refills windows)")
+        self.return_text = return_text
         manifests = {"val_cuts": val_cuts, "test_cuts": test_cuts}
         if isinstance(train_cuts, Mapping):
             manifests.update({f"train_cuts[{k}]": v for k, v in train_cuts.items()})
@@ -461,6 +470,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             seed=self.seed,
             rank=rank,
             augmentation=self.augmentation,
+            return_text=self.return_text,
         )
         return self._loader(dataset, sampler)
 
@@ -485,6 +495,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             normalize_lufs=self.normalize_lufs,
             seed=self.seed,
             rank=rank,
+            return_text=self.return_text,
         )
         return self._loader(dataset, sampler)
 

@@ -113,3 +113,27 @@ def resample(x: Tensor, orig_sr: int, new_sr: int) -> Tensor:
     if orig_sr == new_sr:
         return x
     return AF.resample(x, orig_freq=orig_sr, new_freq=new_sr)
+
+
+def log_mel_spectrogram(
+    x: Tensor,
+    filterbank: Tensor,
+    n_fft: int,
+    hop_length: int,
+    win_length: int | None = None,
+    clamp_eps: float = 1e-5,
+    center: bool = True,
+) -> Tensor:
+    """Natural-log magnitude mel spectrogram, time major: (B, C, T) -> (B, C, N, n_mels).
+
+    ``log(max(filterbank @ |STFT(x)|, clamp_eps))`` with a periodic Hann window and reflect
+    padding of ``n_fft // 2`` (``center=True``: N = 1 + T // hop_length frames); ``filterbank`` is
+    (n_mels, n_fft // 2 + 1), e.g. from :func:`mel_filterbank`. With the slaney filterbank this is
+    AudioLDM's ``TacotronSTFT.mel_spectrogram`` (what MuCodec's Mel-VAE and vocoder see). Time major,
+    as the VAE treats the mel as an image of height N (time) and width n_mels.
+    """
+    if filterbank.dim() != 2 or filterbank.shape[1] != n_fft // 2 + 1:
+        raise ValueError(f"filterbank must be (n_mels, {n_fft // 2 + 1}), got {tuple(filterbank.shape)}")
+    magnitude = stft(x, n_fft, hop_length, win_length=win_length, center=center).abs()  # (B, C, F, N)
+    mel = torch.matmul(filterbank.to(magnitude), magnitude)  # (B, C, n_mels, N)
+    return safe_log(mel, clamp_eps).transpose(-1, -2)  # (B, C, N, n_mels)

@@ -30,6 +30,14 @@ Facts taken from the official code (descriptinc/descript-audio-codec, ``dac/nn/q
 * ``DAC.apply(init_weights)`` draws conv weights from a truncated normal and zeros the biases;
   with ``torch.nn.utils.weight_norm`` the weight is recomputed from (g, v) before every
   forward, so only the zero biases last: we zero the projection biases too.
+
+Stale-code replacement (``stale_tolerance``, off by default, so DAC is unchanged): MuCodec's
+official quantizer (xuyaoxun/MuCodec ``libs/rvq/descript_quantize3.py``, ``stale_tolerance=200``)
+counts, per entry, the consecutive training steps in which no frame chose it; an entry whose
+count reaches the tolerance is replaced by a random L2-normalized projected latent of the batch
+and its count restarts. The replacement happens after the lookup, so the step's codes and losses
+use the old entry. Under DDP the usage is summed over ranks (the counters stay identical) and
+rank 0's replacement vectors are broadcast.
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from codecplatform.quantizers.distributed import all_reduce_sum_, broadcast_
 from codecplatform.quantizers.dropout import QuantizerDropout
 from codecplatform.quantizers.residual import ResidualQuantizer, StageHook, residual_stack
+from codecplatform.quantizers.vq import sample_rows
 from codecplatform.types import QuantizerOutput
 
 _LOSSES = ("commit", "codebook")
@@ -63,12 +73,18 @@ class FactorizedCodebook(nn.Module):
         dimension: latent size D (DAC: 1024).
         codebook_size: number of entries K (DAC: 1024).
         codebook_dim: size M of the projected lookup space (DAC: 8).
+        stale_tolerance: replace an entry unused for this many consecutive training steps (see
+            the module docstring; MuCodec: 200); None (DAC): never.
 
     Parameters: ``in_proj`` (weight-normed 1x1 conv D -> M), ``out_proj`` (weight-normed 1x1
-    conv M -> D), ``codebook`` (``nn.Embedding(K, M)``, default N(0, 1) init as in DAC).
+    conv M -> D), ``codebook`` (``nn.Embedding(K, M)``, default N(0, 1) init as in DAC). With
+    ``stale_tolerance``, the buffer ``stale_steps`` (K,) long counts each entry's unused steps
+    and ``replaced_codes`` (a plain int, not saved) the entries replaced so far.
     """
 
-    def __init__(self, dimension: int, codebook_size: int = 1024, codebook_dim: int = 8):
+    def __init__(
+        self, dimension: int, codebook_size: int = 1024, codebook_dim: int = 8, stale_tolerance: int | None = None
+    ):
         super().__init__()
         if dimension < 1:
             raise ValueError(f"dimension must be >= 1, got {dimension}")
@@ -76,6 +92,8 @@ class FactorizedCodebook(nn.Module):
             raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
         if codebook_dim < 1:
             raise ValueError(f"codebook_dim must be >= 1, got {codebook_dim}")
+        if stale_tolerance is not None and stale_tolerance < 1:
+            raise ValueError(f"stale_tolerance must be >= 1 or None, got {stale_tolerance}")
         self.dimension = dimension
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
@@ -85,6 +103,10 @@ class FactorizedCodebook(nn.Module):
         with torch.no_grad():  # the effective init of the official model (see module docstring)
             self.in_proj.bias.zero_()
             self.out_proj.bias.zero_()
+        self.stale_tolerance = stale_tolerance
+        self.replaced_codes = 0
+        if stale_tolerance is not None:
+            self.register_buffer("stale_steps", torch.zeros(codebook_size, dtype=torch.long))
 
     # -- pieces ----------------------------------------------------------------------------
     def lookup(self, z_e: Tensor) -> Tensor:
@@ -128,11 +150,32 @@ class FactorizedCodebook(nn.Module):
         commit = F.mse_loss(z_e, e_k.detach(), reduction="none").mean(dim=(1, 2))  # (B,)
         codebook = F.mse_loss(e_k, z_e.detach(), reduction="none").mean(dim=(1, 2))  # (B,)
         z_q = self.out_proj(z_e + (e_k - z_e).detach())
+        if self.training and self.stale_tolerance is not None:
+            self._replace_stale(z_e.detach(), codes, mask)
         return QuantizerOutput(
             z_q=z_q,
             codes=codes[:, None, :],
             losses={"commit": masked_mean(commit, mask), "codebook": masked_mean(codebook, mask)},
         )
+
+    @torch.no_grad()
+    def _replace_stale(self, z_e: Tensor, codes: Tensor, mask: Tensor) -> None:
+        """Count the steps each entry went unused (this step's codes of the masked-in examples, all
+        ranks) and replace the entries that reached ``stale_tolerance`` (module docstring)."""
+        used = torch.bincount(codes[mask].reshape(-1), minlength=self.codebook_size)  # (K,)
+        all_reduce_sum_(used)
+        self.stale_steps.copy_(torch.where(used > 0, torch.zeros_like(self.stale_steps), self.stale_steps + 1))
+        stale = self.stale_steps >= self.stale_tolerance  # identical on every rank
+        if not bool(stale.any()):
+            return
+        pool = z_e.transpose(1, 2)[mask].reshape(-1, self.codebook_dim)  # (B,M,T)->(N*T,M)
+        if pool.shape[0] == 0:
+            pool = self.codebook.weight
+        candidates = broadcast_(F.normalize(sample_rows(pool.float(), self.codebook_size), dim=1).contiguous())
+        weight = self.codebook.weight
+        weight.copy_(torch.where(stale[:, None], candidates.to(weight.dtype), weight))
+        self.stale_steps.masked_fill_(stale, 0)
+        self.replaced_codes += int(stale.sum())
 
 
 class FactorizedResidualVectorQuantizer(ResidualQuantizer):
@@ -147,6 +190,8 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         stage_hook: transforms the residual before each stage, in training and ``encode``
             alike (``None``: identity; MUFFIN: ``quantizers.mbs.BandLimit``). DAC's
             recipe is ``PerExampleDropout(p=0.5)``.
+        stale_tolerance: each codebook replaces entries unused for this many consecutive
+            training steps (``FactorizedCodebook``; MuCodec: 200); None (DAC): never.
 
     Counts per example: ``n_q`` is None (all), an int or a (B,) tensor with values in
     0..n_q. Example b adds (and trains) codebooks 0..n_q[b]-1; n_q[b] = 0 means the example
@@ -182,6 +227,7 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         codebook_dim: int | list[int] = 8,
         dropout: QuantizerDropout | None = None,
         stage_hook: StageHook | None = None,
+        stale_tolerance: int | None = None,
     ):
         super().__init__()
         if n_q < 1:
@@ -195,7 +241,7 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         self.codebook_dims = dims
         self.dropout = dropout if dropout is not None else QuantizerDropout()
         self.stage_hook = stage_hook
-        self.layers = nn.ModuleList(FactorizedCodebook(dimension, codebook_size, m) for m in dims)
+        self.layers = nn.ModuleList(FactorizedCodebook(dimension, codebook_size, m, stale_tolerance) for m in dims)
 
     def forward(self, z: Tensor, n_q: int | Tensor | None = None) -> QuantizerOutput:
         self._check_latent(z)

@@ -1,0 +1,1 @@
+"""MuCodec (seed 001): MuEncoder + tokenizer, Mel-VAE, flow-matching DiT, vocoder."""

@@ -1,0 +1,163 @@
+"""MuCodec Mel-VAE and flow stages through the CLI with their tiny YAMLs, chained by checkpoint paths;
+clear errors for a missing or mismatched stage checkpoint; the real YAMLs' sizes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from codecplatform.cli import cli_main
+from codecplatform.config import compose_config, instantiate
+from codecplatform.lightning.mucodec_flow import FlowModule
+from codecplatform.models.mucodec.flow import FlowMatchingDiT, RandomProjectionCodeSource
+from codecplatform.models.mucodec.melvae import MelVAE
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def fit(stage: str, manifests: dict[str, Path], *extra: str):
+    return cli_main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "mucodec" / f"{stage}.yaml"),
+            "--config",
+            str(EXPERIMENTS / "tiny" / f"mucodec_{stage}.yaml"),
+            *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+            "--trainer.logger=false",
+            *extra,
+        ]
+    )
+
+
+def finite_metrics(cli) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    return metrics
+
+
+def test_melvae_then_flow_chained_by_checkpoint_path(make_manifests, in_tmp_dir, latest_checkpoint):
+    manifests = make_manifests(48000, 2, n_files=5)
+    melvae = fit(
+        "melvae",
+        manifests,
+        f"--model.init_args.export_dir={in_tmp_dir / 'melvae'}",
+        "--trainer.default_root_dir=stage1",
+    )
+    assert int(melvae.model.batch_counter) == 1
+    assert {"train/g/mel", "train/g/kl", "val/mel_distance"} <= set(finite_metrics(melvae))
+    exported = MelVAE.from_pretrained(in_tmp_dir / "melvae")
+    assert exported.config() == melvae.model.vae.config()
+    checkpoint = latest_checkpoint(melvae.trainer)
+    assert MelVAE.from_checkpoint(checkpoint).config() == exported.config()  # the .ckpt chains too
+
+    flow = fit(
+        "flow",
+        manifests,
+        f"--model.init_args.melvae_checkpoint={in_tmp_dir / 'melvae'}",
+        "--trainer.default_root_dir=stage2",
+    )
+    module = flow.model
+    assert int(module.batch_counter) == 1
+    assert {"train/flow", "val/flow", "val/mel_distance"} <= set(finite_metrics(flow))
+    for a, b in zip(module.melvae.vae.parameters(), exported.vae.parameters()):  # stage 1's weights, frozen
+        torch.testing.assert_close(a, b)
+        assert not a.requires_grad
+    # the latent statistics were collected from the training batch and are in the flow checkpoint
+    assert int(module.melvae.normalizer.count) == 2
+    state = torch.load(latest_checkpoint(flow.trainer), map_location="cpu", weights_only=False)
+    assert int(state["state_dict"]["melvae.normalizer.count"]) == 2
+    assert not any(k.startswith("code_source.") for k in state["state_dict"])  # deterministic, not saved
+    with_stats = MelVAE.from_checkpoint(latest_checkpoint(flow.trainer))
+    assert int(with_stats.normalizer.count) == 2
+
+
+def test_melvae_with_the_adversarial_option(make_manifests, in_tmp_dir):
+    manifests = make_manifests(48000, 2, n_files=5)
+    disc = (
+        '[{"class_path": "codecplatform.models.mucodec.melvae.MelPatchDiscriminator", '
+        '"init_args": {"channels": [4, 8]}}]'
+    )
+    cli = fit(
+        "melvae",
+        manifests,
+        f"--model.init_args.discriminators={disc}",
+        '--model.init_args.loss_weights={"mel": 1.0, "kl": 1.0e-4, "adv": 0.5, "feat": 1.0}',
+    )
+    assert int(cli.model.batch_counter) == 1
+    metrics = finite_metrics(cli)
+    assert {"train/g/adv", "train/g/feat", "train/g/kl", "train/d/loss", "val/mel_distance"} <= set(metrics)
+
+
+def test_flow_trains_on_a_random_tiny_vae_without_stage_files(make_manifests, in_tmp_dir):
+    """The smoke-test scheme: tiny/mucodec_flow.yaml sets melvae_checkpoint null + a tiny melvae."""
+    manifests = make_manifests(48000, 2, n_files=5)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        cli = fit("flow", manifests)
+    assert int(cli.model.batch_counter) == 1
+    assert "val/mel_distance" in finite_metrics(cli)
+    # generation from codes of any length, in windows (8 codes, hop 6), to a log-mel
+    codes = torch.randint(0, 16, (1, 1, 19))
+    mel = cli.model.codes_to_mel(codes, num_steps=2)
+    assert mel.shape == (1, 2, math.ceil(19 / 2) * 8, 64)
+
+
+def tiny_parts(latent_channels: int = 8):
+    config = compose_config(EXPERIMENTS / "tiny" / "mucodec_flow.yaml")["model"]["init_args"]
+    flow = FlowMatchingDiT(
+        **{
+            **config["flow"]["init_args"],
+            "latent_channels": latent_channels,
+            "transformer": {
+                **config["flow"]["init_args"]["transformer"],
+                "in_channels": 3 * latent_channels,
+                "out_channels": latent_channels,
+            },
+        }
+    )
+    source = RandomProjectionCodeSource(**config["code_source"]["init_args"])
+    return flow, source, config["melvae"]["init_args"]
+
+
+def test_missing_melvae_checkpoint_names_the_field_and_file(tmp_path):
+    flow, source, _ = tiny_parts()
+    with pytest.raises(FileNotFoundError, match=r"melvae_checkpoint=.*nowhere"):
+        FlowModule(flow, source, melvae_checkpoint=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="melvae_checkpoint is null"):
+        FlowModule(flow, source)
+
+
+def test_melvae_checkpoint_of_another_geometry_is_refused(tmp_path):
+    flow, source, vae_args = tiny_parts()
+    other = MelVAE(**{**vae_args, "latent_channels": 2}).save_pretrained(tmp_path / "other")
+    with pytest.raises(
+        ValueError,
+        match=r"other: Mel-VAE latent channels .* = 4 but model.init_args.flow.init_args.latent_channels = 8",
+    ):
+        FlowModule(flow, source, melvae_checkpoint=str(other))
+    with pytest.raises(ValueError, match="differs from model.init_args.melvae"):
+        FlowModule(flow, source, melvae_checkpoint=str(other), melvae=MelVAE(**vae_args))
+    fast = MelVAE(**{**vae_args, "hop_length": 240})  # 25 Hz latents: 50 Hz codes needed
+    with pytest.raises(ValueError, match="latent rate"):
+        FlowModule(flow, source, melvae_checkpoint=str(fast.save_pretrained(tmp_path / "fast")))
+
+
+def test_real_melvae_config_builds(capsys):
+    config = compose_config(EXPERIMENTS / "mucodec" / "melvae.yaml")
+    with torch.device("meta"):
+        vae = instantiate(config["model"]["init_args"]["vae"], MelVAE)
+    n = sum(p.numel() for p in vae.parameters())
+    with capsys.disabled():
+        print(
+            f"\nmucodec/melvae.yaml: Mel-VAE {n:,} parameters, latent {vae.stacked_channels} x "
+            f"{vae.latent_rate:g} Hz x {vae.latent_bins} bins"
+        )
+    assert n == 223_535_569
+    assert (vae.stacked_channels, vae.latent_rate, vae.latent_bins) == (32, 12.5, 32)
+    assert (
+        config["model"]["init_args"]["export_dir"]
+        == compose_config(EXPERIMENTS / "mucodec" / "flow.yaml")["model"]["init_args"]["melvae_checkpoint"]
+    )  # the stages are chained by this path
