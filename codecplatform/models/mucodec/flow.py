@@ -234,7 +234,7 @@ class TokenizerCodeSource(CodeSource):
                 raise FileNotFoundError(
                     f"code_source.init_args.checkpoint={checkpoint}: no such file (train the tokenizer first)"
                 )
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain data only
             state = state.get("state_dict", state)
             sub = {k[len("tokenizer.") :]: v for k, v in state.items() if k.startswith("tokenizer.")} or state
             tokenizer.load_state_dict(sub, strict=True)

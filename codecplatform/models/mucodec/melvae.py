@@ -367,7 +367,7 @@ class MelVAE(nn.Module):
             return cls.from_pretrained(path)
         if not path.is_file():
             raise FileNotFoundError(f"Mel-VAE checkpoint not found: {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
         config = checkpoint.get(CHECKPOINT_CONFIG_KEY)
         if config is None:
             raise ValueError(
