@@ -1,0 +1,95 @@
+"""Speech metrics from local checkpoint directories: tiny random WavLM x-vector and Whisper models are
+written with save_pretrained and loaded by path; without a directory the metric is skipped (NaN)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from codecplatform.metrics.speech import SpeakerSimilarity, WordErrorRate, word_edit_distance
+
+
+def test_word_edit_distance():
+    assert word_edit_distance("a b c".split(), "a x c d".split()) == 2
+    assert word_edit_distance([], ["a"]) == 1
+
+
+def test_skipped_without_directories():
+    with pytest.warns(UserWarning, match="speaker_similarity skipped"):
+        sim = SpeakerSimilarity(16000)
+    with pytest.warns(UserWarning, match="wer skipped"):
+        wer = WordErrorRate(16000)
+    x = torch.randn(1, 1, 16000)
+    sim.update(x, x)
+    wer.update(x, x)
+    assert math.isnan(float(sim.compute())) and math.isnan(float(wer.compute()))
+    with pytest.raises(FileNotFoundError, match="speaker_model_dir=.*nowhere"):
+        SpeakerSimilarity(16000, speaker_model_dir="/nowhere")
+
+
+def test_speaker_similarity_with_a_tiny_wavlm(tmp_path):
+    from transformers import WavLMConfig, WavLMForXVector
+
+    torch.manual_seed(0)
+    config = WavLMConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        tdnn_dim=(8, 8),
+        tdnn_kernel=(3, 1),
+        tdnn_dilation=(1, 1),
+        xvector_output_dim=8,
+        num_buckets=16,
+        max_bucket_distance=32,
+    )
+    WavLMForXVector(config).save_pretrained(tmp_path / "wavlm")
+    metric = SpeakerSimilarity(48000, speaker_model_dir=str(tmp_path / "wavlm"))
+    x = torch.randn(2, 2, 48000) * 0.1
+    metric.update(x, x)
+    assert float(metric.compute()) == pytest.approx(1.0, abs=1e-5)
+    metric.reset()
+    metric.update(torch.randn(2, 2, 48000) * 0.1, x)
+    assert -1.0 <= float(metric.compute()) < 1.0
+
+
+def test_wer_with_a_tiny_whisper_without_tokenizer(tmp_path):
+    """No Whisper tokenizer can be built offline here: the minimal path scores token ids as words."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=32,
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=1500,
+        max_target_positions=32,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    WhisperForConditionalGeneration(config).save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(tmp_path / "whisper")
+    with pytest.warns(UserWarning, match="token ids"):
+        metric = WordErrorRate(24000, asr_model_dir=str(tmp_path / "whisper"), max_new_tokens=4)
+    x = torch.randn(1, 1, 24000) * 0.1
+    metric.update(x, x)
+    assert float(metric.compute()) == 0.0  # the same audio, the same transcript
+    metric.update(torch.zeros(1, 1, 24000), x)
+    assert 0.0 <= float(metric.compute())
