@@ -1,12 +1,13 @@
-"""The compressed file format (``.cpc``): a versioned header and bit-packed codes.
+"""The compressed file format (``.cpc``): a versioned header and bit-packed or entropy-coded codes.
 
 One file holds one signal: the codes (K, T') of ``Codec.encode`` on (1, C, T) audio, the
 per-segment input scales of codecs that normalize their input, and what a decoder needs to check
-that it is the right model. Everything is little-endian. Version 2 layout::
+that it is the right model (and, for entropy-coded files, the right code language model).
+Everything is little-endian. Version 3 layout::
 
     offset  type         field
     0       4 bytes      magic b"CPCF"
-    4       uint16       format version (2); a reader refuses versions it does not know
+    4       uint16       format version (3); a reader refuses versions it does not know
     6       uint32       header length in bytes (everything before the payload)
     10      uint32       sample rate (Hz)
     14      uint16       channels
@@ -23,31 +24,51 @@ that it is the right model. Everything is little-endian. Version 2 layout::
                          zeros: not recorded)
     116     uint64       payload length in bytes
     124     uint32       payload CRC-32 (zlib)
-    128     K x uint32   codebook sizes
+    128     uint16       flags: bit 0 set = entropy-coded payload; the other bits must be 0
+    130     uint16       LM identifier length l (bytes of UTF-8; 0 unless entropy-coded)
+    --- only when entropy-coded (flag bit 0), 72 bytes:
+    132     uint32       segment frames: frames per independently coded segment (0: one segment)
+    136     uint32       codes CRC-32: of the codes bit-packed as a plain payload (:func:`pack_codes`)
+    140     32 bytes     LM checksum: sha256 of the code LM's state dict (:func:`model_checksum`)
+    172     32 bytes     LM checkpoint hash: sha256 of the LM checkpoint file's bytes (zeros: not recorded)
+    ---
+    132/204 K x uint32   codebook sizes
             S x float32  input scales, one per segment (``EncodedAudio.scale``)
             m bytes      model identifier (the checkpoint path given at encode time)
+            l bytes      LM identifier (the LM checkpoint path given at encode time)
             uint32       header CRC-32 of all the header bytes before it
-    header  payload      codes, bit-packed (:func:`pack_codes`)
+    header  payload      codes, bit-packed (:func:`pack_codes`) or entropy-coded
 
-Payload: frame after frame, and within a frame codebook 0 first, each code takes
+Plain payload: frame after frame, and within a frame codebook 0 first, each code takes
 ``ceil(log2(codebook size))`` bits, most significant bit first; the last byte is padded with
 zero bits. So the payload is ``ceil(T' * sum_k ceil(log2(size_k)) / 8)`` bytes, i.e. the nominal
 bitrate ``frame_rate * sum_k log2(size_k)`` for power-of-two sizes (one bit per code more at most
-otherwise), plus the header: 132 bytes + 4 per codebook + 4 per scale + the identifier.
+otherwise), plus the header: 136 bytes + 4 per codebook + 4 per scale + the identifier.
 
-Version 1 (still read, and written for a header with ``version=1``) is the same without the
-checkpoint hash: payload length at 84, CRC at 92, codebook sizes from 96, a 100-byte base.
+Entropy-coded payload (EnCodec section 3.3): :func:`codecplatform.entropy.coding.entropy_encode`
+of the codes with a code language model (:class:`~codecplatform.models.code_lm.CodeLM`), segment by
+segment (``segment frames``: the codec's own segments, ``ceil(segment length / hop length)``
+frames each for EnCodec 48 kHz; one segment otherwise), a fresh range coder and LM state per
+segment. Its length is whatever the coder produced; the header is 72 bytes + the LM identifier
+longer. Decoding needs the LM whose state dict has the LM checksum; the codes CRC then checks the
+decoded codes (a corrupted payload that still decodes, or an LM evaluated differently).
 
-The checkpoint hash lets ``codecplatform decode`` check the checkpoint file the header names
-before reading it (``torch.load`` of an untrusted file is what must not happen); the model
-checksum then checks the weights loaded from whichever checkpoint is used.
+Version 2 (still read, and written for a header with ``version=2``) is version 3 without the flags
+and LM identifier length (codebook sizes from 128, a 132-byte base; never entropy-coded). Version 1
+is version 2 without the checkpoint hash: payload length at 84, CRC at 92, codebook sizes from 96,
+a 100-byte base.
+
+The checkpoint hashes let ``codecplatform decode`` check the checkpoint file (codec or LM) the
+header names before reading it (``torch.load`` of an untrusted file is what must not happen); the
+model and LM checksums then check the weights loaded from whichever checkpoint is used.
 
 Reading checks, in this order, and raises :class:`BitstreamError` naming the file: the magic, the
-version, the header length against the file size, the header CRC, the consistency of its fields
-(frames follow from length, hop and segments; the payload length from frames and sizes), the file
-size against header + payload (truncated or trailing bytes), the payload CRC. Decoders then check
-the model checksum and the model's rates, channels, codebook sizes and segmenting against the
-header (:func:`check_model`) before writing anything.
+version, the flags, the header length against the file size, the header CRC, the consistency of its
+fields (frames follow from length, hop and segments; a plain payload's length from frames and
+sizes), the file size against header + payload (truncated or trailing bytes), the payload CRC.
+Decoders then check the model checksum and the model's rates, channels, codebook sizes and
+segmenting against the header (:func:`check_model`) and, for an entropy-coded file, the LM checksum
+(:func:`check_lm`) and the decoded codes (:func:`decode_entropy`), before writing anything.
 """
 
 from __future__ import annotations
@@ -62,6 +83,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -69,14 +91,22 @@ from torch import Tensor, nn
 
 from codecplatform.models.base import AudioCodec
 
+if TYPE_CHECKING:
+    from codecplatform.models.code_lm import CodeLM
+
 MAGIC = b"CPCF"
-VERSION = 2
+VERSION = 3
 SUFFIX = ".cpc"
-#: Everything up to the codebook sizes, per format version (1: 96 bytes, 2: 128 bytes).
+#: The fixed part before the entropy block and codebook sizes, per format version
+#: (1: 96 bytes, 2: 128 bytes, 3: 132 bytes).
 _FIXED_BY_VERSION = {
     1: struct.Struct("<4sHIIHIQQIIHHI32sQI"),
     2: struct.Struct("<4sHIIHIQQIIHHI32s32sQI"),  # + the checkpoint file's sha256
+    3: struct.Struct("<4sHIIHIQQIIHHI32s32sQIHH"),  # + flags and the LM identifier's length
 }
+#: Version 3, flag bit 0: segment frames, codes CRC, LM checksum, LM checkpoint hash (72 bytes).
+_ENTROPY_BLOCK = struct.Struct("<II32s32s")
+FLAG_ENTROPY_CODED = 1
 _CRC = struct.Struct("<I")
 _MAX_CODEBOOK_BITS = 32
 
@@ -179,6 +209,34 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> bytes:
 
 # --------------------------------------------------------------------------------------- header
 @dataclass
+class EntropyCoding:
+    """The entropy-coded mode of a file (format version 3, flag bit 0).
+
+    lm_checksum: :func:`model_checksum` of the code LM (its state dict as loaded from its
+    checkpoint). lm_id: the LM checkpoint path given at encode time. lm_checkpoint_sha256:
+    :func:`file_sha256` of that file, or None (not recorded). segment_frames: frames per
+    independently coded segment (None: one segment). payload_length, codes_crc: the entropy-coded
+    payload's bytes and the CRC-32 of the codes bit-packed (:func:`pack_codes`); filled in by
+    :func:`to_bytes` and by reading.
+    """
+
+    lm_checksum: bytes
+    lm_id: str = ""
+    lm_checkpoint_sha256: bytes | None = None
+    segment_frames: int | None = None
+    payload_length: int = 0
+    codes_crc: int = 0
+
+
+def segment_frames(layout: Mapping[str, object]) -> int | None:
+    """Frames per segment of a codec's :meth:`~codecplatform.models.base.AudioCodec.bitstream_layout`:
+    ``ceil(segment length / hop length)`` (every segment but the last has that many), None when
+    the codec does not segment. The entropy coder restarts (coder and LM state) at each."""
+    length = layout.get("segment length")
+    return None if not length else math.ceil(int(length) / int(layout["hop length"]))
+
+
+@dataclass
 class Header:
     """What a compressed file says about its codes (see the module docstring for the layout).
 
@@ -186,6 +244,7 @@ class Header:
     None when the codec does not normalize. segment_length/segment_stride: None unless the codec
     encodes fixed segments (EnCodec 48 kHz). checkpoint_sha256: :func:`file_sha256` of the
     checkpoint file ``model_id`` names, or None (not recorded; always None in version 1 files).
+    entropy: set for an entropy-coded payload (:class:`EntropyCoding`; version 3 only).
     """
 
     sample_rate: int
@@ -201,6 +260,7 @@ class Header:
     scales: np.ndarray | None = None
     checkpoint_sha256: bytes | None = None
     version: int = VERSION
+    entropy: EntropyCoding | None = None
 
     @property
     def n_q(self) -> int:
@@ -222,9 +282,15 @@ class Header:
         return self.frame_rate * sum(math.log2(size) for size in self.codebook_sizes)
 
     @property
-    def payload_length(self) -> int:
-        """Bytes of the packed codes."""
+    def packed_length(self) -> int:
+        """Bytes of the codes bit-packed (a plain payload; the nominal bitrate)."""
         return payload_bytes(self.n_frames, self.codebook_sizes)
+
+    @property
+    def payload_length(self) -> int:
+        """Bytes of the payload: the packed codes, or the entropy-coded ones (known once
+        written or read)."""
+        return self.packed_length if self.entropy is None else self.entropy.payload_length
 
     def segments(self) -> list[tuple[int, int]]:
         """(offset, samples) per segment, as ``Codec.segments`` lays them out."""
@@ -269,18 +335,43 @@ class Header:
             raise BitstreamError(f"{where}: unknown format version {self.version}")
         if self.checkpoint_sha256 is not None and (self.version < 2 or len(self.checkpoint_sha256) != 32):
             raise BitstreamError(f"{where}: a checkpoint hash takes 32 bytes and format version 2 or later")
+        entropy = self.entropy
+        if entropy is not None:
+            if self.version < 3:
+                raise BitstreamError(f"{where}: entropy coding takes format version 3 or later")
+            if len(entropy.lm_checksum) != 32:
+                raise BitstreamError(f"{where}: LM checksum must be 32 bytes, got {len(entropy.lm_checksum)}")
+            if entropy.lm_checkpoint_sha256 is not None and len(entropy.lm_checkpoint_sha256) != 32:
+                raise BitstreamError(f"{where}: an LM checkpoint hash takes 32 bytes")
+            if entropy.segment_frames is not None and entropy.segment_frames < 1:
+                raise BitstreamError(f"{where}: segment frames must be >= 1 or 0 (one segment)")
 
     def to_bytes(self, payload_crc: int) -> bytes:
-        """The header bytes (ending with the header CRC) for a payload with CRC ``payload_crc``."""
+        """The header bytes (ending with the header CRC) for a payload with CRC ``payload_crc``
+        (and :attr:`payload_length` bytes)."""
         self.validate()
         model_id = self.model_id.encode("utf-8")
         if len(model_id) > 0xFFFF:
             raise ValueError(f"model identifier is {len(model_id)} bytes, at most 65535 fit")
+        entropy = self.entropy
+        lm_id = b"" if entropy is None else entropy.lm_id.encode("utf-8")
+        if len(lm_id) > 0xFFFF:
+            raise ValueError(f"LM identifier is {len(lm_id)} bytes, at most 65535 fit")
         scales = np.zeros(0, np.float32) if self.scales is None else np.asarray(self.scales, dtype="<f4")
         n_q = self.n_q
         fixed_struct = _FIXED_BY_VERSION[self.version]
-        length = fixed_struct.size + 4 * n_q + 4 * len(scales) + len(model_id) + _CRC.size
+        block = b""
+        if entropy is not None:
+            block = _ENTROPY_BLOCK.pack(
+                entropy.segment_frames or 0,
+                entropy.codes_crc,
+                entropy.lm_checksum,
+                entropy.lm_checkpoint_sha256 or bytes(32),
+            )
+        variable = 4 * n_q + 4 * len(scales) + len(model_id) + len(lm_id)
+        length = fixed_struct.size + len(block) + variable + _CRC.size
         checkpoint_hash = () if self.version < 2 else (self.checkpoint_sha256 or bytes(32),)
+        flags = () if self.version < 3 else (FLAG_ENTROPY_CODED if entropy is not None else 0, len(lm_id))
         fixed = fixed_struct.pack(
             MAGIC,
             self.version,
@@ -299,8 +390,10 @@ class Header:
             *checkpoint_hash,
             self.payload_length,
             payload_crc,
+            *flags,
         )
-        body = fixed + struct.pack(f"<{n_q}I", *self.codebook_sizes) + scales.tobytes() + model_id
+        sizes = struct.pack(f"<{n_q}I", *self.codebook_sizes)
+        body = fixed + block + sizes + scales.tobytes() + model_id + lm_id
         return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -317,15 +410,28 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
         raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs more")
     (version,) = struct.unpack_from("<H", data, 4)
     if version not in _FIXED_BY_VERSION:
-        known = " and ".join(str(v) for v in _FIXED_BY_VERSION)
+        versions = [str(v) for v in _FIXED_BY_VERSION]
+        known = ", ".join(versions[:-1]) + " and " + versions[-1]
         raise BitstreamError(f"{name} has format version {version}; this codecplatform reads versions {known}")
     fixed = _FIXED_BY_VERSION[version]
     if len(data) < fixed.size:
         raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs {fixed.size} or more")
+    fields = fixed.unpack_from(data)
+    if version >= 3:
+        *fields, flags, lm_id_len = fields
+    else:
+        flags = lm_id_len = 0
     (_, _, header_length, sample_rate, channels, hop, length, n_frames, seg_len, seg_stride, n_q, id_len, n_scales,
-     checksum, *checkpoint_hash, payload_length, payload_crc) = fixed.unpack_from(data)  # fmt: skip
+     checksum, *checkpoint_hash, payload_length, payload_crc) = fields  # fmt: skip
     checkpoint_sha256 = checkpoint_hash[0] if checkpoint_hash and any(checkpoint_hash[0]) else None
-    expected_length = fixed.size + 4 * n_q + 4 * n_scales + id_len + _CRC.size
+    if flags & ~FLAG_ENTROPY_CODED:
+        raise BitstreamError(
+            f"{name} uses features this codecplatform does not know (header flags {flags:#06x}): "
+            "decode it with a newer codecplatform"
+        )
+    entropy_coded = bool(flags & FLAG_ENTROPY_CODED)
+    block_size = _ENTROPY_BLOCK.size if entropy_coded else 0
+    expected_length = fixed.size + block_size + 4 * n_q + 4 * n_scales + id_len + lm_id_len + _CRC.size
     if header_length != expected_length:
         raise BitstreamError(
             f"{name}: corrupted header (it says {header_length} bytes, its fields need {expected_length})"
@@ -337,14 +443,28 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
     if zlib.crc32(data[:body_end]) != header_crc:
         raise BitstreamError(f"{name}: corrupted header (CRC-32 mismatch)")
     offset = fixed.size
+    entropy = None
+    if entropy_coded:
+        seg_frames, codes_crc, lm_checksum, lm_hash = _ENTROPY_BLOCK.unpack_from(data, offset)
+        offset += _ENTROPY_BLOCK.size
+        entropy = EntropyCoding(
+            lm_checksum=lm_checksum,
+            lm_checkpoint_sha256=lm_hash if any(lm_hash) else None,
+            segment_frames=seg_frames or None,
+            payload_length=payload_length,
+            codes_crc=codes_crc,
+        )
     sizes = list(struct.unpack_from(f"<{n_q}I", data, offset))
     offset += 4 * n_q
     scales = np.frombuffer(data, dtype="<f4", count=n_scales, offset=offset).astype(np.float32)
     offset += 4 * n_scales
     try:
         model_id = data[offset : offset + id_len].decode("utf-8")
+        lm_id = data[offset + id_len : offset + id_len + lm_id_len].decode("utf-8")
     except UnicodeDecodeError as error:
-        raise BitstreamError(f"{name}: corrupted header (model identifier is not UTF-8)") from error
+        raise BitstreamError(f"{name}: corrupted header (model or LM identifier is not UTF-8)") from error
+    if entropy is not None:
+        entropy.lm_id = lm_id
     header = Header(
         sample_rate=sample_rate,
         channels=channels,
@@ -359,9 +479,10 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
         scales=scales if n_scales else None,
         checkpoint_sha256=checkpoint_sha256,
         version=version,
+        entropy=entropy,
     )
     header.validate(f"{name}: inconsistent header")
-    if payload_length != header.payload_length:
+    if entropy is None and payload_length != header.payload_length:
         raise BitstreamError(
             f"{name}: inconsistent header (payload of {payload_length} bytes, {n_frames} frames of "
             f"codebook sizes {sizes} take {header.payload_length})"
@@ -372,10 +493,14 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
 # ------------------------------------------------------------------------------------- files
 @dataclass
 class CompressedAudio:
-    """A decoded file: its header and codes (K, T') int64."""
+    """A read file: its header and codes (K, T') int64.
+
+    An entropy-coded file's codes need its LM: ``codes`` is None and ``payload`` holds the
+    entropy-coded bytes until :func:`decode_entropy` fills ``codes`` in."""
 
     header: Header
-    codes: np.ndarray
+    codes: np.ndarray | None
+    payload: bytes | None = None
 
     @property
     def file_size(self) -> int:
@@ -400,18 +525,58 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def to_bytes(header: Header, codes: np.ndarray | Tensor) -> bytes:
-    """The whole file: header + bit-packed codes (K, T'), after checking the codes' shape."""
+def to_bytes(
+    header: Header,
+    codes: np.ndarray | Tensor,
+    lm: CodeLM | None = None,
+    mode: str = "batch",
+    verify: bool = False,
+) -> bytes:
+    """The whole file: header + codes (K, T'), after checking the codes' shape.
+
+    A plain header: the codes bit-packed. A header with ``entropy`` set: the codes entropy-coded
+    with ``lm`` (whose :func:`model_checksum` must be ``header.entropy.lm_checksum``; ``mode`` and
+    ``verify`` as :func:`codecplatform.entropy.coding.entropy_encode`); the payload length and
+    codes CRC are filled into ``header.entropy``.
+    """
     codes = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
     if codes.shape != (header.n_q, header.n_frames):
         raise ValueError(f"codes have shape {codes.shape}, the header says ({header.n_q}, {header.n_frames})")
-    payload = pack_codes(codes, header.codebook_sizes)
+    packed = pack_codes(codes, header.codebook_sizes)
+    entropy = header.entropy
+    if entropy is None:
+        return header.to_bytes(zlib.crc32(packed)) + packed
+    if lm is None:
+        raise ValueError("an entropy-coded file needs its code language model (lm)")
+    problems = lm_problems(lm, header.n_q, header.codebook_sizes, header.frame_rate)
+    if problems:
+        raise ValueError("the language model does not fit these codes: " + "; ".join(problems))
+    from codecplatform.entropy.coding import entropy_encode
+
+    payload = entropy_encode(
+        torch.from_numpy(codes.astype(np.int64)),
+        lm,
+        frame_rate=header.frame_rate,
+        segment_frames=entropy.segment_frames,
+        mode=mode,
+        verify=verify,
+    )
+    entropy.payload_length = len(payload)
+    entropy.codes_crc = zlib.crc32(packed)
     return header.to_bytes(zlib.crc32(payload)) + payload
 
 
-def write_compressed(path: str | Path, header: Header, codes: np.ndarray | Tensor) -> int:
-    """Write header + codes (K, T') to ``path`` atomically; returns the file size in bytes."""
-    data = to_bytes(header, codes)
+def write_compressed(
+    path: str | Path,
+    header: Header,
+    codes: np.ndarray | Tensor,
+    lm: CodeLM | None = None,
+    mode: str = "batch",
+    verify: bool = False,
+) -> int:
+    """Write header + codes (K, T') to ``path`` atomically (entropy-coded with ``lm`` when
+    ``header.entropy`` is set: :func:`to_bytes`); returns the file size in bytes."""
+    data = to_bytes(header, codes, lm, mode, verify)
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return len(data)
@@ -428,6 +593,8 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> CompressedAudio:
     payload = data[header_length:]
     if zlib.crc32(payload) != payload_crc:
         raise BitstreamError(f"{name}: corrupted payload (CRC-32 mismatch)")
+    if header.entropy is not None:
+        return CompressedAudio(header=header, codes=None, payload=payload)
     try:
         codes = unpack_codes(payload, header.codebook_sizes, header.n_frames)
     except ValueError as error:
@@ -469,3 +636,65 @@ def check_model(header: Header, checksum: bytes, name: str, model: str, codec: A
     differ = [f"{key} {theirs[key]} (model: {own[key]})" for key in own if own[key] != theirs[key]]
     if differ:
         raise BitstreamError(f"{name} does not fit {model}: " + ", ".join(differ))
+
+
+# ------------------------------------------------------------------------------ entropy coding
+def lm_problems(lm: CodeLM, n_q: int, codebook_sizes: list[int], frame_rate: float) -> list[str]:
+    """Why the code LM ``lm`` cannot code ``n_q`` codebooks of ``codebook_sizes`` at
+    ``frame_rate`` frames/s (empty when it can)."""
+    problems = []
+    if n_q > lm.n_q:
+        problems.append(f"{n_q} codebooks, the LM has {lm.n_q}")
+    if max(codebook_sizes[:n_q], default=0) > lm.card:
+        problems.append(f"codebook sizes {codebook_sizes[:n_q]}, the LM predicts {lm.card} entries")
+    if lm.frame_rate is not None and abs(frame_rate - lm.frame_rate) > 1e-6 * frame_rate:
+        problems.append(f"{frame_rate:g} frames/s, the LM was trained at {lm.frame_rate:g}")
+    return problems
+
+
+def check_lm(header: Header, checksum: bytes, name: str, model: str, lm: CodeLM) -> None:
+    """Raise BitstreamError unless ``lm`` (with state-dict ``checksum``, described as ``model``)
+    is the code LM that entropy-coded the file ``name``."""
+    entropy = header.entropy
+    if entropy is None:
+        raise BitstreamError(f"{name} is not entropy-coded: it needs no language model")
+    if checksum != entropy.lm_checksum:
+        raise BitstreamError(
+            f"{name} was entropy-coded with the language model {entropy.lm_id!r} (sha256 "
+            f"{entropy.lm_checksum.hex()[:16]}...), but {model} has sha256 {checksum.hex()[:16]}...: "
+            "decode with the language model that encoded it"
+        )
+    problems = lm_problems(lm, header.n_q, header.codebook_sizes, header.frame_rate)
+    if problems:
+        raise BitstreamError(f"{name} does not fit {model}: " + "; ".join(problems))
+
+
+def decode_entropy(compressed: CompressedAudio, lm: CodeLM, name: str = "<bytes>") -> np.ndarray:
+    """Entropy-decode the payload of an entropy-coded file with its LM (checked with
+    :func:`check_lm` first) -> codes (K, T') int64, also stored in ``compressed.codes``.
+
+    Raises BitstreamError naming ``name`` when the payload does not decode, or decodes to codes
+    outside the codebooks or whose CRC-32 differs from the header's (a corrupted payload)."""
+    header, entropy = compressed.header, compressed.header.entropy
+    if entropy is None or compressed.payload is None:
+        raise BitstreamError(f"{name} is not entropy-coded")
+    if compressed.codes is not None:
+        return compressed.codes
+    from codecplatform.entropy.coding import entropy_decode
+
+    try:
+        codes = entropy_decode(
+            compressed.payload,
+            lm,
+            header.n_q,
+            header.n_frames,
+            segment_frames=entropy.segment_frames,
+            frame_rate=header.frame_rate,
+        ).numpy()
+        packed = pack_codes(codes, header.codebook_sizes)
+    except ValueError as error:  # RangeCoderError, or a code outside its codebook
+        raise BitstreamError(f"{name}: corrupted entropy-coded payload ({error})") from error
+    if zlib.crc32(packed) != entropy.codes_crc:
+        raise BitstreamError(f"{name}: corrupted entropy-coded payload (the decoded codes' CRC-32 differs)")
+    compressed.codes = codes
+    return codes

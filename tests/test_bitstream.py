@@ -140,10 +140,10 @@ def test_header_and_codes_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read.codes, codes)
     model_id = len(header.model_id.encode())
     assert size == (tmp_path / "a.cpc").stat().st_size == read.file_size
-    assert size - header.payload_length == 132 + 4 * 3 + 4 * 3 + model_id  # documented header size
+    assert size - header.payload_length == 136 + 4 * 3 + 4 * 3 + model_id  # documented header size
 
 
-def test_checkpoint_hash_roundtrips_and_version_1_files_still_read(tmp_path: Path) -> None:
+def test_checkpoint_hash_roundtrips_and_versions_1_and_2_files_still_read(tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"weights" * 100_000)  # several read blocks
     digest = file_sha256(checkpoint, block=4096)
@@ -151,10 +151,19 @@ def test_checkpoint_hash_roundtrips_and_version_1_files_still_read(tmp_path: Pat
     header = make_header(checkpoint_sha256=digest)
     codes = random_codes(np.random.default_rng(5), header.codebook_sizes, header.n_frames)
     data = to_bytes(header, codes)
-    assert struct.unpack_from("<H", data, 4) == (2,) and data[84:116] == digest  # documented offsets
+    assert struct.unpack_from("<H", data, 4) == (3,) and data[84:116] == digest  # documented offsets
+    assert struct.unpack_from("<HH", data, 128) == (0, 0)  # flags: plain payload; no LM identifier
     read = from_bytes(data)
-    assert read.header.checkpoint_sha256 == digest and read.header.version == VERSION == 2
+    assert read.header.checkpoint_sha256 == digest and read.header.version == VERSION == 3
+    assert read.header.entropy is None
     assert from_bytes(to_bytes(make_header(), codes)).header.checkpoint_sha256 is None  # not recorded: zeros
+    # version 2 (no flags, a 132-byte base) is still read
+    v2 = make_header(version=2, checkpoint_sha256=digest)
+    v2_data = to_bytes(v2, codes)
+    assert len(v2_data) - v2.payload_length == 132 + 4 * 3 + 4 * 3 + len(v2.model_id.encode())
+    read = from_bytes(v2_data)
+    assert read.header.version == 2 and read.header.checkpoint_sha256 == digest
+    np.testing.assert_array_equal(read.codes, codes)
     # version 1 (no checkpoint hash, a 100-byte base) is still read
     old = make_header(version=1)
     old_data = to_bytes(old, codes)
@@ -166,6 +175,47 @@ def test_checkpoint_hash_roundtrips_and_version_1_files_still_read(tmp_path: Pat
         make_header(version=1, checkpoint_sha256=digest).to_bytes(0)
     with pytest.raises(BitstreamError, match="checkpoint hash takes 32 bytes"):
         make_header(checkpoint_sha256=b"short").to_bytes(0)
+
+
+def test_entropy_coded_header_layout_and_roundtrip() -> None:
+    from code_lm_helpers import tiny_lm
+
+    from codecplatform.bitstream import EntropyCoding, decode_entropy
+
+    header = make_header(codebook_sizes=[16, 16, 13], checkpoint_sha256=bytes(range(32, 64)))
+    codes = random_codes(np.random.default_rng(6), header.codebook_sizes, header.n_frames)
+    lm = tiny_lm(n_q=4, card=16, frame_rate=150.0)
+    lm_hash = bytes(range(64, 96))
+    header.entropy = EntropyCoding(model_checksum(lm), "lms/lm ü.ckpt", lm_hash, segment_frames=150)
+    data = to_bytes(header, codes, lm=lm)
+    lm_id = "lms/lm ü.ckpt".encode()
+    assert header.entropy.payload_length == len(data) - (
+        208 + 4 * 3 + 4 * 3 + len(header.model_id.encode()) + len(lm_id)
+    )
+    assert struct.unpack_from("<HH", data, 128) == (1, len(lm_id))  # flags: entropy-coded; LM identifier length
+    segment_frames_, codes_crc = struct.unpack_from("<II", data, 132)
+    assert segment_frames_ == 150 and codes_crc == zlib.crc32(pack_codes(codes, header.codebook_sizes))
+    assert data[140:172] == model_checksum(lm) and data[172:204] == lm_hash
+    assert struct.unpack_from("<3I", data, 204) == (16, 16, 13)
+    read = from_bytes(data)
+    assert read.codes is None and read.payload == data[-header.entropy.payload_length :]
+    assert read.header.entropy == header.entropy and read.header.model_id == header.model_id
+    assert read.file_size == len(data)
+    np.testing.assert_array_equal(decode_entropy(read, lm), codes)
+    # entropy coding needs version 3, and an LM that fits the codes
+    with pytest.raises(BitstreamError, match="entropy coding takes format version 3"):
+        make_header(version=2, entropy=EntropyCoding(bytes(32))).to_bytes(0)
+    with pytest.raises(ValueError, match="needs its code language model"):
+        to_bytes(
+            make_header(entropy=EntropyCoding(bytes(32))),
+            random_codes(np.random.default_rng(0), [1024, 1024, 1000], 304),
+        )
+    with pytest.raises(ValueError, match="LM predicts 16 entries"):
+        to_bytes(
+            make_header(entropy=EntropyCoding(bytes(32))),
+            random_codes(np.random.default_rng(0), [1024, 1024, 1000], 304),
+            lm=lm,
+        )
 
 
 def test_header_without_segments_or_scales_roundtrips() -> None:
@@ -197,7 +247,7 @@ def test_file_size_matches_nominal_bitrate_within_header(n_q: int, frame_rate_ho
     codes = random_codes(np.random.default_rng(3), header.codebook_sizes, header.n_frames)
     size = len(to_bytes(header, codes))
     nominal = header.nominal_bitrate * seconds / 8  # bitrate x duration
-    header_bytes = 132 + 4 * n_q + len(header.model_id)
+    header_bytes = 136 + 4 * n_q + len(header.model_id)
     frame_bytes = 10 * n_q / 8
     assert header.nominal_bitrate == pytest.approx(sample_rate / frame_rate_hop * 10 * n_q)
     assert 0 <= size - nominal <= header_bytes + frame_bytes + 1  # at most a partial frame and a byte more
@@ -239,7 +289,8 @@ def test_reading_errors_name_the_file(good_file: tuple[Path, bytes]) -> None:
     (header_length,) = struct.unpack_from("<I", data, 6)
     cases = {
         "not a codecplatform compressed file": b"RIFF" + data[4:],
-        "format version 3; this codecplatform reads versions 1 and 2": data[:4] + struct.pack("<H", 3) + data[6:],
+        "format version 4; this codecplatform reads versions 1, 2 and 3": data[:4] + struct.pack("<H", 4) + data[6:],
+        "header flags 0x0002": rewrite_header(data, 128, "<H", 2),
         "truncated: 3 bytes": data[:3],
         "truncated: 50 bytes": data[:50],
         f"truncated: {header_length - 1} bytes, its header alone": data[: header_length - 1],

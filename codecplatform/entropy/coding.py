@@ -26,7 +26,9 @@ pdf quantization, so they give the same bytes except with vanishing probability 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -43,6 +45,18 @@ from codecplatform.models.code_lm import CodeLM
 
 # frames x codebooks evaluated per chunk of the batch encoder (bounds the float64 pdf memory)
 CHUNK_ROWS = 4096
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block (restored after): frame-by-frame LM steps
+    are tiny ops that threads only slow down (15-30x on a busy 2-core machine, measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def coding_lm(lm: CodeLM) -> CodeLM:
@@ -117,12 +131,13 @@ def entropy_encode(
         if mode == "step":
             state = model.initial_state(1, K)
             prev = None
-            for t in range(stop - start):
-                logits, state = model.step(prev, state)
-                cdf = _cdfs(logits[0])  # (K, card+1)
-                for k, symbol in enumerate(segment[:, t].tolist()):
-                    encoder.push_range(int(cdf[k, symbol]), int(cdf[k, symbol + 1]))
-                prev = segment[None, :, t]
+            with one_thread():
+                for t in range(stop - start):
+                    logits, state = model.step(prev, state)
+                    cdf = _cdfs(logits[0])  # (K, card+1)
+                    for k, symbol in enumerate(segment[:, t].tolist()):
+                        encoder.push_range(int(cdf[k, symbol]), int(cdf[k, symbol + 1]))
+                    prev = segment[None, :, t]
         else:
             state = model.initial_state(1, K)
             chunk = max(1, CHUNK_ROWS // K)
@@ -168,17 +183,18 @@ def entropy_decode(
     model = coding_lm(lm)
     codes = torch.zeros(n_q, n_frames, dtype=torch.long)
     offset = 0
-    for start, stop in _segments(n_frames, segment_frames):
-        decoder = RangeDecoder(payload, offset)
-        state = model.initial_state(1, n_q)
-        prev = None
-        for t in range(start, stop):
-            logits, state = model.step(prev, state)
-            cdf = _cdfs(logits[0])  # (K, card+1)
-            frame = [decoder.pull(cdf[k]) for k in range(n_q)]
-            codes[:, t] = torch.tensor(frame)
-            prev = codes[None, :, t]
-        offset = decoder.finish()
+    with one_thread():  # frame by frame: tiny ops
+        for start, stop in _segments(n_frames, segment_frames):
+            decoder = RangeDecoder(payload, offset)
+            state = model.initial_state(1, n_q)
+            prev = None
+            for t in range(start, stop):
+                logits, state = model.step(prev, state)
+                cdf = _cdfs(logits[0])  # (K, card+1)
+                frame = [decoder.pull(cdf[k]) for k in range(n_q)]
+                codes[:, t] = torch.tensor(frame)
+                prev = codes[None, :, t]
+            offset = decoder.finish()
     if offset != len(payload):
         raise RangeCoderError(
             f"the entropy-coded payload has {len(payload) - offset} bytes beyond its {offset} "
