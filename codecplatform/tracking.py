@@ -11,6 +11,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from codecplatform.compare import prepare_experiment
+
 
 class MLflowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger with two fixes.
@@ -25,6 +27,17 @@ class MLflowLogger(MLFlowLogger):
 
     def __init__(self, *args: Any, tracking_uri: str | None = None, **kwargs: Any):
         super().__init__(*args, tracking_uri=absolute_sqlite_uri(tracking_uri), **kwargs)
+
+    @property
+    def experiment(self) -> Any:
+        """The MLflow client; when it first opens the experiment (rank zero), the experiment is tagged
+        as model training and gets the "codec quality" runs view
+        (:func:`codecplatform.compare.prepare_experiment`), so the UI opens on its runs."""
+        opening = not self._initialized
+        client = super().experiment
+        if opening and self._initialized and self._experiment_id is not None:
+            prepare_experiment(client, self._experiment_id)
+        return client
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
