@@ -64,6 +64,8 @@ ui: install
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(BIN)/python -m pip install --quiet "$$(grep -s '^uv==' $(LOCK) || echo uv)"
+	# the current lock is the starting point (uv keeps the versions of an existing output file)
+	cp -f $(LOCK) $(LOCK).main 2>/dev/null || true
 	$(UV) pip compile --quiet --custom-compile-command 'make lock' pyproject.toml --extra dev --extra parity --constraint lock-constraints.txt $(UPGRADE) \
 	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --output-file $(LOCK).main
 	printf 'descript-audio-codec==1.0.0\ndescript-audiotools==0.7.2\n' > $(LOCK).nodeps.in

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from codecplatform.cli import compose_config
+from codecplatform.config import compose_config
 from codecplatform.models.codec import Codec
 from codecplatform.nn.streaming import streaming
 

@@ -1,7 +1,8 @@
 """``codecplatform encode`` / ``decode``: audio files <-> compressed ``.cpc`` files, chunk by chunk.
 
     codecplatform encode in.wav out.cpc --checkpoint model.ckpt [--bandwidth 6 | --n_q 8] [--device cuda]
-    codecplatform decode out.cpc out.wav [--checkpoint model.ckpt] [--device cuda]
+        [--entropy-coding --lm lm.ckpt [--verify]]
+    codecplatform decode out.cpc out.wav [--checkpoint model.ckpt] [--lm lm.ckpt] [--device cuda]
 
 The file format is :mod:`codecplatform.bitstream`. ``encode`` reads any sound file soundfile
 reads, maps its channels like the training data (mono is repeated; more channels than the model's
@@ -13,6 +14,15 @@ weights must have the checksum in the file. Checkpoints are read with ``torch.lo
 (see :func:`codecplatform.models.codec.load_codec_state`). ``encode`` refuses audio with NaN or
 infinite samples. A failing command writes nothing: outputs go to a temporary file next to the
 destination, renamed at the end and deleted on error.
+
+``--entropy-coding --lm lm.ckpt`` entropy-codes the codes with a code language model (EnCodec
+section 3.3; a ``CodeLMModule`` checkpoint of ``codecplatform fit --config
+experiments/code_lm/...``): lossless, a smaller file, a slower encode and decode (the LM runs in
+float64 on the CPU, frame by frame when decoding). The codec's own segments (EnCodec 48 kHz) are
+the LM's segments: coder and LM state restart at each. ``decode`` sees the flag in the header and
+uses the LM the header names (under the same rules as the codec checkpoint: loaded only when its
+bytes have the recorded sha256) or ``--lm``; an LM whose weights are not the encoder's, or a
+payload that does not decode to codes with the recorded CRC, is refused before anything is written.
 
 Memory is bounded by the chunk size, not the file length: audio is read, resampled, encoded,
 decoded and written ``--chunk_seconds`` at a time (aligned to the hop length); only the codes,
@@ -43,6 +53,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +64,22 @@ from torch import Tensor
 from codecplatform.bitstream import (
     BitstreamError,
     CompressedAudio,
+    EntropyCoding,
     Header,
     atomic_output,
+    check_lm,
     check_model,
+    decode_entropy,
     file_sha256,
+    lm_problems,
     model_checksum,
     read_compressed,
+    segment_frames,
     write_compressed,
 )
 from codecplatform.dsp.spectral import resample
 from codecplatform.models.base import AudioCodec
+from codecplatform.models.code_lm import CodeLM
 from codecplatform.models.codec import Codec
 from codecplatform.nn.streaming import streams_exactly
 from codecplatform.types import EncodedAudio
@@ -216,11 +233,23 @@ def encode_file(
     context_seconds: float = DEFAULT_CONTEXT_SECONDS,
     device: torch.device | str = "cpu",
     checkpoint_sha256: bytes | None = None,
+    entropy: EntropyCoding | None = None,
+    lm: CodeLM | None = None,
+    verify: bool = False,
 ) -> tuple[Header, int]:
     """Encode the audio file ``source`` into the compressed file ``out`` -> (header, file bytes).
 
     ``checkpoint_sha256``: :func:`~codecplatform.bitstream.file_sha256` of the checkpoint file
-    ``model_id`` names; without it, decoding needs an explicit ``--checkpoint``."""
+    ``model_id`` names; without it, decoding needs an explicit ``--checkpoint``.
+    ``entropy`` + ``lm``: entropy-code the codes with the code LM ``lm`` (whose identity
+    ``entropy`` records); its segments are the codec's (``segment_frames`` is set here).
+    ``verify``: decode the entropy-coded payload once more before writing (twice as slow)."""
+    if entropy is not None:
+        if lm is None:
+            raise ValueError("entropy coding needs the code language model")
+        problems = lm_problems(lm, n_q, list(codec.codebook_sizes), codec.frame_rate)
+        if problems:  # before any audio is coded
+            raise ValueError("the language model does not fit this codec: " + "; ".join(problems))
     with AudioReader(source, codec.sample_rate, codec.channels) as reader:
         encoded = encode_audio(
             codec, reader, n_q, _chunk_samples(codec, chunk_seconds), _context_frames(codec, context_seconds), device
@@ -239,8 +268,9 @@ def encode_file(
         segment_stride=layout["segment stride"],
         scales=None if encoded.scale is None else encoded.scale[0, :, 0].numpy().astype(np.float32),
         checkpoint_sha256=checkpoint_sha256,
+        entropy=None if entropy is None else replace(entropy, segment_frames=segment_frames(layout)),
     )
-    size = write_compressed(out, header, encoded.codes[0])
+    size = write_compressed(out, header, encoded.codes[0], lm=lm, verify=verify)
     return header, size
 
 
@@ -259,6 +289,8 @@ def decode_file(
     [-1, 1]; returns the number of clipped samples. ``codebooks``: decode from these codebook
     indices only (codebook ablation, :meth:`AudioCodec.decode`); default all in the file."""
     out = Path(out)
+    if compressed.codes is None:
+        raise ValueError("the file is entropy-coded: decode its codes first (codecplatform.bitstream.decode_entropy)")
     if codebooks is not None:
         Codec.codebook_mask(codebooks, compressed.header.n_q)  # ValueError before anything is written
     header = compressed.header
@@ -315,6 +347,21 @@ def _encode_parser() -> argparse.ArgumentParser:
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--bandwidth", type=float, default=None, help="kbps, one of the model's (default: the highest)")
     choice.add_argument("--n_q", type=int, default=None, help="number of codebooks instead of --bandwidth")
+    parser.add_argument(
+        "--entropy-coding",
+        "--entropy_coding",
+        dest="entropy_coding",
+        action="store_true",
+        help="entropy-code the codes with the code language model --lm (lossless; smaller, slower)",
+    )
+    parser.add_argument(
+        "--lm",
+        default=None,
+        help="code LM checkpoint for --entropy-coding (codecplatform fit --config experiments/code_lm/...)",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="with --entropy-coding: decode the payload once more before writing"
+    )
     _add_common(parser)
     return parser
 
@@ -328,6 +375,11 @@ def _decode_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", help="audio file to write (format from the suffix: .wav, .flac, ...)")
     parser.add_argument(
         "--checkpoint", default=None, help="codec checkpoint (default: the path recorded in the file, if it exists)"
+    )
+    parser.add_argument(
+        "--lm",
+        default=None,
+        help="code LM of an entropy-coded file (default: the path recorded in the file, if it exists)",
     )
     parser.add_argument("--subtype", default="PCM_16", help="soundfile subtype (PCM_16 default, PCM_24, FLOAT, ...)")
     parser.add_argument(
@@ -366,7 +418,62 @@ def _device(name: str) -> torch.device:
 def _load(checkpoint: str | Path, device: torch.device) -> tuple[AudioCodec, bytes]:
     codec = AudioCodec.from_checkpoint(checkpoint, map_location="cpu")
     checksum = model_checksum(codec)  # on CPU: the same bytes whatever the device
-    return codec.to(device).eval(), checksum
+    return codec.to(device).prepare_for_inference(), checksum  # folds weight norm: after the checksum
+
+
+def _load_lm(checkpoint: str | Path) -> tuple[CodeLM, bytes]:
+    """(the code LM as coding uses it: float64 on the CPU, checksum of its weights as saved)."""
+    from codecplatform.entropy.coding import coding_lm
+
+    lm = CodeLM.from_checkpoint(checkpoint, map_location="cpu")  # torch.load(weights_only=True)
+    return coding_lm(lm), model_checksum(lm)
+
+
+def _recorded_file(
+    prog: str,
+    source: Path,
+    explicit: str | None,
+    recorded: str,
+    recorded_sha256: bytes | None,
+    version: int,
+    kind: str,
+    option: str,
+    made_with: str,
+    model: str,
+) -> Path | int:
+    """The checkpoint to load: ``explicit`` (``option``) when given, else the ``recorded`` path,
+    and that one only when its bytes hash to ``recorded_sha256`` (checked before anything of it is
+    unpickled). Returns the path, or the exit status after printing why not. Wording: the file was
+    ``made_with`` (``"encoded with"``) the ``model`` (``"model"``), a ``kind`` (``"checkpoint"``) file."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            return _fail(prog, f"{kind} not found: {path}", USAGE_ERROR)
+        return path
+    path = Path(recorded)
+    if not recorded or not path.is_file():
+        return _fail(
+            prog,
+            f"{source} was {made_with} the {model} {recorded!r}, which is not a file here: pass {option}",
+            USAGE_ERROR,
+        )
+    # The file a header names is untrusted until its bytes hash to what the header records.
+    if recorded_sha256 is None:
+        return _fail(
+            prog,
+            f"{source} records no hash of its {kind} {recorded!r} (format version {version}), "
+            f"so that file is not loaded unchecked: pass {option}",
+            USAGE_ERROR,
+        )
+    actual = file_sha256(path)
+    if actual != recorded_sha256:
+        return _fail(
+            prog,
+            f"the {kind} {path} is not the file {source} was {made_with} (sha256 "
+            f"{actual.hex()[:16]}..., recorded {recorded_sha256.hex()[:16]}...): not loading it; "
+            f"pass {option} with the {model} that encoded it",
+        )
+    return path
 
 
 def _codebook_list(text: str | None) -> list[int] | None:
@@ -391,14 +498,30 @@ def encode_main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     source, out, checkpoint = Path(args.input), Path(args.output), Path(args.checkpoint)
-    for what, path in (("audio file", source), ("checkpoint", checkpoint)):
+    if args.entropy_coding and args.lm is None:
+        return _fail(prog, "--entropy-coding needs --lm (a code LM checkpoint)", USAGE_ERROR)
+    if args.lm is not None and not args.entropy_coding:
+        return _fail(prog, "--lm is the language model of --entropy-coding: add --entropy-coding", USAGE_ERROR)
+    if args.verify and not args.entropy_coding:
+        return _fail(prog, "--verify checks --entropy-coding: add --entropy-coding", USAGE_ERROR)
+    lm_path = None if args.lm is None else Path(args.lm)
+    files = [("audio file", source), ("checkpoint", checkpoint)] + ([("LM checkpoint", lm_path)] if lm_path else [])
+    for what, path in files:
         if not path.is_file():
             return _fail(prog, f"{what} not found: {path}", USAGE_ERROR)
+    lm, entropy = None, None
     try:
         device = _device(args.device)
         checkpoint_sha256 = file_sha256(checkpoint)  # recorded: decode checks the file before loading it
         codec, checksum = _load(checkpoint, device)
         n_q = choose_n_q(codec, args.bandwidth, args.n_q)
+        if lm_path is not None:
+            lm_sha256 = file_sha256(lm_path)  # recorded, like the codec checkpoint's
+            lm, lm_checksum = _load_lm(lm_path)
+            problems = lm_problems(lm, n_q, list(codec.codebook_sizes), codec.frame_rate)
+            if problems:
+                raise ValueError(f"the language model {lm_path} does not fit {checkpoint}: " + "; ".join(problems))
+            entropy = EntropyCoding(lm_checksum, str(lm_path.resolve()), lm_sha256)
     except ValueError as error:
         return _fail(prog, error, USAGE_ERROR)
     began = time.perf_counter()
@@ -414,18 +537,31 @@ def encode_main(argv: list[str] | None = None) -> int:
             args.context_seconds,
             device,
             checkpoint_sha256,
+            entropy,
+            lm,
+            args.verify,
         )
     except (ValueError, RuntimeError) as error:
         return _fail(prog, error)
     seconds = time.perf_counter() - began
     nominal = header.nominal_bitrate * header.duration / 8
+    coding = "" if entropy is None else f", entropy-coded with {lm_path}"
     print(
         f"encoded {source} ({header.duration:.2f} s at {header.sample_rate} Hz, {header.channels} ch) "
-        f"with {n_q} codebooks ({header.nominal_bitrate / 1000:.3g} kbps nominal) in {seconds:.2f} s"
+        f"with {n_q} codebooks ({header.nominal_bitrate / 1000:.3g} kbps nominal{coding}) in {seconds:.2f} s"
     )
+    payload = header.payload_length
+    note = ""
+    if header.entropy is not None:
+        packed = header.packed_length
+        note = (
+            f"; entropy-coded payload {payload:,} bytes vs {packed:,} bit-packed: "
+            f"{100 * (1 - payload / max(packed, 1)):.1f}% smaller"
+        )
     print(
-        f"wrote {out}: {size:,} bytes = {size * 8 / header.duration / 1000:.3g} kbps "
-        f"(nominal {nominal:,.0f} bytes; header {size - header.payload_length:,} bytes)"
+        f"wrote {out}: {size:,} bytes = {size * 8 / header.duration / 1000:.4g} kbps "
+        f"(nominal {header.nominal_bitrate / 1000:.4g} kbps = {nominal:,.0f} bytes; "
+        f"header {size - payload:,} bytes{note})"
     )
     return 0
 
@@ -445,49 +581,57 @@ def decode_main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # BitstreamError or a bad device
         return _fail(prog, error)
     header = compressed.header
-    if args.checkpoint is not None:
-        checkpoint = Path(args.checkpoint)
-        if not checkpoint.is_file():
-            return _fail(prog, f"checkpoint not found: {checkpoint}", USAGE_ERROR)
-    else:
-        checkpoint = Path(header.model_id)
-        if not header.model_id or not checkpoint.is_file():
-            return _fail(
-                prog,
-                f"{source} was encoded with the model {header.model_id!r}, which is not a file here: pass --checkpoint",
-                USAGE_ERROR,
-            )
-        # The file a header names is untrusted until its bytes hash to what the header records:
-        # checked before anything of it is unpickled.
-        if header.checkpoint_sha256 is None:
-            return _fail(
-                prog,
-                f"{source} records no hash of its checkpoint {header.model_id!r} (format version {header.version}), "
-                "so that file is not loaded unchecked: pass --checkpoint",
-                USAGE_ERROR,
-            )
-        actual = file_sha256(checkpoint)
-        if actual != header.checkpoint_sha256:
-            return _fail(
-                prog,
-                f"the checkpoint {checkpoint} is not the file {source} was encoded with (sha256 "
-                f"{actual.hex()[:16]}..., recorded {header.checkpoint_sha256.hex()[:16]}...): not loading it; "
-                "pass --checkpoint with the model that encoded it",
-            )
+    checkpoint = _recorded_file(
+        prog,
+        source,
+        args.checkpoint,
+        header.model_id,
+        header.checkpoint_sha256,
+        header.version,
+        "checkpoint",
+        "--checkpoint",
+        "encoded with",
+        "model",
+    )
+    if isinstance(checkpoint, int):
+        return checkpoint
+    lm_path = None
+    if header.entropy is not None:
+        lm_path = _recorded_file(
+            prog,
+            source,
+            args.lm,
+            header.entropy.lm_id,
+            header.entropy.lm_checkpoint_sha256,
+            header.version,
+            "LM checkpoint",
+            "--lm",
+            "entropy-coded with",
+            "language model",
+        )
+        if isinstance(lm_path, int):
+            return lm_path
+    elif args.lm is not None:
+        print(f"note: {source} is not entropy-coded: --lm {args.lm} is not used")
     began = time.perf_counter()
     try:
         codec, checksum = _load(checkpoint, device)
         check_model(header, checksum, str(source), f"the checkpoint {checkpoint}", codec)
         codebooks = _codebook_list(args.codebooks)
+        if lm_path is not None:
+            lm, lm_checksum = _load_lm(lm_path)
+            check_lm(header, lm_checksum, str(source), f"the language model {lm_path}", lm)
+            decode_entropy(compressed, lm, str(source))
         clipped = decode_file(
             codec, compressed, out, args.chunk_seconds, args.context_seconds, args.subtype, device, codebooks
         )
     except (ValueError, RuntimeError) as error:  # BitstreamError is a ValueError
         return _fail(prog, error)
     seconds = time.perf_counter() - began
+    coding = "" if lm_path is None else f", entropy-coded: {header.payload_length:,} bytes decoded with {lm_path}"
     print(
         f"decoded {source} ({header.duration:.2f} s, {header.n_q} codebooks, "
-        f"{header.nominal_bitrate / 1000:.3g} kbps nominal) in {seconds:.2f} s"
+        f"{header.nominal_bitrate / 1000:.3g} kbps nominal{coding}) in {seconds:.2f} s"
     )
     note = f"; {clipped:,} samples clipped to [-1, 1]" if clipped else ""
     print(f"wrote {out}: {header.sample_rate} Hz, {header.channels} ch, {args.subtype}{note}")

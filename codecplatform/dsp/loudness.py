@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.signal import sosfilt
 
 BLOCK_SECONDS = 0.4  # gating block length (BS.1770-4, 400 ms)
 STEP_SECONDS = 0.1  # block hop: 75 % overlap
@@ -143,6 +142,8 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int, channel_weights: li
     )
     if weights.shape != (x.shape[0],):
         raise ValueError(f"channel_weights has {weights.size} entries for {x.shape[0]} channels")
+    from scipy.signal import sosfilt  # here: importing scipy.signal takes seconds (command-line start-up)
+
     weighted = sosfilt(k_weighting_sos(sample_rate), x, axis=1)  # (C, N)
     z = block_mean_squares(weighted, sample_rate)  # (C, J)
     if z.shape[1] == 0:

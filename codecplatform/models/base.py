@@ -156,6 +156,35 @@ class AudioCodec(nn.Module):
             "normalize": False,
         }
 
+    # -- inference ---------------------------------------------------------------------------
+    def prepare_for_inference(self) -> AudioCodec:
+        """Make this codec an inference-only model, in place, and return it: eval mode, no
+        gradients, and whatever a family folds away for speed (the GAN codecs: weight norm).
+        ``encode``/``decode`` of a prepared codec run under ``torch.inference_mode``. The outputs do
+        not change; the state dict's layout may (prepare after saving or checksumming)."""
+        self.eval()
+        self.requires_grad_(False)
+        self._inference_only = True
+        return self
+
+    def grad_off(self) -> Any:
+        """The context its coding methods run in: ``torch.inference_mode()`` once prepared for
+        inference (:meth:`prepare_for_inference`), else ``torch.no_grad()`` (outputs stay usable
+        in autograd, e.g. codes fed to a model being trained)."""
+        return torch.inference_mode() if getattr(self, "_inference_only", False) else torch.no_grad()
+
+    def stream(self, bandwidth: float | None = None, n_q: int | None = None) -> Any:
+        """Context manager for real-time coding chunk by chunk with carried state::
+
+            with codec.stream(bandwidth=6.0) as s:
+                codes = s.encode(chunk)      # (B, C, n) -> (B, K, frames completed)
+                audio = s.decode(codes)      # (B, K, m) -> (B, C, samples completed)
+                codes = s.flush_encoder()    # the look-ahead: the last frames (if any)
+                audio = s.flush_decoder()
+
+        Only causal codecs stream; others raise ``RuntimeError`` (this base class always does)."""
+        raise RuntimeError(f"{type(self).__name__} does not stream: it is not a causal codec")
+
     # -- description ------------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
         """Short strings naming this codec's structure (MLflow run tags)."""

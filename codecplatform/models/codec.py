@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import pickle
 from collections.abc import Callable, Iterator, Sequence
@@ -14,9 +16,39 @@ from torch import Tensor
 
 from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.models.base import AudioCodec
-from codecplatform.nn.streaming import streaming, streams_exactly
+from codecplatform.nn.conv import fold_weight_norm
+from codecplatform.nn.streaming import StreamingModule, streaming, streams_exactly
 from codecplatform.quantizers.base import Quantizer
 from codecplatform.types import CodecOutput, EncodedAudio, check_audio
+
+
+def _grad_off(method: Callable) -> Callable:
+    """Run a coding method in ``self.grad_off()`` (inference mode once prepared, else no_grad)."""
+
+    @functools.wraps(method)
+    def wrapper(self: AudioCodec, *args: Any, **kwargs: Any) -> Any:
+        with self.grad_off():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _grad_off_generator(method: Callable) -> Callable:
+    """:func:`_grad_off` for a generator method: each step runs in the context, the caller's
+    code between the items does not."""
+
+    @functools.wraps(method)
+    def wrapper(self: AudioCodec, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items = method(self, *args, **kwargs)
+        while True:
+            with self.grad_off():
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+            yield item
+
+    return wrapper
 
 
 class Codec(AudioCodec):
@@ -155,7 +187,7 @@ class Codec(AudioCodec):
         offsets = range(0, max(length, 1), self.segment_stride)
         return [(offset, min(self.segment_length, length - offset)) for offset in offsets]
 
-    @torch.no_grad()
+    @_grad_off
     def encode(self, x: Tensor, bandwidth: float | None = None, n_q: int | None = None) -> EncodedAudio:
         """(B, C, T) audio -> EncodedAudio, K codebooks from ``bandwidth`` (kbps) or ``n_q``
         (default: all codebooks).
@@ -182,7 +214,7 @@ class Codec(AudioCodec):
             length=x.shape[-1],
         )
 
-    @torch.no_grad()
+    @_grad_off
     def decode(self, encoded: EncodedAudio | Tensor, codebooks: Sequence[int] | None = None) -> Tensor:
         """EncodedAudio (or bare codes (B, K, T') of an unsegmented codec) -> audio (B, C, T).
 
@@ -253,7 +285,7 @@ class Codec(AudioCodec):
     # their scale from a first pass over the signal.
     _PROBE_FRAMES = 64  # streaming probes: longer than any layer's start-up need (reflect padding)
 
-    @torch.no_grad()
+    @_grad_off
     def encode_chunked(
         self,
         read: Callable[[int, int], Tensor],
@@ -309,7 +341,7 @@ class Codec(AudioCodec):
             raise RuntimeError(f"chunked encoding gave {all_codes.shape[-1]} frames, expected {n_frames}")
         return EncodedAudio(all_codes, None if scale is None else scale.cpu(), length)
 
-    @torch.no_grad()
+    @_grad_off_generator
     def decode_chunked(
         self,
         encoded: EncodedAudio,
@@ -391,6 +423,55 @@ class Codec(AudioCodec):
                 yield (out[:, :n] / weights[:n]).cpu()
                 out, weights, position = out[:, n:], weights[n:], final
 
+    # -- inference speed and streaming -----------------------------------------------------------
+    def prepare_for_inference(self) -> Codec:
+        """Eval mode, no gradients, weight norm folded into plain weights (one fewer weight
+        computation per convolution call; the state dict then holds ``weight`` instead of
+        ``parametrizations.weight.original0/1``); returns ``self``. See
+        :meth:`AudioCodec.prepare_for_inference`."""
+        fold_weight_norm(self)
+        _activations_in_place(self)
+        return super().prepare_for_inference()
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether encoder and decoder stream (causal convolutions, no whole-signal statistics)
+        and the codec needs no whole-signal normalization or segments."""
+        if self.normalize or self.segment_length is not None:
+            return False
+        for part in (self.encoder, self.decoder):
+            subs = [m for m in part.modules() if isinstance(m, StreamingModule)]
+            if not subs:
+                return False
+            try:
+                for sub in subs:
+                    sub.check_streamable()
+            except RuntimeError:
+                return False
+        return True
+
+    @property
+    def stream_latency_seconds(self) -> float:
+        """Architectural latency of :meth:`stream`: one frame (the encoder needs a whole hop),
+        the encoder's look-ahead samples and the decoder's look-ahead frames (EnCodec 24 kHz:
+        320 samples = 13.3 ms; SpectroStream 48 kHz: 2 embeddings + the STFT's 480 = 90 ms)."""
+        samples = self.hop_length * (1 + self.decoder_lookahead) + self.encoder_lookahead
+        return samples / self.sample_rate
+
+    @contextlib.contextmanager
+    def stream(self, bandwidth: float | None = None, n_q: int | None = None) -> Iterator[CodecStream]:
+        """Chunk-by-chunk coding with carried state (see :meth:`AudioCodec.stream`), equal to
+        ``encode``/``decode`` of the whole signal (length a multiple of the hop) once flushed.
+        RuntimeError when the codec cannot stream (:attr:`can_stream`)."""
+        if not self.can_stream:
+            raise RuntimeError(
+                f"this {type(self.encoder).__name__} codec cannot stream: it needs causal convolutions "
+                "without time_layer_norm, normalize=False and no segment_seconds"
+            )
+        n_q = self.resolve_n_q(bandwidth, n_q)
+        with streaming(self.encoder), streaming(self.decoder):
+            yield CodecStream(self, n_q)
+
     @property
     def encoder_lookahead(self) -> int:
         """Samples of zeros a streaming encoder needs after the signal to give its last frames
@@ -431,6 +512,69 @@ class Codec(AudioCodec):
             "decoder": count(self.decoder),
             "total": count(self),
         }
+
+
+def _activations_in_place(module: torch.nn.Module) -> int:
+    """Set ``inplace=True`` on the ELU/ReLU/LeakyReLU layers of every ``nn.Sequential`` inside
+    ``module`` that follow another computing layer there (their input is a fresh tensor nobody
+    else reads; the first layer's input is the caller's and is left alone); returns the count.
+    Inference only: saves one allocation and one pass over memory per activation."""
+    activations = (torch.nn.ELU, torch.nn.ReLU, torch.nn.LeakyReLU)
+    changed = 0
+    for seq in module.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        layers = list(seq)
+        for previous, layer in zip(layers, layers[1:]):
+            if isinstance(layer, activations) and not isinstance(previous, (torch.nn.Identity, *activations)):
+                layer.inplace = True
+                changed += 1
+    return changed
+
+
+class CodecStream:
+    """The stream of :meth:`Codec.stream`: ``encode`` audio chunks of any length to the code
+    frames they complete, ``decode`` code frames to their audio, ``flush_*`` at the end (the
+    look-ahead of the encoder / decoder, zeros). Encoder and decoder streams are independent
+    (a sender and a receiver). Every call runs in ``codec.grad_off()``."""
+
+    def __init__(self, codec: Codec, n_q: int) -> None:
+        self.codec, self.n_q = codec, n_q
+        self.samples_in = 0  # audio samples given to encode
+        self.frames_in = 0  # code frames given to decode
+
+    def encode(self, chunk: Tensor) -> Tensor:
+        """(B, C, n) audio -> (B, K, m) codes of the frames this chunk completes (m may be 0)."""
+        codec = self.codec
+        with codec.grad_off():
+            self.samples_in += chunk.shape[-1]
+            z = codec.encoder(chunk)
+            if not z.shape[-1]:
+                return torch.zeros(chunk.shape[0], self.n_q, 0, dtype=torch.long, device=chunk.device)
+            return codec.quantizer.encode(z, self.n_q)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """(B, K, m) codes -> (B, C, samples) audio that these frames complete."""
+        codec = self.codec
+        with codec.grad_off():
+            self.frames_in += codes.shape[-1]
+            if not codes.shape[-1]:
+                return torch.zeros(codes.shape[0], codec.channels, 0, device=codes.device)
+            return codec.decoder(codec.quantizer.decode(codes))
+
+    def flush_encoder(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
+        """Complete the last frame and the encoder's look-ahead with zeros -> the last codes."""
+        pad = -self.samples_in % self.codec.hop_length + self.codec.encoder_lookahead
+        return self.encode(torch.zeros(batch, self.codec.channels, pad, device=device))
+
+    def flush_decoder(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
+        """Feed the decoder's look-ahead (zero latent frames) -> the last samples."""
+        codec = self.codec
+        flush = codec.decoder_lookahead
+        with codec.grad_off():
+            if not flush:
+                return torch.zeros(batch, codec.channels, 0, device=device)
+            return codec.decoder(torch.zeros(batch, codec.quantizer.dimension, flush, device=device))
 
 
 def load_codec_state(

@@ -1,0 +1,369 @@
+"""Encode / decode real-time factor of every codec family, side by side with the reference packages.
+
+    python benchmarks/inference_rtf.py [--families encodec24 dac44 muffin75 spectrostream48]
+        [--threads 1] [--repeats 3] [--no_gpu] [--no_onnx] [--out outputs/benchmarks/inference_rtf.json]
+
+Real-time factor (RTF) = audio seconds / wall seconds of compute (> 1: faster than real time).
+Families and their real configs (weights random: speed does not depend on them):
+
+* ``encodec24``: the official ``encodec`` 24 kHz model, random init with filled codebooks, saved and
+  imported through :class:`~codecplatform.checkpoints.EncodecImporter`: ours and the reference run
+  the SAME weights (the codes are checked equal); 1.5 / 6 / 24 kbps.
+* ``dac44``: the official ``dac`` 44.1 kHz model, random weights, imported through
+  :class:`~codecplatform.checkpoints.DACImporter`; 2 and 9 codebooks (1.7 / 7.7 kbps).
+* ``muffin75``, ``spectrostream48``: experiments/muffin/75hz.yaml, experiments/spectrostream/48khz_stereo.yaml
+  (no reference package); lowest and highest codebook count.
+
+Rows per family and bitrate: ``ours`` (:meth:`Codec.prepare_for_inference`: weight norm folded,
+in-place activations, ``torch.inference_mode``; the default of ``codecplatform encode/decode``),
+``ours_unprepared`` (the same weights as ``Codec.from_checkpoint`` loads them: weight norm computed
+at every call, ``no_grad``) and ``reference`` (the official package's ``encode``/``decode`` of
+the same weights, under ``no_grad``); for causal codecs ``stream`` (``codec.stream()`` fed one code
+frame of audio per call, EnCodec: 320 samples = 13.3 ms) and for EnCodec ``onnxruntime`` (the
+graphs of ``codecplatform export``, one intra-op thread). Variants are interleaved within each
+repeat; the median is reported. ``vs_ref`` = RTF / reference RTF, measured in the same run.
+On a GPU (when present): batch 1 and batch 8, ours vs reference.
+
+Timings on a shared machine are noisy: the load average at start and end is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codecplatform.config import compose_config
+from codecplatform.models.codec import Codec
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = {"encode": 9.8, "decode": 10.4}  # EnCodec paper Table 5: 24 kHz, 6 kbps, one MacBook Pro 2019 thread
+
+
+# ------------------------------------------------------------------------------------ models
+def encodec_models(folder: Path) -> tuple[Any, Codec, Codec, dict[float, int]]:
+    """(official 24 kHz model, ours prepared, ours unprepared, kbps -> n_q); same weights."""
+    import encodec
+
+    from codecplatform.checkpoints.encodec import import_encodec
+
+    torch.manual_seed(0)
+    official = encodec.EncodecModel.encodec_model_24khz(pretrained=False).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random codebooks (the untrained ones are all zero: every code would be 0)
+        for layer in official.quantizer.vq.layers:
+            book = layer._codebook
+            book.embed.copy_(0.1 * torch.randn(book.embed.shape, generator=g))
+            book.embed_avg.copy_(book.embed)
+            book.cluster_size.fill_(1.0)
+            book.inited.fill_(1.0)
+    source = folder / "encodec_24khz.th"
+    torch.save(official.state_dict(), source)
+    checkpoint = import_encodec(source, "24khz", folder / "encodec_24khz.ckpt")
+    ours = Codec.from_checkpoint(checkpoint)
+    return official, ours.prepare_for_inference(), Codec.from_checkpoint(checkpoint), {1.5: 2, 6.0: 8, 24.0: 32}
+
+
+def dac_models(folder: Path) -> tuple[Any, Codec, Codec, dict[float, int]]:
+    import dac
+
+    from codecplatform.checkpoints.dac import OFFICIAL_KWARGS, import_dac
+
+    torch.manual_seed(0)
+    official = dac.DAC(**{**OFFICIAL_KWARGS["44khz"], "latent_dim": None, "quantizer_dropout": False}).eval()
+    source = official.save(str(folder / "weights_44khz.pth"), package=False)
+    checkpoint = import_dac(source, "44khz", folder / "dac_44khz.ckpt")
+    ours = Codec.from_checkpoint(checkpoint)
+    points = {round(ours.bitrate(n), 2): n for n in (2, 9)}
+    return official, ours.prepare_for_inference(), Codec.from_checkpoint(checkpoint), points
+
+
+def config_models(config: str) -> tuple[None, Codec, Codec, dict[float, int]]:
+    codec_config = compose_config(REPO / "experiments" / config)["model"]["init_args"]["codec"]
+    torch.manual_seed(0)
+    codec = Codec.from_config(codec_config)
+    codec.train()
+    with torch.no_grad():  # k-means initialisation of the codebooks
+        codec(0.1 * torch.randn(1, codec.channels, 20 * codec.hop_length))
+    state = codec.state_dict()
+    unprepared = Codec.from_config(codec_config)
+    unprepared.load_state_dict(state)
+    unprepared.eval()
+    points = {round(codec.bitrate(n), 2): n for n in (1, codec.n_q)}
+    return None, codec.prepare_for_inference(), unprepared, points
+
+
+FAMILIES: dict[str, tuple[Callable[[Path], tuple], float]] = {
+    # name -> (builder, seconds of audio on CPU)
+    "encodec24": (encodec_models, 5.0),
+    "dac44": (dac_models, 2.0),
+    "muffin75": (lambda folder: config_models("muffin/75hz.yaml"), 2.0),
+    "spectrostream48": (lambda folder: config_models("spectrostream/48khz_stereo.yaml"), 2.0),
+}
+
+
+# ----------------------------------------------------------------------------------- coding
+def reference_coders(family: str, official: Any, n_q: int, x: torch.Tensor) -> tuple[Callable, Callable, Callable]:
+    """(encode(), decode(), codes()) of the reference package at ``n_q`` codebooks on ``x``."""
+    if family == "encodec24":
+        official.set_target_bandwidth({2: 1.5, 8: 6.0, 32: 24.0}[n_q])
+        with torch.no_grad():
+            frames = official.encode(x)
+
+        def encode() -> None:
+            with torch.no_grad():
+                official.encode(x)
+
+        def decode() -> None:
+            with torch.no_grad():
+                official.decode(frames)
+
+        return encode, decode, lambda: frames[0][0]
+    with torch.no_grad():  # dac
+        x_pre = official.preprocess(x, official.sample_rate)
+        _, codes, *_ = official.encode(x_pre, n_quantizers=n_q)
+
+    def encode() -> None:
+        with torch.no_grad():
+            official.encode(official.preprocess(x, official.sample_rate), n_quantizers=n_q)
+
+    def decode() -> None:
+        with torch.no_grad():
+            official.decode(official.quantizer.from_codes(codes)[0])
+
+    return encode, decode, lambda: codes
+
+
+def ours_coders(codec: Codec, n_q: int, x: torch.Tensor) -> tuple[Callable, Callable, torch.Tensor]:
+    encoded = codec.encode(x, n_q=n_q)
+    return lambda: codec.encode(x, n_q=n_q), lambda: codec.decode(encoded), encoded.codes
+
+
+def stream_coders(codec: Codec, n_q: int, x: torch.Tensor) -> tuple[Callable, Callable]:
+    """Streaming encode / decode, one code frame of audio (one hop) per call."""
+    hop = codec.hop_length
+    codes = codec.encode(x, n_q=n_q).codes
+    pieces = list(x.split(hop, dim=-1))
+    frames = list(codes.split(1, dim=-1))
+
+    def encode() -> None:
+        with codec.stream(n_q=n_q) as s:
+            for piece in pieces:
+                s.encode(piece)
+            s.flush_encoder()
+
+    def decode() -> None:
+        with codec.stream(n_q=n_q) as s:
+            for frame in frames:
+                s.decode(frame)
+            s.flush_decoder()
+
+    return encode, decode
+
+
+def onnx_coders(codec: Codec, n_q: int, x: torch.Tensor, folder: Path, threads: int) -> tuple[Callable, Callable]:
+    import onnxruntime as ort
+
+    from codecplatform.export import export_onnx
+
+    paths = export_onnx(codec, folder / f"onnx_{n_q}", n_q)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    encoder = ort.InferenceSession(str(paths["encoder"]), options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(paths["decoder"]), options, providers=["CPUExecutionProvider"])
+    audio = x.numpy()
+    codes = encoder.run(None, {"audio": audio})[0]
+    return lambda: encoder.run(None, {"audio": audio}), lambda: decoder.run(None, {"codes": codes})
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """Median seconds of each function, the functions interleaved within each repeat (after one warm-up each)."""
+    for fn in fns.values():
+        fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# -------------------------------------------------------------------------------------- main
+def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    build, seconds = FAMILIES[family]
+    seconds = opts.seconds or seconds
+    official, ours, unprepared, points = build(folder)
+    torch.manual_seed(2)
+    x = 0.1 * torch.randn(1, ours.channels, int(seconds * ours.sample_rate) // ours.hop_length * ours.hop_length)
+    rows = []
+    for kbps, n_q in points.items():
+        for op in ("encode", "decode"):
+            fns: dict[str, Callable] = {}
+            enc, dec, codes = ours_coders(ours, n_q, x)
+            fns["ours"] = enc if op == "encode" else dec
+            enc_u, dec_u, _ = ours_coders(unprepared, n_q, x)
+            fns["ours_unprepared"] = enc_u if op == "encode" else dec_u
+            codes_equal = None
+            if official is not None:
+                r_enc, r_dec, r_codes = reference_coders(family, official, n_q, x)
+                fns["reference"] = r_enc if op == "encode" else r_dec
+                ref_codes = r_codes()
+                codes_equal = ref_codes.shape == codes.shape and bool(torch.equal(ref_codes, codes))
+            if ours.can_stream:
+                s_enc, s_dec = stream_coders(ours, n_q, x)
+                fns["stream"] = s_enc if op == "encode" else s_dec
+            if family == "encodec24" and not opts.no_onnx:
+                o_enc, o_dec = onnx_coders(ours, n_q, x, folder, opts.threads)
+                fns["onnxruntime"] = o_enc if op == "encode" else o_dec
+            medians = interleaved(fns, opts.repeats)
+            ref = medians.get("reference")
+            for variant, sec in medians.items():
+                row = {
+                    "family": family,
+                    "kbps": kbps,
+                    "n_q": n_q,
+                    "op": op,
+                    "device": "cpu",
+                    "threads": opts.threads,
+                    "batch": 1,
+                    "variant": variant,
+                    "audio_seconds": x.shape[-1] / ours.sample_rate,
+                    "seconds": sec,
+                    "rtf": x.shape[-1] / ours.sample_rate / sec,
+                    "vs_ref": None if ref is None else ref / sec,
+                    "vs_whole": medians["ours"] / sec if variant == "stream" else None,
+                    "codes_equal_reference": codes_equal,
+                }
+                rows.append(row)
+                print(format_row(row), flush=True)
+    if torch.cuda.is_available() and not opts.no_gpu:
+        rows += bench_gpu(family, official, ours, points, x)
+    if ours.can_stream:
+        print(f"{family}: streaming latency (architectural) {1000 * ours.stream_latency_seconds:.1f} ms")
+    return rows
+
+
+def bench_gpu(family: str, official: Any, ours: Codec, points: dict[float, int], x: torch.Tensor) -> list[dict]:
+    rows = []
+    device = torch.device("cuda")
+    ours = ours.to(device)
+    if official is not None:
+        official = official.to(device)
+    sync = torch.cuda.synchronize
+    for batch in (1, 8):
+        xb = x.to(device).repeat(batch, 1, 1)
+        for kbps, n_q in points.items():
+            for op in ("encode", "decode"):
+                torch.cuda.reset_peak_memory_stats()
+                enc, dec, _ = ours_coders(ours, n_q, xb)
+                fns = {"ours": enc if op == "encode" else dec}
+                if official is not None:
+                    r_enc, r_dec, _ = reference_coders(family, official, n_q, xb)
+                    fns["reference"] = r_enc if op == "encode" else r_dec
+                medians = interleaved(fns, 5, sync)
+                ref = medians.get("reference")
+                for variant, sec in medians.items():
+                    row = {
+                        "family": family,
+                        "kbps": kbps,
+                        "n_q": n_q,
+                        "op": op,
+                        "device": torch.cuda.get_device_name(),
+                        "threads": None,
+                        "batch": batch,
+                        "variant": variant,
+                        "audio_seconds": batch * x.shape[-1] / ours.sample_rate,
+                        "seconds": sec,
+                        "rtf": batch * x.shape[-1] / ours.sample_rate / sec,
+                        "vs_ref": None if ref is None else ref / sec,
+                        "vs_whole": None,
+                        "codes_equal_reference": None,
+                        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+                    }
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+    ours.to("cpu")
+    if official is not None:
+        official.to("cpu")
+    return rows
+
+
+HEADER = (
+    f"{'family':<16}{'kbps':>6}{'op':>8}{'device':>8}{'B':>3} {'variant':<16}{'RTF':>9}{'vs_ref':>8}{'vs_whole':>9}"
+)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    vs_ref = "-" if row["vs_ref"] is None else f"{row['vs_ref']:.2f}"
+    vs_whole = "-" if row["vs_whole"] is None else f"{row['vs_whole']:.2f}"
+    device = "cpu" if row["device"] == "cpu" else "gpu"
+    return (
+        f"{row['family']:<16}{row['kbps']:>6g}{row['op']:>8}{device:>8}{row['batch']:>3} {row['variant']:<16}"
+        f"{row['rtf']:>9.2f}{vs_ref:>8}{vs_whole:>9}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=None, help="audio length (default per family)")
+    parser.add_argument("--no_gpu", action="store_true")
+    parser.add_argument("--no_onnx", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "inference_rtf.json"))
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    load_start = os.getloadavg()
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load_start[0]:.2f}; "
+        f"{opts.threads} thread(s); torch {torch.__version__}"
+    )
+    print(HEADER)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in opts.families:
+            rows += bench_family(family, opts, Path(tmp))
+    results = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "torch": torch.__version__,
+        "paper_encodec_24khz_6kbps_rtf": PAPER,
+        "rows": rows,
+    }
+    print(
+        f"load average at the end {results['load_average_end'][0]:.2f}; EnCodec paper (24 kHz, 6 kbps, one "
+        f"thread, other machine): RTF encode {PAPER['encode']}, decode {PAPER['decode']}"
+    )
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""``codecplatform export``: a codec checkpoint -> ONNX encoder and decoder, checked with onnxruntime.
+
+    codecplatform export --format onnx --checkpoint c.ckpt --out_dir d [--n_q K | --bandwidth KBPS]
+
+writes ``d/encoder.onnx`` (audio (B, C, T) float32 -> codes (B, K, ceil(T / hop)) int64: encoder and
+the residual quantizer's nearest-codeword search in one graph) and ``d/decoder.onnx`` (codes
+(B, K, T') int64 -> audio (B, C, T' * hop) float32), both with dynamic batch and length axes (audio
+lengths: multiples of the hop, as the command-line coder pads them), and
+``d/export.json`` (sample rate, hop, K, the check's numbers). The command then runs both graphs with
+onnxruntime on audio of two lengths (not the tracing length, so the dynamic axis is exercised) and
+prints the largest differences from PyTorch: codes (fraction equal) and audio (max abs difference,
+decoding the same codes). Exit status 1 when they disagree beyond ``--tolerance``.
+
+Weight norm is folded before export (:meth:`Codec.prepare_for_inference`). Codecs that normalize
+their input or code fixed segments (EnCodec 48 kHz) are refused: their scale and overlap-add are
+outside the networks; export the per-segment networks yourself if you need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+USAGE_ERROR, FAILURE = 2, 1
+
+
+class EncoderGraph(nn.Module):
+    """audio (B, C, T) -> codes (B, K, T'): what ``encoder.onnx`` computes."""
+
+    def __init__(self, codec: Any, n_q: int) -> None:
+        super().__init__()
+        self.codec, self.n_q = codec, n_q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.codec.quantizer.encode(self.codec.encoder(x), self.n_q)
+
+
+class DecoderGraph(nn.Module):
+    """codes (B, K, T') -> audio (B, C, T' * hop): what ``decoder.onnx`` computes."""
+
+    def __init__(self, codec: Any) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.codec.decoder(self.codec.quantizer.decode(codes))
+
+
+def export_onnx(codec: Any, out_dir: str | Path, n_q: int, frames: int = 50, opset: int = 18) -> dict[str, Path]:
+    """Export ``codec`` (a prepared :class:`~codecplatform.models.codec.Codec`) as two ONNX graphs
+    traced on ``frames`` code frames; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hop = codec.hop_length
+    x = 0.1 * torch.randn(1, codec.channels, frames * hop)
+    codes = codec.encode(x, n_q=n_q).codes  # (1, K, frames)
+    paths = {"encoder": out_dir / "encoder.onnx", "decoder": out_dir / "decoder.onnx"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python ints taken from shapes
+        # The TorchScript-based exporter (dynamo=False): torch.export cannot yet trace the LSTM and
+        # the padding arithmetic with a symbolic length. Lengths a multiple of the hop keep every
+        # layer's padding rule independent of the length, so the traced graph holds for any length.
+        torch.onnx.export(
+            EncoderGraph(codec, n_q),
+            (x,),
+            str(paths["encoder"]),
+            input_names=["audio"],
+            output_names=["codes"],
+            dynamic_axes={"audio": {0: "batch", 2: "samples"}, "codes": {0: "batch", 2: "frames"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        torch.onnx.export(
+            DecoderGraph(codec),
+            (codes,),
+            str(paths["decoder"]),
+            input_names=["codes"],
+            output_names=["audio"],
+            dynamic_axes={"codes": {0: "batch", 2: "frames"}, "audio": {0: "batch", 2: "samples"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return paths
+
+
+def check_onnx(
+    codec: Any, paths: dict[str, Path], n_q: int, frame_counts: tuple[int, ...] = (37, 81)
+) -> dict[str, Any]:
+    """Run the exported graphs with onnxruntime (CPU) on audio of ``frame_counts`` frames and
+    compare with PyTorch: fraction of equal codes, max abs audio difference (same codes in)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    encoder = ort.InferenceSession(str(paths["encoder"]), options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(paths["decoder"]), options, providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    report: dict[str, Any] = {"lengths": [], "codes_equal": [], "audio_max_abs_diff": [], "audio_peak": []}
+    for frames in frame_counts:
+        x = 0.1 * torch.randn(1, codec.channels, frames * codec.hop_length, generator=generator)
+        with torch.inference_mode():
+            codes = codec.encode(x, n_q=n_q).codes
+            audio = codec.decode(codes)
+        onnx_codes = encoder.run(None, {"audio": x.numpy()})[0]
+        onnx_audio = decoder.run(None, {"codes": codes.numpy()})[0]
+        report["lengths"].append(x.shape[-1])
+        report["codes_equal"].append(float((torch.from_numpy(onnx_codes) == codes).float().mean()))
+        report["audio_max_abs_diff"].append(float((torch.from_numpy(onnx_audio) - audio).abs().max()))
+        report["audio_peak"].append(float(audio.abs().max()))
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codecplatform export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    parser.add_argument("--checkpoint", required=True, help="codec checkpoint (fit or import-checkpoint)")
+    parser.add_argument("--out_dir", required=True, help="folder for encoder.onnx, decoder.onnx, export.json")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--bandwidth", type=float, help="kbps: the codebook count of the encoder graph")
+    rate.add_argument("--n_q", type=int, help="codebooks of the encoder graph (default: all)")
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs audio difference accepted")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``codecplatform export``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from codecplatform.models.base import AudioCodec
+    from codecplatform.models.codec import Codec
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        print(f"codecplatform export: checkpoint not found: {checkpoint}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        codec = AudioCodec.from_checkpoint(checkpoint)
+        if not isinstance(codec, Codec):
+            raise ValueError(f"only encoder/quantizer/decoder codecs export, not {type(codec).__name__}")
+        if codec.normalize or codec.segment_length is not None:
+            raise ValueError("codecs that normalize their input or code fixed segments are not exported")
+        n_q = codec.resolve_n_q(args.bandwidth, args.n_q)
+    except ValueError as error:
+        print(f"codecplatform export: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    codec.prepare_for_inference()
+    began = time.perf_counter()
+    paths = export_onnx(codec, args.out_dir, n_q, opset=args.opset)
+    exported = time.perf_counter() - began
+    report = check_onnx(codec, paths, n_q)
+    ok = min(report["codes_equal"]) >= 0.999 and max(report["audio_max_abs_diff"]) <= args.tolerance
+    info = {
+        "checkpoint": str(checkpoint.resolve()),
+        "sample_rate": codec.sample_rate,
+        "channels": codec.channels,
+        "hop_length": codec.hop_length,
+        "n_q": n_q,
+        "codebook_sizes": codec.codebook_sizes[:n_q],
+        "opset": args.opset,
+        "export_seconds": exported,
+        "check": report,
+        "passed": ok,
+    }
+    (Path(args.out_dir) / "export.json").write_text(json.dumps(info, indent=2))
+    for path in paths.values():
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    for i, length in enumerate(report["lengths"]):
+        print(
+            f"onnxruntime vs PyTorch, {length} samples: codes equal {100 * report['codes_equal'][i]:.2f}%, "
+            f"audio max abs difference {report['audio_max_abs_diff'][i]:.3g} (peak {report['audio_peak'][i]:.3g})"
+        )
+    if not ok:
+        print(f"codecplatform export: ONNX and PyTorch disagree (tolerance {args.tolerance})", file=sys.stderr)
+        return FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
