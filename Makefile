@@ -52,6 +52,8 @@ bench: install
 	$(BIN)/python benchmarks/codec_speed.py
 	$(BIN)/python benchmarks/data_throughput.py -- --data.init_args.batch_size=8
 	$(BIN)/python benchmarks/bitstream_size.py
+	$(BIN)/python benchmarks/inference_rtf.py
+	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/short_run_quality.py --data_dir ../shared/data/music
 
 ui: install
