@@ -476,13 +476,13 @@ class Codec(AudioCodec):
     def encoder_lookahead(self) -> int:
         """Samples of zeros a streaming encoder needs after the signal to give its last frames
         (SpectroStream's reverse-causal STFT: ``stream_flush_samples``); 0 for most encoders."""
-        return int(getattr(self.encoder, "stream_flush_samples", 0))
+        return int(self.encoder.stream_flush_samples)
 
     @property
     def decoder_lookahead(self) -> int:
         """Zero latent frames a streaming decoder needs after the codes to give its last samples
         (SpectroStream: ``stream_flush_frames`` = 1 embedding); 0 for most decoders."""
-        return int(getattr(self.decoder, "stream_flush_frames", 0))
+        return int(self.decoder.stream_flush_frames)
 
     def bitstream_layout(self) -> dict[str, Any]:
         return {
