@@ -176,6 +176,10 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             ``.txt`` sidecars; see ``datamodules.dataset.window_text``), for models trained on
             transcripts (MuCodec's lyrics CTC). Default false: plain (B, C, T) tensors. Not with an
             augmentation.
+        decode_cache_mb: MB of whole decoded recordings each loading process keeps in memory
+            (``datamodules.dataset.DecodedAudioCache``): a compressed file (Ogg, MP3) is decoded once
+            instead of once per window (a random 0.64 s window of a 1-minute Ogg: 0.23 s vs 0.4 ms).
+            Worth it when the data fits (1 hour of 48 kHz stereo: 1.3 GB per process); 0: off.
     """
 
     def __init__(
@@ -202,10 +206,14 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         augmentation: Augmentation | None = None,
         normalize_lufs: float | None = None,
         return_text: bool = False,
+        decode_cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
         if return_text and augmentation is not None:
             raise ValueError("return_text cannot be combined with an augmentation (it mixes and refills windows)")
+        if decode_cache_mb < 0:
+            raise ValueError(f"decode_cache_mb must be >= 0 (MB; 0: no cache), got {decode_cache_mb}")
+        self.decode_cache_mb = decode_cache_mb
         self.return_text = return_text
         manifests = {"val_cuts": val_cuts, "test_cuts": test_cuts}
         if isinstance(train_cuts, Mapping):
@@ -471,6 +479,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             rank=rank,
             augmentation=self.augmentation,
             return_text=self.return_text,
+            decode_cache_mb=self.decode_cache_mb,
         )
         return self._loader(dataset, sampler)
 
@@ -496,6 +505,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             seed=self.seed,
             rank=rank,
             return_text=self.return_text,
+            decode_cache_mb=self.decode_cache_mb,
         )
         return self._loader(dataset, sampler)
 

@@ -341,3 +341,90 @@ def test_train_draws_are_proportional_to_duration(tmp_path: Path) -> None:
     recordings = [i.split("#")[0] for i in ids]
     assert recordings.count("short") == 1 and recordings.count("long") == 6
     assert len(set(ids)) == 7  # each draw is its own example (own random offset)
+
+
+def test_decode_cache_gives_the_windows_of_the_files(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """At the file's own rate a cached window is the file's samples exactly; resampled, it matches the
+    window lhotse resamples on its own (up to the resampler's phase at the window's start); an Ogg
+    file is decoded once, however many windows are drawn."""
+    import random
+
+    from datamodules.dataset import DecodedAudioCache
+
+    plain = AudioWindowDataset(SR, 1, 0.25, random_offset=True, seed=5)
+    cached = AudioWindowDataset(SR, 1, 0.25, random_offset=True, seed=5, decode_cache_mb=16)
+    cuts = list(load_cuts(corpus["train"]))
+    for i, cut in enumerate(cuts[:4]):
+        a, b = plain._load_raw(cut, random.Random(i)), cached._load_raw(cut, random.Random(i))
+        np.testing.assert_array_equal(a, b)
+    assert len(cached.cache) == 4
+
+    # 44.1 kHz stereo -> 24 kHz stereo, channels kept in order (L 440 Hz louder than R 880 Hz)
+    stereo = list(load_cuts(corpus["stereo"]))[0]
+    plain2 = AudioWindowDataset(SR, 2, 0.5, random_offset=True, seed=1)
+    cached2 = AudioWindowDataset(SR, 2, 0.5, random_offset=True, seed=1, decode_cache_mb=16)
+    a, b = plain2._load_raw(stereo, random.Random(0)), cached2._load_raw(stereo, random.Random(0))
+    assert a.shape == b.shape == (2, 12000)
+    mid = slice(600, -600)  # away from the window edges, where the two resamplings differ most
+    assert np.abs(a[:, mid] - b[:, mid]).max() < 0.02
+    assert np.sqrt((b[0] ** 2).mean()) > 1.5 * np.sqrt((b[1] ** 2).mean())
+
+    # a compressed file: decoded once for all its windows
+    ogg = tmp_path / "tone.ogg"
+    sf.write(ogg, _tone(3.0, SR, 330.0), SR, format="OGG", subtype="VORBIS")
+    cut = list(load_cuts(_write_cuts([ogg], tmp_path / "ogg.jsonl.gz")))[0]
+    dataset = AudioWindowDataset(SR, 1, 0.25, random_offset=True, decode_cache_mb=16)
+    calls = []
+    original = DecodedAudioCache.recording
+
+    def counting(self, window, sample_rate):
+        calls.append(self._items.get((window.recording.id, sample_rate)) is None)
+        return original(self, window, sample_rate)
+
+    DecodedAudioCache.recording = counting
+    try:
+        windows = [dataset._load_raw(cut, random.Random(i)) for i in range(5)]
+    finally:
+        DecodedAudioCache.recording = original
+    assert calls == [True, False, False, False, False]  # one decode, four hits
+    reference = AudioWindowDataset(SR, 1, 0.25, random_offset=True)._load_raw(cut, random.Random(3))
+    np.testing.assert_allclose(windows[3], reference, atol=1e-6)
+
+
+def test_decode_cache_evicts_the_oldest_and_skips_what_does_not_fit(corpus: dict[str, Path]) -> None:
+    from datamodules.dataset import DecodedAudioCache
+
+    cuts = [cut.resample(SR) for cut in load_cuts(corpus["train"])]
+    one = 2 * SR * 4  # bytes of one decoded 2 s mono file
+    cache = DecodedAudioCache(max_bytes=2 * one)
+    for cut in cuts[:3]:
+        assert cache.recording(cut, SR) is not None
+    assert [key[0] for key in cache._items] == [cuts[1].recording.id, cuts[2].recording.id]
+    tiny = DecodedAudioCache(max_bytes=one // 2)
+    assert tiny.recording(cuts[0], SR) is None and len(tiny) == 0  # loaded window by window instead
+    dataset = AudioWindowDataset(SR, 1, 0.25, random_offset=True, decode_cache_mb=0.01)  # 10 kB < one file
+    assert dataset._load_raw(cuts[0]).shape == (1, 6000)
+    with pytest.raises(ValueError, match="decode_cache_mb"):
+        AudioWindowDataset(SR, 1, 0.25, random_offset=True, decode_cache_mb=-1)
+    with pytest.raises(ValueError, match="decode_cache_mb"):
+        LhotseAudioDataModule(train_cuts=str(corpus["train"]), decode_cache_mb=-1)
+    dm = LhotseAudioDataModule(
+        train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=3, segment_seconds=0.5,
+        decode_cache_mb=8,
+    )
+    dm.setup("fit")
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert train.dataset.cache.max_bytes == val.dataset.cache.max_bytes == 8 * 2**20
+    assert next(iter(train)).shape == (3, 1, 12000) and len(train.dataset.cache) == 3
+
+
+def test_decode_cache_drops_unreadable_files_with_a_warning(tmp_path: Path) -> None:
+    paths = [tmp_path / f"ok_{i}.wav" for i in range(2)]
+    for i, path in enumerate(paths):
+        sf.write(path, _tone(1.0, SR, 300.0 + 100 * i), SR, subtype="FLOAT")
+    manifest = _write_cuts(paths, tmp_path / "cuts.jsonl.gz")
+    paths[1].write_text("this file was overwritten after the manifest was made")
+    dataset = AudioWindowDataset(SR, 1, segment_seconds=0.5, random_offset=True, decode_cache_mb=16)
+    with pytest.warns(RuntimeWarning, match="ok_1.wav"):
+        batch = dataset[load_cuts(manifest)]
+    assert batch.shape == (1, 1, 12000)
