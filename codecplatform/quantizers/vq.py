@@ -13,6 +13,8 @@ from rank 0, so every rank holds the same codebook.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -97,6 +99,7 @@ class EMACodebook(nn.Module):
         self.epsilon = epsilon
         self.kmeans_iters = kmeans_iters
         self.threshold_ema_dead_code = threshold_ema_dead_code
+        self._churn_steps = 0  # consecutive training steps that replaced most entries (see _warn_churn)
         embed = (
             torch.zeros(codebook_size, dimension)
             if kmeans_init
@@ -179,11 +182,31 @@ class EMACodebook(nn.Module):
         self.embed.copy_(self.embed_avg / smoothed[:, None])
         self._replace_dead_codes(vectors)
 
+    CHURN_STEPS = 20  # consecutive steps replacing more than half the entries before the warning
+
+    def _warn_churn(self, expired_fraction: float, vectors: int) -> None:
+        """Warn once when most entries are replaced at every step: the threshold is above the counts
+        the entries can reach (about ``vectors / codebook_size`` per step), so the codebook is the last
+        batch's random vectors rather than learned centroids, and the codes it gives carry little
+        (seen on the small SpectroStream: 128 frames per step for 256 entries at threshold 2)."""
+        self._churn_steps = self._churn_steps + 1 if expired_fraction > 0.5 else 0
+        if self._churn_steps == self.CHURN_STEPS:
+            warnings.warn(
+                f"EMACodebook: {expired_fraction:.0%} of the {self.codebook_size} entries were replaced as dead at "
+                f"each of the last {self.CHURN_STEPS} steps: threshold_ema_dead_code={self.threshold_ema_dead_code} "
+                f"is above what an entry can reach with {vectors} frames per step "
+                f"({vectors / self.codebook_size:.2f} per entry on average); lower threshold_ema_dead_code "
+                "(EnCodec's 2.0 assumes ~5 frames per entry and step), use fewer entries or larger batches",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     @torch.no_grad()
     def _replace_dead_codes(self, vectors: Tensor) -> None:
         if self.threshold_ema_dead_code <= 0:
             return
         expired = self.cluster_size < self.threshold_ema_dead_code  # identical on every rank
+        self._warn_churn(float(expired.float().mean()), vectors.shape[0])
         if not bool(expired.any()):
             return
         pool = vectors if vectors.shape[0] > 0 else self.embed

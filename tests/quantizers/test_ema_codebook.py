@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -130,3 +131,22 @@ def test_two_gloo_ranks_match_one_process_with_the_same_per_rank_batch(tmp_path)
     for key in single:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
         assert torch.allclose(rank0[key], single[key], atol=1e-5), f"{key}: 2 ranks differ from 1 process"
+
+
+def test_a_threshold_above_the_reachable_counts_warns_once_about_churn() -> None:
+    """32 frames per step for 64 entries: an entry's EMA count stays near 0.5, so at EnCodec's threshold 2
+    every entry is replaced at every step (a random codebook); the codebook says so once."""
+    torch.manual_seed(0)
+    churning = EMACodebook(dimension=4, codebook_size=64, decay=0.9, kmeans_iters=2, threshold_ema_dead_code=2.0)
+    fine = EMACodebook(dimension=4, codebook_size=64, decay=0.9, kmeans_iters=2, threshold_ema_dead_code=0.05)
+    churning.train(), fine.train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(EMACodebook.CHURN_STEPS + 5):
+            z = torch.randn(2, 4, 16)  # 32 frames
+            churning(z)
+            fine(z)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages  # once, from the churning codebook only
+    assert "threshold_ema_dead_code=2.0" in messages[0] and "32 frames per step" in messages[0]
+    assert "0.50 per entry" in messages[0]
