@@ -4,7 +4,9 @@ chained by checkpoint paths), then on held-out audio the reconstruction mel dist
   (a) the trained chain (MuEncoder -> tokenizer -> flow DiT -> Mel-VAE -> vocoder),
   (b) the same chain untrained (random weights of the same geometry),
   (c) the trained chain with the DiT sampled with the condition dropped (zeros, as the CFG branch):
-      what the codes contribute beyond the unconditional model
+      what the codes contribute beyond the unconditional model,
+  (d) the trained vocoder alone on the input's own log-mel: the floor the vocoder sets on the audio
+      column (a tiny vocoder that is worse than the flow hides what the codes carry),
 
 is compared, in the same run. Prints a table and writes JSON.
 
@@ -13,8 +15,9 @@ is compared, in the same run. Prints a table and writes JSON.
 
 Stages (``codecplatform fit`` = ``cli_main(["fit", ...])``, each with its real YAML + tiny override):
 MuEncoder stage 1 (masked prediction) -> stage 2 (+ mel and CQT reconstruction; the lyrics CTC is off:
-the music has no transcripts) -> tokenizer (1 codebook of the tiny size, on stage 2's encoder) ->
+the music has no transcripts) -> tokenizer (1 codebook of 64, on stage 2's encoder) ->
 Mel-VAE (exported) -> flow (DiT on the frozen Mel-VAE, codes from the trained tokenizer) -> vocoder.
+``E2E`` grows the tiny test geometries for this run (reasons and measurements in its comments).
 Data: ``--data_dir`` prepared like ``benchmarks/short_run_quality.py`` (``codecplatform prepare``'s
 function, into ``<work_dir>/manifests``; 44.1 kHz files are resampled to the stages' 24 / 48 kHz).
 Budget: sized for about 20 minutes on 2 CPU cores (``--batches`` per stage); ``--batches 2`` for a check.
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from codecplatform.cli import cli_main
 from codecplatform.config import compose_config, instantiate, merge_config
@@ -40,24 +44,66 @@ from datamodules.manifests import load_cuts, prepare_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
-# stage -> (real YAML, tiny override, default batches). Measured 2026-11-30 on the 2-core machine with
-# another training run beside it (so about 2 x slower than alone): 49.9 min in all with flow 1200 and
-# vocoder 200 batches (flow 1496 s, vocoder 653 s, Mel-VAE 560 s); with flow 300 / vocoder 300 and
-# less contention 9.1 min. In neither run did the tiny DiT use its codes yet: sampling with the
-# condition dropped scored as well as with the codes (see the MuCodec README).
+# stage -> (real YAML, tiny override, default batches). The tiny YAMLs are sized for one-batch tests;
+# E2E (below) grows them for this run. Measured 2026-11-30 on the 2-core machine: see the README.
 STAGES = {
-    "muencoder_stage1": ("mucodec/muencoder_stage1.yaml", "tiny/mucodec_muencoder.yaml", 60),
-    "muencoder_stage2": ("mucodec/muencoder_stage2.yaml", "tiny/mucodec_muencoder.yaml", 40),
-    "tokenizer": ("mucodec/tokenizer_1x16384.yaml", "tiny/mucodec_tokenizer.yaml", 100),
-    "melvae": ("mucodec/melvae.yaml", "tiny/mucodec_melvae.yaml", 150),
-    "flow": ("mucodec/flow.yaml", "tiny/mucodec_flow.yaml", 1200),
-    "vocoder": ("mucodec/vocoder.yaml", "tiny/mucodec_vocoder.yaml", 200),
+    "muencoder_stage1": ("mucodec/muencoder_stage1.yaml", "tiny/mucodec_muencoder.yaml", 200),
+    "muencoder_stage2": ("mucodec/muencoder_stage2.yaml", "tiny/mucodec_muencoder.yaml", 100),
+    "tokenizer": ("mucodec/tokenizer_1x16384.yaml", "tiny/mucodec_tokenizer.yaml", 200),
+    "melvae": ("mucodec/melvae.yaml", "tiny/mucodec_melvae.yaml", 2000),
+    "flow": ("mucodec/flow.yaml", "tiny/mucodec_flow.yaml", 4000),
+    "vocoder": ("mucodec/vocoder.yaml", "tiny/mucodec_vocoder.yaml", 1000),
 }
+# What this run changes on top of the tiny YAMLs (written to <work_dir>/overrides/<stage>.yaml and
+# passed after them; the evaluated MuCodec is built from the same merged configs). Every stage decodes
+# the Ogg music once (decode_cache_mb: per-window decoding made every stage data-bound: 150 Mel-VAE
+# batches took 560 s before, 300 take 29 s now). Why each of the rest, measured on this data:
+#  - Mel-VAE at lr 1e-3 (the real 1e-4 is for 400k batches) and 2000 batches: after 150 batches at 1e-4
+#    its log-mel L1 on held-out music was 4.0 (worse than the per-bin mean, 1.18) and the posterior
+#    means varied 0.016 against unit posterior noise, so the flow's targets were noise; after 2000 at
+#    1e-3: L1 0.72, posterior variance 0.009, means varying ~1.
+#  - the DiT: 2 layers, 4 heads x 8 (the tiny test DiT has 1 layer of 2 x 8), trained on 2.56 s windows
+#    (32 latent frames, the evaluation's window) instead of 0.64 s, lr 1e-3 without warm-up.
+#  - the tokenizer: 64 codes instead of 16 (6 bits at 25 Hz: 150 bit/s).
+#  - the vocoder at lr 1e-3 (real 1e-4), batch 8 (tiny 2), 1000 batches: at 1e-4 for 600 batches it scored
+#    3.96 on the input's own log-mel, worse than the chain's mels, and hid what the codes carry.
+TINY_DIT = compose_config(EXP / "tiny" / "mucodec_flow.yaml")["model"]["init_args"]["flow"]["init_args"]["transformer"]
+DIT = {"num_layers": 2, "num_attention_heads": 4, "attention_head_dim": 16, "sample_size": 32}
+TOKENIZER = {"codebook_size": 64}
+E2E: dict[str, dict[str, Any]] = {
+    "muencoder_stage1": {},
+    "muencoder_stage2": {},
+    "tokenizer": {"model": {"init_args": {"tokenizer": {"init_args": {"quantizer": {"init_args": TOKENIZER}}}}}},
+    "melvae": {"model": {"init_args": {"optimizer": {"init_args": {"lr": 1.0e-3}}}}},
+    "flow": {
+        "model": {
+            "init_args": {
+                # the whole dict: a later config replaces a dict-typed argument instead of merging it
+                "flow": {"init_args": {"transformer": {**TINY_DIT, **DIT}}},
+                "optimizer": {"init_args": {"lr": 1.0e-3}},
+                "scheduler": None,
+                "window_codes": 64,
+                "hop_codes": 48,
+            }
+        },
+        "data": {"init_args": {"segment_seconds": 2.56, "batch_size": 4}},
+    },
+    "vocoder": {
+        "model": {
+            "init_args": {
+                "optimizer": {"init_args": {"lr": 1.0e-3}},
+                "discriminator_optimizer": {"init_args": {"lr": 1.0e-3}},
+            }
+        },
+        "data": {"init_args": {"batch_size": 8}},
+    },
+}
+DATA = {"data": {"init_args": {"decode_cache_mb": 1024}}}
 
 
 def stage_config(stage: str) -> dict[str, Any]:
     real, tiny, _ = STAGES[stage]
-    return merge_config(compose_config(EXP / real), compose_config(EXP / tiny))
+    return merge_config(merge_config(compose_config(EXP / real), compose_config(EXP / tiny)), E2E[stage])
 
 
 def last_checkpoint(cli: Any) -> str:
@@ -69,12 +115,17 @@ def last_checkpoint(cli: Any) -> str:
 
 def fit(stage: str, batches: int, manifests: dict[str, Path], work: Path, *extra: str) -> tuple[str, float]:
     real, tiny, _ = STAGES[stage]
+    override = work / "overrides" / f"{stage}.yaml"
+    override.parent.mkdir(parents=True, exist_ok=True)
+    override.write_text(yaml.safe_dump(merge_config(E2E[stage], DATA), sort_keys=False))
     args = [
         "fit",
         "--config",
         str(EXP / real),
         "--config",
         str(EXP / tiny),
+        "--config",
+        str(override),
         *(f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()),
         f"--model.init_args.max_batches={batches}",
         f"--trainer.val_check_interval={batches}",
@@ -154,13 +205,24 @@ def mel_distances(codec: MuCodec, windows: list[torch.Tensor], drop_condition: b
     return {"audio": float(metric.compute()), "latent_mel": mel_l1 / max(count, 1)}
 
 
+@torch.no_grad()
+def vocoder_alone(codec: MuCodec, windows: list[torch.Tensor]) -> dict[str, float]:
+    """The vocoder on the input's own log-mel: the floor the vocoder sets for the ``audio`` column
+    (``latent_mel`` is 0 by definition)."""
+    metric = MelDistance(48000)
+    for x in windows:
+        x_hat = codec.vocoder(codec.melvae.mel(x))[..., : x.shape[-1]]
+        metric.update(torch.nn.functional.pad(x_hat, (0, x.shape[-1] - x_hat.shape[-1])), x)
+    return {"audio": float(metric.compute()), "latent_mel": 0.0}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music"))
     parser.add_argument("--batches", type=int, default=None, help="batches of every stage (default: per stage)")
     parser.add_argument("--num_steps", type=int, default=10, help="Euler steps of the decode")
     parser.add_argument("--eval_seconds", type=float, default=2.0)
-    parser.add_argument("--eval_windows", type=int, default=4)
+    parser.add_argument("--eval_windows", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny"))
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny_end_to_end.json"))
@@ -212,13 +274,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"--model.init_args.melvae_checkpoint={melvae_dir}",
         f"--model.init_args.code_source={json.dumps(source)}",
         f"--model.init_args.flow.init_args.codebook_sizes={json.dumps(sizes)}",
-        "--model.init_args.window_codes=64",
-        "--model.init_args.hop_codes=48",
-        # the real config's 1e-4 (with a 5k-batch warm-up) leaves the tiny DiT at the unconditional
-        # mean within this budget (measured: the same loss with the codes and with zeros); 1e-3 from
-        # the first batch for this short run
-        "--model.init_args.optimizer.init_args.lr=1e-3",
-        "--model.init_args.scheduler=null",
     )
     paths["vocoder"], times["vocoder"] = fit("vocoder", batches["vocoder"], manifests, work)
 
@@ -236,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trained chain": mel_distances(trained, windows),
         "untrained chain": mel_distances(untrained, windows),
         "trained, condition dropped": mel_distances(trained, windows, drop_condition=True),
+        "trained vocoder alone, on the input's log-mel": vocoder_alone(trained, windows),
     }
     times["evaluation"] = time.perf_counter() - start
     result = {

@@ -43,6 +43,12 @@ def test_mucodec_tiny_end_to_end(in_tmp_dir):
         ]
     )
     rows = result["mel_distance"]
-    assert set(rows) == {"trained chain", "untrained chain", "trained, condition dropped"}
+    assert set(rows) == {
+        "trained chain",
+        "untrained chain",
+        "trained, condition dropped",
+        "trained vocoder alone, on the input's log-mel",
+    }
+    assert rows["trained vocoder alone, on the input's log-mel"]["latent_mel"] == 0.0
     assert all(math.isfinite(v) for row in rows.values() for v in row.values())
     assert json.loads(out.read_text())["batches"]["flow"] == 2

@@ -409,7 +409,10 @@ def test_decode_cache_evicts_the_oldest_and_skips_what_does_not_fit(corpus: dict
     with pytest.raises(ValueError, match="decode_cache_mb"):
         LhotseAudioDataModule(train_cuts=str(corpus["train"]), decode_cache_mb=-1)
     dm = LhotseAudioDataModule(
-        train_cuts=str(corpus["train"]), val_cuts=str(corpus["val"]), batch_size=3, segment_seconds=0.5,
+        train_cuts=str(corpus["train"]),
+        val_cuts=str(corpus["val"]),
+        batch_size=3,
+        segment_seconds=0.5,
         decode_cache_mb=8,
     )
     dm.setup("fit")
