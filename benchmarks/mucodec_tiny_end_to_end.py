@@ -45,7 +45,8 @@ from datamodules.manifests import load_cuts, prepare_manifests
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
 # stage -> (real YAML, tiny override, default batches). The tiny YAMLs are sized for one-batch tests;
-# E2E (below) grows them for this run. Measured 2026-11-30 on the 2-core machine: see the README.
+# E2E (below) grows them for this run. Measured 2026-11-30 on the 2-core machine: 16.5 min with --threads 2
+# (experiments/mucodec/README.md has the table).
 STAGES = {
     "muencoder_stage1": ("mucodec/muencoder_stage1.yaml", "tiny/mucodec_muencoder.yaml", 200),
     "muencoder_stage2": ("mucodec/muencoder_stage2.yaml", "tiny/mucodec_muencoder.yaml", 100),
