@@ -41,6 +41,98 @@ def in_tmp_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store at the installed MLflow's schema, made once per session, to copy
+    per test: creating one runs MLflow's migrations (3-6 s), copying it takes milliseconds."""
+    import contextlib
+
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow_store_template")
+    with contextlib.chdir(folder):  # MLflow's "Default" experiment points at ./mlruns: keep it here
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def mlflow_db(in_tmp_dir, empty_mlflow_store) -> Path:
+    """``in_tmp_dir`` holding an empty ``mlflow.db`` (a copy of :func:`empty_mlflow_store`): what the
+    experiments' logger (``sqlite:///mlflow.db``) opens, for tests about what is trained and logged
+    rather than about MLflow making its store. -> the store's path."""
+    import shutil
+
+    return Path(shutil.copyfile(empty_mlflow_store, in_tmp_dir / "mlflow.db"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """URI of an ``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts in a tmp
+    folder, started once per session (it takes 10-30 s): its users (tests/test_mlflow_server.py,
+    tests/test_mlflow_ui_browser.py) each log into an experiment of their own."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(folder / "server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "server_artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ddp_fits(tmp_path_factory):
+    """The two-rank fits of the DDP tests, run once in one distributed job (see tests/ddp_fits.py)."""
+    from ddp_fits import run
+
+    return run(tmp_path_factory.mktemp("ddp_fits"))
+
+
 @pytest.fixture
 def latest_checkpoint():
     """latest_checkpoint(trainer) -> the path of the newest last.ckpt of a finished fit."""

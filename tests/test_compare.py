@@ -5,6 +5,7 @@ and the experiment set up for the UI (model-training kind, the "codec quality" r
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -19,10 +20,12 @@ from codecplatform.cli import cli_main
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, empty_mlflow_store):
     """(sqlite URI, run name -> id) of a store with runs of two families (shared: read-only use,
     except comparison runs, which compare ignores)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    shutil.copyfile(empty_mlflow_store, path)  # an empty store, made once per session (tests/conftest.py)
+    uri = f"sqlite:///{path}"
     return uri, log_runs(uri)
 
 
@@ -207,12 +210,11 @@ def test_compare_needs_neither_lightning_nor_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_the_logger_prepares_the_experiment_for_the_ui(tmp_path, monkeypatch):
-    """MLflowLogger tags the experiment it opens as model training and saves the runs view; a user's
-    later choice of kind is kept."""
+def test_the_logger_prepares_the_experiment_for_the_ui(mlflow_db, tmp_path):
+    """MLflowLogger tags the experiment it opens (in an empty store) as model training and saves the
+    runs view; a user's later choice of kind is kept."""
     from codecplatform.tracking import MLflowLogger
 
-    monkeypatch.chdir(tmp_path)
     logger = MLflowLogger(experiment_name="codecplatform", tracking_uri="sqlite:///mlflow.db")
     logger.log_metrics({"test/6kbps/mel_distance": 1.0}, step=0)
     logger.finalize("success")

@@ -96,7 +96,7 @@ def test_fit_then_test_logs_everything_to_mlflow(make_manifests, in_tmp_dir, lat
             assert torch.equal(v, expected[k]), k
 
 
-def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, latest_checkpoint):
+def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, mlflow_db, latest_checkpoint):
     import soundfile as sf
 
     manifests = make_manifests(24000, 1)

@@ -1,8 +1,8 @@
-"""The MLflow UI in a real browser: a local ``mlflow server`` (the fixture of test_mlflow_server.py) with
-runs of two families, rendered by headless Chromium (``chromium --headless --dump-dom`` after the page's
-JavaScript ran). Checks that the run comparison page shows both runs and a per-bitrate metric, and that
-the experiment's "codec quality" view shows metric columns. Skipped without a Chromium binary (Debian:
-``apt-get install chromium``)."""
+"""The MLflow UI in a real browser: a local ``mlflow server`` (the session's fixture, tests/conftest.py)
+with runs of two families in an experiment of their own, rendered by headless Chromium (``chromium
+--headless --dump-dom`` after the page's JavaScript ran). Checks that the run comparison page shows
+both runs and a per-bitrate metric, and that the experiment's "codec quality" view shows metric
+columns. Skipped without a Chromium binary (Debian: ``apt-get install chromium``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import urllib.parse
 import pytest
 from mlflow.tracking import MlflowClient
 from rate_quality_runs import log_runs
-from test_mlflow_server import mlflow_server  # noqa: F401 (the fixture)
 
 from codecplatform import compare
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+EXPERIMENT = "ui_browser"  # the session's server also holds tests/test_mlflow_server.py's runs
 
 
 def browser() -> str:
@@ -30,8 +30,8 @@ def browser() -> str:
 
 
 def render(url: str, tmp_path, screenshot: str | None = None, budget_ms: int = 20000) -> str:
-    """The DOM of ``url`` after ``budget_ms`` of (virtual) time for its scripts; optionally a PNG too.
-    The window is tall: the UI's tables render only the rows in view."""
+    """The DOM of ``url`` after ``budget_ms`` of (virtual) time for its scripts; optionally a PNG too,
+    taken by the same page load. The window is tall: the UI's tables render only the rows in view."""
     args = [
         browser(),
         "--headless",
@@ -43,17 +43,17 @@ def render(url: str, tmp_path, screenshot: str | None = None, budget_ms: int = 2
         f"--virtual-time-budget={budget_ms}",
     ]
     if screenshot:
-        subprocess.run([*args, f"--screenshot={screenshot}", url], capture_output=True, timeout=180, check=True)
+        args.append(f"--screenshot={screenshot}")
     done = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True)
     return done.stdout
 
 
 @pytest.mark.slow
-def test_run_comparison_page_shows_both_families_and_per_bitrate_metrics(mlflow_server, tmp_path):  # noqa: F811
-    browser()  # skip before starting anything
-    ids = log_runs(mlflow_server)
+def test_run_comparison_page_shows_both_families_and_per_bitrate_metrics(mlflow_server, tmp_path):
+    browser()  # skip before logging anything
+    ids = log_runs(mlflow_server, experiment=EXPERIMENT)
     runs = [ids["encodec-small"], ids["dac-24khz"]]
-    experiment_id = MlflowClient(mlflow_server).get_experiment_by_name("codecplatform").experiment_id
+    experiment_id = MlflowClient(mlflow_server).get_experiment_by_name(EXPERIMENT).experiment_id
     query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([experiment_id])})
     page = render(f"{mlflow_server}/#/compare-runs?{query}", tmp_path, screenshot=str(tmp_path / "compare.png"))
     assert "encodec-small" in page and "dac-24khz" in page

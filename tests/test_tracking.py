@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from mlflow.tracking import MlflowClient
 
 from codecplatform.tracking import MLflowLogger, absolute_sqlite_uri
@@ -15,11 +17,12 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     assert absolute_sqlite_uri(None) is None
 
 
-def test_two_directories_in_one_process_keep_their_own_stores(tmp_path, monkeypatch):
+def test_two_directories_in_one_process_keep_their_own_stores(tmp_path, monkeypatch, empty_mlflow_store):
     run_ids = {}
     for name in ("first", "second"):
         folder = tmp_path / name
         folder.mkdir()
+        shutil.copyfile(empty_mlflow_store, folder / "mlflow.db")  # an empty store (made once per session)
         monkeypatch.chdir(folder)
         logger = MLflowLogger(experiment_name="codecplatform", tracking_uri="sqlite:///mlflow.db")
         logger.log_metrics({"value": 1.0}, step=0)

@@ -73,16 +73,8 @@ def spread_codebooks(module: GANCodecModule, seed: int = 0) -> GANCodecModule:
     return module
 
 
-@pytest.fixture(scope="session")
-def empty_mlflow_store(tmp_path_factory) -> Path:
-    """An sqlite MLflow store with its tables made (creating them takes seconds), to copy per test."""
-    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def mlflow_logger(tmp_path, empty_mlflow_store):
+def mlflow_logger(tmp_path, empty_mlflow_store):  # empty_mlflow_store: tests/conftest.py
     """An MLflowLogger writing to ``<tmp>/mlflow.db`` (artifacts under ``<tmp>/artifacts``)."""
     shutil.copy(empty_mlflow_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

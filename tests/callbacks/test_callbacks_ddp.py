@@ -4,10 +4,6 @@ ranks' validation data, throughput counts both ranks' audio, and only rank zero 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,37 +12,14 @@ import torch
 from test_codebook_logger import direct_counts
 from test_gan_codec import NoiseAudio, tiny_module
 
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys, torch
-    sys.path[:0] = [{lightning!r}, {here!r}]
-    from conftest import fit_tiny, spread_codebooks
-    from test_gan_codec import tiny_module
-    from callbacks import AudioReconstructionLogger, AudioThroughputMonitor, CodebookUsageLogger
-
-    torch.manual_seed(0)
-    module = spread_codebooks(tiny_module())
-    audio = AudioReconstructionLogger(num_examples=2, examples_per_batch=2)
-    callbacks = [CodebookUsageLogger(), audio, AudioThroughputMonitor()]
-    # 4 validation examples in batches of 2: the DistributedSampler gives each rank one batch
-    trainer = fit_tiny(callbacks, False, {out!r}, batches=1, val_batches=2, module=module, devices=2,
-                       strategy="ddp_find_unused_parameters_true")
-    if trainer.is_global_zero:
-        torch.save(module.state_dict(), {out!r} + "/module.pt")
-        metrics = {{k: float(v) for k, v in trainer.callback_metrics.items()}}
-        open({out!r} + "/metrics.json", "w").write(json.dumps(metrics))
-    """
-)
-
 
 @pytest.mark.slow
-def test_two_ranks_log_the_counts_of_all_validation_data(tmp_path):
-    here = Path(__file__).resolve().parent
-    script = tmp_path / "ddp_callbacks.py"
-    script.write_text(SCRIPT.format(lightning=str(here.parent / "lightning"), here=str(here), out=str(tmp_path)))
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-
+def test_two_ranks_log_the_counts_of_all_validation_data(ddp_fits):
+    """Part "callbacks" of tests/ddp_fits.py: a spread-codebook tiny module, CodebookUsageLogger,
+    AudioReconstructionLogger(num_examples=2, examples_per_batch=2) and AudioThroughputMonitor; one
+    training batch, then 4 validation examples in batches of 2 (the DistributedSampler gives each rank
+    one batch)."""
+    tmp_path = ddp_fits.part("callbacks")
     module = tiny_module()
     module.load_state_dict(torch.load(tmp_path / "module.pt"))
     expected = direct_counts(module.codec, val_batches=2, size=16)  # all 4 validation examples

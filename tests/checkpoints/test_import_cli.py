@@ -160,7 +160,7 @@ def tiny_dac_fit_args(manifests: dict[str, Path]) -> list[str]:
     ]
 
 
-def test_fit_starts_from_the_imported_codec(make_manifests, in_tmp_dir, monkeypatch):
+def test_fit_starts_from_the_imported_codec(make_manifests, in_tmp_dir, mlflow_db, monkeypatch):
     imported = import_dac_tiny(in_tmp_dir, in_tmp_dir / "imported.ckpt")
     _, imported_state = load_codec_state(imported)
     after_setup = []
@@ -184,7 +184,7 @@ def test_fit_starts_from_the_imported_codec(make_manifests, in_tmp_dir, monkeypa
     assert any(not torch.equal(trained[k], imported_state[k]) for k in trained)
 
 
-def test_fit_refuses_an_imported_codec_of_another_architecture(make_manifests, in_tmp_dir):
+def test_fit_refuses_an_imported_codec_of_another_architecture(make_manifests, in_tmp_dir, mlflow_db):
     source = official_file(in_tmp_dir, seed=1, n_codebooks=2, codebook_size=32)
     from codecplatform.checkpoints.dac import import_dac
 

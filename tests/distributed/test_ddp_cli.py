@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "experiments"
 BIN = Path(sys.executable).parent
 MAX_BATCHES = 4  # 7 train files x 2 windows / (2 per batch x 2 ranks) = 3 batches per epoch: crosses one epoch end
+HANG_AT = 2  # the killed run stops (and is killed) at the start of this batch: last.ckpt holds batch 1's end
 
 
 def free_port() -> int:
@@ -130,9 +132,23 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> Path:
-    """An uninterrupted 2-process fit of MAX_BATCHES batches, logging to MLflow; its work folder."""
+def killed_run(corpus, tmp_path_factory):
+    """(work folder, process) of a 2-process fit that stops at the start of batch HANG_AT, where
+    test_killed_run_resumes_with_the_same_batches kills it; started beside the reference run."""
+    workdir = tmp_path_factory.mktemp("killed")
+    process = ddp_fit(workdir, fit_args(corpus, workdir / "killed", hang_at=HANG_AT), "killed.log")
+    yield workdir, process
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory, empty_mlflow_store, killed_run) -> Path:
+    """An uninterrupted 2-process fit of MAX_BATCHES batches, logging to MLflow; its work folder. It runs
+    beside ``killed_run`` (started first): Lightning starts the second rank once the first has imported
+    everything and read its config, each leaving a core idle, so two runs side by side take not much
+    longer than one."""
     workdir = tmp_path_factory.mktemp("reference")
+    shutil.copyfile(empty_mlflow_store, workdir / "mlflow.db")  # the logger's store, empty (tests/conftest.py)
     finish(ddp_fit(workdir, fit_args(corpus, workdir / "record", mlflow=True)))
     return workdir
 
@@ -213,12 +229,12 @@ def test_two_node_torchrun_launch(corpus, reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_with_the_same_batches(corpus, reference, tmp_path):
+def test_killed_run_resumes_with_the_same_batches(corpus, reference, killed_run):
     """SIGKILL both ranks at the start of batch 2 (last.ckpt holds batch 1's end), resume from
     last.ckpt: every rank trains on the batches 2.. the uninterrupted run trained on."""
-    hang_at = 2
-    killed = tmp_path / "killed"
-    process = ddp_fit(tmp_path, fit_args(corpus, killed, hang_at=hang_at), "killed.log")
+    hang_at = HANG_AT
+    workdir, process = killed_run
+    killed = workdir / "killed"
     deadline = time.monotonic() + 240
     try:
         while not all((killed / f"ready{rank}").exists() for rank in (0, 1)):
@@ -230,11 +246,11 @@ def test_killed_run_resumes_with_the_same_batches(corpus, reference, tmp_path):
         process.wait(timeout=60)
     finally:
         stop(process)
-    (checkpoint,) = tmp_path.glob("outputs/**/last.ckpt")
+    (checkpoint,) = workdir.glob("outputs/**/last.ckpt")
     assert int(torch.load(checkpoint, weights_only=False)["state_dict"]["batch_counter"]) == hang_at
 
-    resumed = tmp_path / "resumed"
-    finish(ddp_fit(tmp_path, [*fit_args(corpus, resumed), f"--ckpt_path={checkpoint}"], "resumed.log"))
+    resumed = workdir / "resumed"
+    finish(ddp_fit(workdir, [*fit_args(corpus, resumed), f"--ckpt_path={checkpoint}"], "resumed.log"))
     expected = per_rank(reference / "record")
     for rank, (before, after) in enumerate(zip(per_rank(killed), per_rank(resumed), strict=True)):
         assert before == expected[rank][:hang_at]

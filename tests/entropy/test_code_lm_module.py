@@ -18,7 +18,7 @@ from codecplatform.models.code_lm import CodeLM
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
-def test_fit_one_batch_with_tiny_override(tiny_codec_checkpoint, make_manifests, in_tmp_dir, latest_checkpoint):
+def test_fit_one_batch_with_tiny_override(tiny_codec_checkpoint, make_manifests, mlflow_db, latest_checkpoint):
     manifests = make_manifests(24000, 1, n_files=5)
     cli = cli_main(
         [

@@ -3,48 +3,19 @@ counters although each saw different data, and the wrong DDP setting fails with 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+import json
 
 import pytest
 import torch
 
-SCRIPT = textwrap.dedent(
-    """
-    import sys, torch
-    sys.path.insert(0, {tests!r})
-    from lightning.pytorch import Trainer
-    from torch.utils.data import DataLoader
-    from codecplatform.quantizers.dropout import PerExampleDropout
-    from test_gan_codec import NoiseAudio, tiny_module
-    from codecplatform.lightning.schedule import DiscriminatorSchedule
-
-    torch.manual_seed(0)
-    module = tiny_module(discriminator_schedule=DiscriminatorSchedule(probability=0.5, seed=3))
-    module.codec.quantizer.dropout = PerExampleDropout(p=0.5)  # per-rank random draws must not desync
-    trainer = Trainer(accelerator="cpu", devices=2, strategy={strategy!r}, max_epochs=1, limit_train_batches=3,
-                      limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False)
-    trainer.fit(module, DataLoader(NoiseAudio(n=24), batch_size=4))  # DistributedSampler: different data per rank
-    torch.save(module.state_dict(), f"{out}/rank{{trainer.global_rank}}.pt")
-    """
-)
-
-
-def run(tmp_path: Path, strategy: str) -> subprocess.CompletedProcess:
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), strategy=strategy, out=str(tmp_path)))
-    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-
 
 @pytest.mark.slow
-def test_two_ranks_end_identical(tmp_path):
-    result = run(tmp_path, "ddp_find_unused_parameters_true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt")
-    rank1 = torch.load(tmp_path / "rank1.pt")
+def test_two_ranks_end_identical(ddp_fits):
+    """Part "identical" of tests/ddp_fits.py: 3 batches of 4 per rank, discriminator schedule with
+    probability 0.5 (seed 3), per-example quantizer dropout p=0.5."""
+    folder = ddp_fits.part("identical")
+    rank0 = torch.load(folder / "rank0.pt")
+    rank1 = torch.load(folder / "rank1.pt")
     assert rank0.keys() == rank1.keys()
     codebooks = [k for k in rank0 if ".embed" in k or "cluster_size" in k]
     assert codebooks, "expected EMA codebook buffers in the state dict"
@@ -52,10 +23,16 @@ def test_two_ranks_end_identical(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
     assert int(rank0["batch_counter"]) == 3
     assert bool(rank0["codec.quantizer.layers.0.initialized"])
+    # the whole two-rank job (all of tests/ddp_fits.py's fits, one after the other) ends cleanly
+    assert ddp_fits.result.returncode == 0, ddp_fits.result.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_plain_ddp_is_refused_with_a_clear_error(tmp_path):
-    result = run(tmp_path, "ddp")
-    assert result.returncode != 0
-    assert "ddp_find_unused_parameters_true" in result.stderr
+def test_plain_ddp_is_refused_with_a_clear_error(ddp_fits):
+    """Part "refused" of tests/ddp_fits.py: ``strategy="ddp"``; ``fit`` raises on both ranks."""
+    folder = ddp_fits.part("refused")
+    for rank in (0, 1):
+        error = json.loads((folder / f"rank{rank}.json").read_text())
+        assert error is not None, f"rank {rank}: plain DDP trained"
+        assert error["type"] == "ValueError"
+        assert "ddp_find_unused_parameters_true" in error["message"]

@@ -4,11 +4,6 @@ batch steps and uses only the copy of its bandwidth, the others keep their weigh
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -114,36 +109,12 @@ def test_per_bandwidth_needs_bandwidths_and_one_count_per_batch():
         fit(module, batches=4, examples=24)
 
 
-DDP_SCRIPT = textwrap.dedent(
-    """
-    import sys, torch
-    sys.path.insert(0, {tests!r})
-    from lightning.pytorch import Trainer
-    from torch.utils.data import DataLoader
-    from test_gan_codec import NoiseAudio, tiny_module
-    from test_discriminator_per_bandwidth import bandwidth_codec
-    from codecplatform.lightning.ema import GeneratorEMA
-
-    torch.manual_seed(0)
-    module = tiny_module(codec=bandwidth_codec(), discriminator_per_bandwidth=True,
-                         generator_ema=GeneratorEMA(decay=0.9))
-    before = {{k: v.clone() for k, v in module.state_dict().items()}}
-    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_epochs=1,
-                      limit_train_batches=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, DataLoader(NoiseAudio(n=24), batch_size=4))
-    torch.save({{"before": before, "after": module.state_dict()}}, f"{out}/rank{{trainer.global_rank}}.pt")
-    """
-)
-
-
 @pytest.mark.slow
-def test_two_ranks_pick_the_same_copies_and_end_identical(tmp_path):
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+def test_two_ranks_pick_the_same_copies_and_end_identical(ddp_fits):
+    """Part "per_bandwidth" of tests/ddp_fits.py: 3 batches of 4 per rank, one discriminator copy per
+    bandwidth, generator EMA (decay 0.9)."""
+    folder = ddp_fits.part("per_bandwidth")
+    rank0, rank1 = (torch.load(folder / f"rank{r}.pt") for r in (0, 1))
     for key in rank0["after"]:
         assert torch.equal(rank0["after"][key], rank1["after"][key]), f"{key} differs between ranks"
     assert int(rank0["after"]["ema_updates"]) == 3

@@ -4,11 +4,6 @@ the others waiting in the gradient all-reduce forever)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -64,31 +59,13 @@ def test_training_goes_on_after_an_empty_batch():
     assert int(module.batch_counter) == 2
 
 
-SCRIPT = textwrap.dedent(
-    """
-    import sys, torch
-    sys.path.insert(0, {root!r})
-    from test_empty_batches import Batches, fit
-    from test_gan_codec import tiny_module
-
-    torch.manual_seed(0)
-    module = tiny_module()
-    # The DistributedSampler deals batches 0, 2, 4 to rank 0 and 1, 3, 5 to rank 1: only rank 0's
-    # second batch is empty.
-    trainer = fit(module, Batches(n=6, empty={{2}}), devices=2, strategy="ddp_find_unused_parameters_true")
-    torch.save(module.state_dict(), f"{out}/rank{{trainer.global_rank}}.pt")
-    """
-)
-
-
 @pytest.mark.slow
-def test_ranks_skip_a_batch_together_when_one_of_them_is_empty(tmp_path):
-    script = tmp_path / "ddp_empty.py"
-    root = str(Path(__file__).resolve().parent)
-    script.write_text(SCRIPT.format(root=root, out=str(tmp_path)))
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+def test_ranks_skip_a_batch_together_when_one_of_them_is_empty(ddp_fits):
+    """Part "empty_batches" of tests/ddp_fits.py: Batches(n=6, empty={2}) on two ranks: the
+    DistributedSampler deals batches 0, 2, 4 to rank 0 and 1, 3, 5 to rank 1, so only rank 0's second
+    batch is empty."""
+    folder = ddp_fits.part("empty_batches")
+    rank0, rank1 = (torch.load(folder / f"rank{r}.pt") for r in (0, 1))
     assert int(rank0["batch_counter"]) == int(rank1["batch_counter"]) == 2  # 3 batches each, one skipped
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"

@@ -40,7 +40,7 @@ def test_per_bitrate_test_metrics(variant, label, make_manifests, in_tmp_dir):
     assert f"test/{label}/codebook_entropy" in metrics
 
 
-def test_fit_validates_and_its_checkpoint_is_a_bundle(make_manifests, in_tmp_dir):
+def test_fit_validates_and_its_checkpoint_is_a_bundle(make_manifests, in_tmp_dir, mlflow_db):
     manifests = make_manifests(48000, 2, n_files=5)
     cli = run("fit", "1x16384", manifests)  # MLflow logger of the base config: metrics beside the GAN codecs
     assert int(cli.model.batch_counter) == 1

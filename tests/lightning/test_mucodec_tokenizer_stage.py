@@ -42,7 +42,7 @@ def save_encoder(path: Path, **sizes) -> MuEncoder:
 
 
 @pytest.mark.parametrize("config,n_q", [("tokenizer_1x16384.yaml", 1), ("tokenizer_4x10000.yaml", 4)])
-def test_tokenizer_trains_one_batch_from_a_muencoder_checkpoint(config, n_q, make_manifests, in_tmp_dir):
+def test_tokenizer_trains_one_batch_from_a_muencoder_checkpoint(config, n_q, make_manifests, in_tmp_dir, mlflow_db):
     source = save_encoder(in_tmp_dir / "muencoder.ckpt")
     manifests = make_manifests(24000, 2, n_files=5)
     cli = fit(config, manifests, f"--model.init_args.muencoder_checkpoint={in_tmp_dir / 'muencoder.ckpt'}")

@@ -174,11 +174,14 @@ def test_metric_states_reduce_across_ranks_like_one_process(codec, data):
     assert torch.equal(merged_counts, whole.codebook_usage["test"].compute()["counts"])
 
 
-def test_table_artifact_is_logged_to_mlflow_and_other_loggers_work(codec, data, tmp_path):
+def test_table_artifact_is_logged_to_mlflow_and_other_loggers_work(codec, data, tmp_path, empty_mlflow_store):
+    import shutil
+
     from mlflow.tracking import MlflowClient
 
     from codecplatform.tracking import MLflowLogger
 
+    shutil.copyfile(empty_mlflow_store, tmp_path / "mlflow.db")  # an empty store, made once per session
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = MLflowLogger(experiment_name="per-bitrate", tracking_uri=uri, save_dir=str(tmp_path / "mlruns"))
     run_test(module_for(codec), data, logger=logger)

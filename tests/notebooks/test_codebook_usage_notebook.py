@@ -5,9 +5,11 @@ checkpoint computed here, and it shows its figures and one audio player per code
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import json
 import math
+import os
 from pathlib import Path
 
 import nbformat
@@ -55,20 +57,30 @@ def stdout(nb) -> str:
     return "".join(out.get("text", "") for out in outputs(nb, "stream") if out.name == "stdout")
 
 
-def execute(monkeypatch, folder: Path, **env: str):
-    """Run the notebook in ``folder`` with exactly the given CODEC_*/MLFLOW_* environment; -> (nb, result)."""
-    for key in ENV:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures become PNG outputs
+async def execute(folder: Path, **env: str):
+    """Run the notebook in ``folder`` in a kernel of its own with exactly the given CODEC_*/MLFLOW_*
+    environment; -> (nb, result)."""
+    kernel_env = {key: value for key, value in os.environ.items() if key not in ENV}
+    kernel_env.pop("MPLBACKEND", None)  # the kernel's inline backend: figures become PNG outputs
+    kernel_env.update(env)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
+    await client.async_execute(env=kernel_env)
     errors = outputs(nb, "error")
     assert not errors, errors
     results = [line[len(RESULT_PREFIX) :] for line in stdout(nb).splitlines() if line.startswith(RESULT_PREFIX)]
     assert len(results) == 1
     return nb, json.loads(results[0])
+
+
+def execute_together(*runs: tuple[Path, dict[str, str]]) -> list:
+    """:func:`execute` of each (folder, environment) at the same time (one kernel each: a kernel is one
+    busy core for seconds, mostly importing) -> [(nb, result), ...] in the order given."""
+
+    async def gather():
+        return await asyncio.gather(*(execute(folder, **env) for folder, env in runs))
+
+    return asyncio.run(gather())
 
 
 def figures(nb) -> int:
@@ -176,7 +188,7 @@ def test_stored_without_outputs():
     assert all(name in code[0].source for name in ("CHECKPOINT =", "RUN_ID =", "TRACKING_URI ="))
 
 
-def test_notebook_by_run_id_and_by_checkpoint_file(make_manifests, in_tmp_dir, monkeypatch, latest_checkpoint):
+def test_notebook_by_run_id_and_by_checkpoint_file(make_manifests, in_tmp_dir, mlflow_db, latest_checkpoint):
     manifests = make_manifests(24000, 1)
     fit = cli_main(
         [
@@ -196,12 +208,18 @@ def test_notebook_by_run_id_and_by_checkpoint_file(make_manifests, in_tmp_dir, m
     wavs = sorted(wav_dir.glob("*.wav"))
     assert checkpoint.is_file() and 0 < len(wavs) <= 8
     ensure_python3_kernel()
+    # 1. by MLflow run id; 2. a checkpoint file outside any run (codebooks spread over many entries),
+    # the two executions at the same time
+    store = f"sqlite:///{in_tmp_dir / 'mlflow.db'}"
+    elsewhere = in_tmp_dir / "elsewhere"
+    elsewhere.mkdir()
+    spread = spread_codebooks(checkpoint, elsewhere / "model.ckpt", wavs)
+    (nb, result), (nb_file, result_file) = execute_together(
+        (in_tmp_dir, dict(CODEC_RUN_ID=run_id, MLFLOW_TRACKING_URI=store, CODEC_AUDIO=str(wav_dir))),
+        (elsewhere, dict(CODEC_CHECKPOINT=str(spread), CODEC_AUDIO=str(wav_dir))),
+    )
 
     # 1. By MLflow run id: the checkpoint comes from the run's artifacts, the history from its metrics.
-    store = f"sqlite:///{in_tmp_dir / 'mlflow.db'}"
-    nb, result = execute(
-        monkeypatch, in_tmp_dir, CODEC_RUN_ID=run_id, MLFLOW_TRACKING_URI=store, CODEC_AUDIO=str(wav_dir)
-    )
     assert result["checkpoint_source"] == "mlflow" and Path(result["checkpoint"]).name == "last.ckpt"
     assert filecmp.cmp(result["checkpoint"], checkpoint, shallow=False)  # the run's artifact is the fit's last.ckpt
     assert result["files"] == [p.name for p in wavs]
@@ -219,10 +237,7 @@ def test_notebook_by_run_id_and_by_checkpoint_file(make_manifests, in_tmp_dir, m
 
     # 2. A checkpoint file outside any run (codebooks spread over many entries): everything but the
     # history, which says why it is missing.
-    elsewhere = in_tmp_dir / "elsewhere"
-    elsewhere.mkdir()
-    spread = spread_codebooks(checkpoint, elsewhere / "model.ckpt", wavs)
-    nb, result = execute(monkeypatch, elsewhere, CODEC_CHECKPOINT=str(spread), CODEC_AUDIO=str(wav_dir))
+    nb, result = nb_file, result_file
     assert result["checkpoint_source"] == "file" and result["checkpoint"] == str(spread)
     assert min(s["used"] for s in result["stats"]) > 3 and result["efficiency"] > 0.3
     check_statistics(nb, result, spread, wavs)

@@ -4,7 +4,10 @@ every metric panel, the run without per-bitrate metrics skipped, the filter appl
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -24,18 +27,29 @@ def outputs(nb, output_type: str) -> list:
     ]
 
 
-def execute(monkeypatch, folder: Path, **env: str):
-    for key in ENV:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+async def execute(folder: Path, **env: str):
+    """Run the notebook in ``folder`` in a kernel of its own, with exactly the given variables of ENV
+    set; -> (nb, its stdout, result)."""
+    kernel_env = {key: value for key, value in os.environ.items() if key not in ENV}
+    kernel_env.update(env)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
+    await client.async_execute(env=kernel_env)
     errors = outputs(nb, "error")
     assert not errors, errors
     text = "".join(out.get("text", "") for out in outputs(nb, "stream") if out.name == "stdout")
     (result,) = [line[len(RESULT_PREFIX) :] for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
     return nb, text, json.loads(result)
+
+
+def execute_together(*runs: tuple[Path, dict[str, str]]) -> list:
+    """:func:`execute` of each (folder, environment) at the same time, one kernel each -> [(nb, stdout,
+    result), ...] in the order given."""
+
+    async def gather():
+        return await asyncio.gather(*(execute(folder, **env) for folder, env in runs))
+
+    return asyncio.run(gather())
 
 
 def test_stored_without_outputs():
@@ -47,11 +61,16 @@ def test_stored_without_outputs():
     assert all(name in code[0].source for name in ("TRACKING_URI =", "EXPERIMENT =", "FILTERS =", "METRICS ="))
 
 
-def test_notebook_draws_two_families(tmp_path, monkeypatch):
+def test_notebook_draws_two_families(tmp_path, empty_mlflow_store):
     ensure_python3_kernel()
+    shutil.copyfile(empty_mlflow_store, tmp_path / "mlflow.db")  # made once per session (tests/conftest.py)
     log_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    filters_and_metrics = dict(CODEC_FILTERS="family=dac; sample_rate=24000", CODEC_METRICS="si_sdr mel_distance")
+    (nb, text, result), (_, _, filtered) = execute_together(
+        (tmp_path, dict(MLFLOW_TRACKING_URI="sqlite:///mlflow.db")),
+        (tmp_path, dict(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", **filters_and_metrics)),
+    )
     # A relative store, as in the notebook's default, found from the working directory.
-    nb, text, result = execute(monkeypatch, tmp_path, MLFLOW_TRACKING_URI="sqlite:///mlflow.db")
     runs = result["comparison"]["runs"]
     assert {run["run_name"] for run in runs} == set(RUNS)
     assert result["comparison"]["families"] == ["dac", "encodec"]
@@ -69,12 +88,5 @@ def test_notebook_draws_two_families(tmp_path, monkeypatch):
     assert len(tables) == 1 and "## mel_distance (lower is better)" in tables[0]
 
     # Filters and metrics from the environment.
-    nb, _, result = execute(
-        monkeypatch,
-        tmp_path,
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        CODEC_FILTERS="family=dac; sample_rate=24000",
-        CODEC_METRICS="si_sdr mel_distance",
-    )
-    assert [run["run_name"] for run in result["comparison"]["runs"]] == [ENTROPY_CODED]
-    assert result["metrics"] == ["si_sdr", "mel_distance"] and result["comparison"]["skipped"] == []
+    assert [run["run_name"] for run in filtered["comparison"]["runs"]] == [ENTROPY_CODED]
+    assert filtered["metrics"] == ["si_sdr", "mel_distance"] and filtered["comparison"]["skipped"] == []

@@ -33,7 +33,8 @@ def test_there_are_experiments():
 
 
 @pytest.mark.parametrize("config", experiment_files(), ids=lambda p: str(p.relative_to(EXPERIMENTS)))
-def test_experiment_trains_one_batch_with_tiny_override(config, make_manifests, in_tmp_dir):
+def test_experiment_trains_one_batch_with_tiny_override(config, make_manifests, mlflow_db):
+    # mlflow_db: the working directory holds an empty mlflow.db, which the configs' logger fills
     merged = compose_config(config)
     family = merged["trainer"]["logger"]["init_args"]["tags"]["family"]
     tiny = EXPERIMENTS / "tiny" / f"{family}.yaml"
