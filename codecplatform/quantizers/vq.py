@@ -196,7 +196,7 @@ class EMACodebook(nn.Module):
                 f"each of the last {self.CHURN_STEPS} steps: threshold_ema_dead_code={self.threshold_ema_dead_code} "
                 f"is above what an entry can reach with {vectors} frames per step "
                 f"({vectors / self.codebook_size:.2f} per entry on average); lower threshold_ema_dead_code "
-                "(EnCodec's 2.0 assumes ~5 frames per entry and step), use fewer entries or larger batches",
+                "below the frames an entry gets per step, use fewer entries or larger batches",
                 RuntimeWarning,
                 stacklevel=2,
             )
