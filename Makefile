@@ -24,7 +24,7 @@ UV   := $(BIN)/uv
 $(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$$(grep '^uv==' $(LOCK))"
-	$(UV) pip sync --quiet --python $(BIN)/python --build-constraints $(LOCK) $(LOCK)
+	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python --build-constraints $(LOCK) $(LOCK)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import dac, encodec, mlflow, pesq, pystoi, visqol, torchaudio"
 	touch $(STAMP)
@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/data_throughput.py -- --data.init_args.batch_size=8
 	$(BIN)/python benchmarks/bitstream_size.py
 	$(BIN)/python benchmarks/inference_rtf.py
+	$(BIN)/python benchmarks/cli_start.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/short_run_quality.py --data_dir ../shared/data/music
 

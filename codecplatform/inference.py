@@ -77,6 +77,7 @@ from codecplatform.bitstream import (
     segment_frames,
     write_compressed,
 )
+from codecplatform.dsp.channels import map_channels
 from codecplatform.dsp.spectral import resample
 from codecplatform.models.base import AudioCodec
 from codecplatform.models.code_lm import CodeLM
@@ -102,8 +103,6 @@ class AudioReader:
     """
 
     def __init__(self, path: str | Path, sample_rate: int, channels: int):
-        from datamodules.dataset import map_channels
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"audio file not found: {self.path}")

@@ -13,6 +13,7 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 
+from codecplatform.dsp.channels import map_channels
 from codecplatform.dsp.loudness import normalize_loudness
 from datamodules.augment import Augmentation, limit_peak
 
@@ -113,25 +114,6 @@ def window_text(cut: Cut, window: Cut) -> str | None:
         return None
     parts = sorted(window.supervisions, key=lambda s: s.start)
     return " ".join(s.text.strip() for s in parts if s.text and s.text.strip())
-
-
-def map_channels(audio: np.ndarray, channels: int, name: str) -> np.ndarray:
-    """Give ``audio`` (C_in, N) exactly ``channels`` channels: (C_in, N) -> (channels, N).
-
-    Mono is repeated; more channels than wanted are averaged (``channels == 1``) or the first
-    ``channels`` are kept; fewer channels (but more than one) is an error naming ``name``.
-    """
-    c_in = audio.shape[0]
-    if c_in == channels:
-        return audio
-    if c_in == 1:
-        return np.repeat(audio, channels, axis=0)
-    if c_in > channels:
-        return audio.mean(axis=0, keepdims=True) if channels == 1 else audio[:channels]
-    raise ValueError(
-        f"{name} has {c_in} channels, cannot make {channels} of them "
-        f"(only mono is repeated); set channels <= {c_in} or drop the file"
-    )
 
 
 def normalize_rms(audio: np.ndarray, target_db: float) -> np.ndarray:
