@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "import torch": [python, "-c", "import torch"],
             "import codecplatform.cli + inference": [python, "-c", "import codecplatform.cli, codecplatform.inference"],
             "codecplatform --help": [cli, "--help"],
-            "codecplatform encode": [cli, "encode", str(audio), str(cpc), "--checkpoint", str(checkpoint), "--bandwidth", "6"],
+            "codecplatform encode": [cli, "encode", str(audio), str(cpc), "--checkpoint", str(checkpoint)]
+            + ["--bandwidth", "6"],
             "codecplatform decode": [cli, "decode", str(cpc), str(decoded), "--checkpoint", str(checkpoint)],
         }
         walls: dict[str, list[float]] = {name: [] for name in commands}
