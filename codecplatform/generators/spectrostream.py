@@ -69,7 +69,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from codecplatform.dsp.stft2d import dual_window, frame_signal, frames_from_spectrum, hann_window, spectrum_from_frames
+from codecplatform.dsp.stft2d import (
+    compress_spectrum,
+    dual_window,
+    expand_spectrum,
+    frame_signal,
+    frames_from_spectrum,
+    hann_window,
+    spectrum_from_frames,
+)
 from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.nn.conv2d import (
     AlignedSum,
@@ -293,6 +301,10 @@ class SpectroStreamEncoder(Encoder):
         causal: causal convolutions in time (True; False = 'same' padding, not streamable).
         norm: "weight_norm" (the paper's training setup) or "none" (the released inference code).
         activation_alpha: ELU alpha (1.0).
+        magnitude_exponent: power-law compression of the input spectrum's magnitudes
+            (:func:`~codecplatform.dsp.stft2d.compress_spectrum`); 1.0 = none (the official model).
+            Not in the paper or the official code: an option for short runs (see
+            ``experiments/spectrostream/small.yaml``); the decoder expands with the same exponent.
 
     See the module docstring for the layer layout and streaming.
     """
@@ -312,8 +324,12 @@ class SpectroStreamEncoder(Encoder):
         causal: bool = True,
         norm: Conv2dNorm = "weight_norm",
         activation_alpha: float = 1.0,
+        magnitude_exponent: float = 1.0,
     ) -> None:
         super().__init__()
+        if not magnitude_exponent > 0:
+            raise ValueError(f"magnitude_exponent must be > 0, got {magnitude_exponent}")
+        self.magnitude_exponent = float(magnitude_exponent)
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
             channels, dimension, stft_frame_length, stft_hop_length, stft_fft_length, ratios, mults,
             base_depth, kernel_size, fusion_block, norm,
@@ -358,7 +374,7 @@ class SpectroStreamEncoder(Encoder):
     def per_channel_features(self, x: Tensor) -> Tensor:
         """(B, C, T) -> (B, C, W, N', F'): the per-channel stage's output, before fusion."""
         check_audio(x, self.channels)
-        spec = self.stft(x)  # (B, 2C, N, F)
+        spec = compress_spectrum(self.stft(x), self.magnitude_exponent)  # (B, 2C, N, F)
         b, _, n, f = spec.shape
         y = self.per_channel(spec.reshape(b * self.channels, 2, n, f))  # (B*C, W, N', F')
         return y.reshape(b, self.channels, *y.shape[1:])
@@ -402,8 +418,12 @@ class SpectroStreamDecoder(Decoder):
         causal: bool = True,
         norm: Conv2dNorm = "weight_norm",
         activation_alpha: float = 1.0,
+        magnitude_exponent: float = 1.0,
     ) -> None:
         super().__init__()
+        if not magnitude_exponent > 0:
+            raise ValueError(f"magnitude_exponent must be > 0, got {magnitude_exponent}")
+        self.magnitude_exponent = float(magnitude_exponent)
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
             channels, dimension, stft_frame_length, stft_hop_length, stft_fft_length, ratios, mults,
             base_depth, kernel_size, fusion_block, norm,
@@ -476,7 +496,7 @@ class SpectroStreamDecoder(Decoder):
         y = self.drop_lookahead(y)
         spec = y.reshape(b, 2 * self.channels, y.shape[2], y.shape[3])  # (B, 2C, N, F)
         with torch.autocast(device_type=spec.device.type, enabled=False):
-            return self.istft(spec.float())
+            return self.istft(expand_spectrum(spec.float(), self.magnitude_exponent))
 
 
 def architectural_latency_ms(

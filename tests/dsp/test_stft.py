@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from codecplatform.dsp.stft2d import (
+    compress_spectrum,
     dual_window,
+    expand_spectrum,
     frame_signal,
     hann_window,
     istft_2d,
@@ -113,3 +115,21 @@ def test_rejects_bad_sizes():
         stft_2d(torch.randn(1, 1, 100), frame_length=32, hop_length=16, fft_length=16)
     with pytest.raises(ValueError, match="padding"):
         frame_signal(torch.randn(1, 1, 100), 8, 4, padding="same")  # type: ignore[arg-type]
+
+
+def test_magnitude_compression_keeps_the_phase_and_inverts():
+    spec = torch.randn(2, 4, 5, 6, dtype=torch.float64) * torch.logspace(-3, 1, 6, dtype=torch.float64)
+    spec[0, :, 0, 0] = 0.0  # a silent bin stays finite and silent
+    squeezed = compress_spectrum(spec, 0.3)
+    z = torch.complex(spec[:, 0::2], spec[:, 1::2])
+    zc = torch.complex(squeezed[:, 0::2], squeezed[:, 1::2])
+    loud = z.abs() > 1e-3
+    assert torch.allclose(zc.abs()[loud], z.abs()[loud] ** 0.3, rtol=1e-6)
+    assert torch.allclose(torch.angle(zc)[loud], torch.angle(z)[loud], atol=1e-9)
+    assert torch.isfinite(squeezed).all() and squeezed[0, :, 0, 0].abs().max() < 1e-3
+    assert torch.allclose(expand_spectrum(squeezed, 0.3), spec, atol=1e-9)
+    assert compress_spectrum(spec, 1.0) is spec
+    with pytest.raises(ValueError, match="exponent"):
+        compress_spectrum(spec, 0.0)
+    with pytest.raises(ValueError, match="exponent"):
+        expand_spectrum(spec, -1.0)

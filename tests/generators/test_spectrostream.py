@@ -116,6 +116,23 @@ def test_streaming_decoder_equals_offline(chunks):
     assert torch.allclose(streamed, offline, atol=1e-5)
 
 
+def test_magnitude_compression_streams_and_inverts():
+    """With ``magnitude_exponent`` the encoder reads |X| ** 0.5 (phase kept) and the decoder writes
+    |Y| ** 2: streaming still equals offline, and the option changes what the encoder sees."""
+    encoder, decoder = tiny_pair(magnitude_exponent=0.5)
+    plain, _ = tiny_pair()
+    x = torch.randn(2, 2, HOP * 6)
+    with torch.no_grad():
+        offline = encoder(x)
+        assert not torch.allclose(offline, plain(x), atol=1e-4)
+        flushed = torch.cat([x, torch.zeros(2, 2, encoder.stream_flush_samples)], dim=-1)
+        assert torch.allclose(run_in_chunks(encoder, flushed, [100, 1, 300]), offline, atol=1e-5)
+        z = torch.randn(2, 8, 6)
+        out = decoder(z)
+        z_flushed = torch.cat([z, torch.zeros(2, 8, decoder.stream_flush_frames)], dim=-1)
+        assert torch.allclose(run_in_chunks(decoder, z_flushed, [2, 4, 1]), out, atol=1e-5)
+
+
 def test_streaming_holds_back_exactly_the_look_ahead():
     encoder, decoder = tiny_pair()
     with torch.no_grad(), streaming(encoder):
@@ -162,6 +179,7 @@ def test_gradients_reach_every_parameter():
         (dict(mults=[2, 1]), "mults"),
         (dict(norm="batch"), "norm"),
         (dict(stft_fft_length=62), "stft_fft_length"),
+        (dict(magnitude_exponent=0.0), "magnitude_exponent"),
     ],
 )
 def test_invalid_arguments_name_the_field(kwargs, field):
