@@ -19,7 +19,10 @@ in-place activations, ``torch.inference_mode``; the default of ``codecplatform e
 ``ours_unprepared`` (the same weights as ``Codec.from_checkpoint`` loads them: weight norm computed
 at every call, ``no_grad``) and ``reference`` (the official package's ``encode``/``decode`` of
 the same weights, under ``no_grad``); for causal codecs ``stream`` (``codec.stream()`` fed one code
-frame of audio per call, EnCodec: 320 samples = 13.3 ms) and for EnCodec ``onnxruntime`` (the
+frame of audio per call, EnCodec: 320 samples = 13.3 ms), ``stream_xN`` (N frames per call,
+``--stream_frames``) and ``stream_floor`` (the weight-read floor of one-frame streaming: one
+matrix-vector product with every weight matrix per frame, see :func:`weight_read_floor`; its
+``vs_whole`` is the best a one-frame stream could reach), and for EnCodec ``onnxruntime`` (the
 graphs of ``codecplatform export``, one intra-op thread). Variants are interleaved within each
 repeat; the median is reported. ``vs_ref`` = RTF / reference RTF, measured in the same run.
 On a GPU (when present): batch 1 and batch 8, ours vs reference.
@@ -149,12 +152,12 @@ def ours_coders(codec: Codec, n_q: int, x: torch.Tensor) -> tuple[Callable, Call
     return lambda: codec.encode(x, n_q=n_q), lambda: codec.decode(encoded), encoded.codes
 
 
-def stream_coders(codec: Codec, n_q: int, x: torch.Tensor) -> tuple[Callable, Callable]:
-    """Streaming encode / decode, one code frame of audio (one hop) per call."""
+def stream_coders(codec: Codec, n_q: int, x: torch.Tensor, frames: int = 1) -> tuple[Callable, Callable]:
+    """Streaming encode / decode, ``frames`` code frames of audio (``frames`` hops) per call."""
     hop = codec.hop_length
     codes = codec.encode(x, n_q=n_q).codes
-    pieces = list(x.split(hop, dim=-1))
-    frames = list(codes.split(1, dim=-1))
+    pieces = list(x.split(frames * hop, dim=-1))
+    blocks = list(codes.split(frames, dim=-1))
 
     def encode() -> None:
         with codec.stream(n_q=n_q) as s:
@@ -164,11 +167,36 @@ def stream_coders(codec: Codec, n_q: int, x: torch.Tensor) -> tuple[Callable, Ca
 
     def decode() -> None:
         with codec.stream(n_q=n_q) as s:
-            for frame in frames:
-                s.decode(frame)
+            for block in blocks:
+                s.decode(block)
             s.flush_decoder()
 
     return encode, decode
+
+
+def weight_read_floor(codec: Codec, n_q: int, op: str, n_frames: int) -> tuple[Callable, float]:
+    """(a function, megabytes): one matrix-vector product with every weight matrix that a streamed
+    frame must read, once per code frame: the encoder's weights and the ``n_q`` codebooks the
+    nearest-code search scans (encode) or the decoder's weights (decode; looking codes up reads
+    only their rows). A one-frame-per-call stream cannot be faster than this on the same machine:
+    every weight is read at least once per frame, from memory when the weights exceed the last-level
+    cache (the EnCodec 24 kHz encoder and 8 codebooks: 34 MB). Copies of the weights are used."""
+    module = codec.encoder if op == "encode" else codec.decoder
+    tensors = [p for p in module.parameters() if p.dim() >= 2]
+    if op == "encode":
+        tensors += [layer.embed for layer in list(codec.quantizer.layers)[:n_q] if hasattr(layer, "embed")]
+    pairs = []
+    for t in tensors:
+        w = t.detach().reshape(t.shape[0], -1).clone()
+        pairs.append((w, torch.randn(w.shape[1])))
+    megabytes = sum(w.numel() * w.element_size() for w, _ in pairs) / 1e6
+
+    def floor() -> None:
+        for _ in range(n_frames):
+            for w, v in pairs:
+                torch.mv(w, v)
+
+    return floor, megabytes
 
 
 def onnx_coders(codec: Codec, n_q: int, x: torch.Tensor, folder: Path, threads: int) -> tuple[Callable, Callable]:
@@ -227,8 +255,11 @@ def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[di
                 ref_codes = r_codes()
                 codes_equal = ref_codes.shape == codes.shape and bool(torch.equal(ref_codes, codes))
             if ours.can_stream:
-                s_enc, s_dec = stream_coders(ours, n_q, x)
-                fns["stream"] = s_enc if op == "encode" else s_dec
+                for frames in opts.stream_frames:
+                    s_enc, s_dec = stream_coders(ours, n_q, x, frames)
+                    fns["stream" if frames == 1 else f"stream_x{frames}"] = s_enc if op == "encode" else s_dec
+                floor, megabytes = weight_read_floor(ours, n_q, op, x.shape[-1] // ours.hop_length)
+                fns["stream_floor"] = floor
             if family == "encodec24" and not opts.no_onnx:
                 o_enc, o_dec = onnx_coders(ours, n_q, x, folder, opts.threads)
                 fns["onnxruntime"] = o_enc if op == "encode" else o_dec
@@ -248,9 +279,11 @@ def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[di
                     "seconds": sec,
                     "rtf": x.shape[-1] / ours.sample_rate / sec,
                     "vs_ref": None if ref is None else ref / sec,
-                    "vs_whole": medians["ours"] / sec if variant == "stream" else None,
+                    "vs_whole": medians["ours"] / sec if variant.startswith("stream") else None,
                     "codes_equal_reference": codes_equal,
                 }
+                if variant == "stream_floor":
+                    row["weight_megabytes"] = megabytes
                 rows.append(row)
                 print(format_row(row), flush=True)
     if torch.cuda.is_available() and not opts.no_gpu:
@@ -328,6 +361,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=None, help="audio length (default per family)")
     parser.add_argument("--no_gpu", action="store_true")
     parser.add_argument("--no_onnx", action="store_true")
+    parser.add_argument(
+        "--stream_frames", type=int, nargs="+", default=[1, 4], help="code frames per streaming call (rows)"
+    )
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "inference_rtf.json"))
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
