@@ -118,7 +118,8 @@ def test_rejects_bad_sizes():
 
 
 def test_magnitude_compression_keeps_the_phase_and_inverts():
-    spec = torch.randn(2, 4, 5, 6, dtype=torch.float64) * torch.logspace(-3, 1, 6, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64) * torch.logspace(-3, 1, 6, dtype=torch.float64)
     spec[0, :, 0, 0] = 0.0  # a silent bin stays finite and silent
     squeezed = compress_spectrum(spec, 0.3)
     z = torch.complex(spec[:, 0::2], spec[:, 1::2])
@@ -127,7 +128,8 @@ def test_magnitude_compression_keeps_the_phase_and_inverts():
     assert torch.allclose(zc.abs()[loud], z.abs()[loud] ** 0.3, rtol=1e-6)
     assert torch.allclose(torch.angle(zc)[loud], torch.angle(z)[loud], atol=1e-9)
     assert torch.isfinite(squeezed).all() and squeezed[0, :, 0, 0].abs().max() < 1e-3
-    assert torch.allclose(expand_spectrum(squeezed, 0.3), spec, atol=1e-9)
+    # exact but for eps = 1e-12 under the squared magnitudes (relative error ~ eps / |z|^2)
+    assert torch.allclose(expand_spectrum(squeezed, 0.3), spec, rtol=1e-5, atol=1e-7)
     assert compress_spectrum(spec, 1.0) is spec
     with pytest.raises(ValueError, match="exponent"):
         compress_spectrum(spec, 0.0)
