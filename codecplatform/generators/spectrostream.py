@@ -240,6 +240,7 @@ def _check_common(
     kernel_size: int,
     fusion_block: int,
     norm: str,
+    magnitude_exponent: float,
 ) -> tuple[list[tuple[int, int]], list[float], int, int]:
     """Validate shared options -> (ratios, mults, fusion block index in 0..len(ratios), bins)."""
     if channels < 1:
@@ -263,6 +264,8 @@ def _check_common(
         raise ValueError(f"base_depth and kernel_size must be >= 1, got {base_depth}, {kernel_size}")
     if norm not in ("none", "weight_norm"):
         raise ValueError(f"norm must be 'none' or 'weight_norm', got {norm!r}")
+    if not magnitude_exponent > 0:
+        raise ValueError(f"magnitude_exponent must be > 0, got {magnitude_exponent}")
     blocks = len(ratios) + 1  # the strided blocks and the bottleneck
     if not -blocks <= fusion_block < blocks:
         raise ValueError(
@@ -303,8 +306,9 @@ class SpectroStreamEncoder(Encoder):
         activation_alpha: ELU alpha (1.0).
         magnitude_exponent: power-law compression of the input spectrum's magnitudes
             (:func:`~codecplatform.dsp.stft2d.compress_spectrum`); 1.0 = none (the official model).
-            Not in the paper or the official code: an option for short runs (see
-            ``experiments/spectrostream/small.yaml``); the decoder expands with the same exponent.
+            Not in the paper or the official code; the decoder expands with the same exponent. On
+            the small config's short runs 0.5 lowered the mel distance at every bitrate (2.676 ->
+            2.608), 0.3 raised it, and neither made quality rise with codebooks (benchmarks/RESULTS.md).
 
     See the module docstring for the layer layout and streaming.
     """
@@ -327,13 +331,11 @@ class SpectroStreamEncoder(Encoder):
         magnitude_exponent: float = 1.0,
     ) -> None:
         super().__init__()
-        if not magnitude_exponent > 0:
-            raise ValueError(f"magnitude_exponent must be > 0, got {magnitude_exponent}")
-        self.magnitude_exponent = float(magnitude_exponent)
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
             channels, dimension, stft_frame_length, stft_hop_length, stft_fft_length, ratios, mults,
-            base_depth, kernel_size, fusion_block, norm,
+            base_depth, kernel_size, fusion_block, norm, magnitude_exponent,
         )  # fmt: skip
+        self.magnitude_exponent = float(magnitude_exponent)
         self.channels = channels
         self.dimension = dimension
         self.time_stride = math.prod(r[0] for r in self.ratios)
@@ -421,13 +423,11 @@ class SpectroStreamDecoder(Decoder):
         magnitude_exponent: float = 1.0,
     ) -> None:
         super().__init__()
-        if not magnitude_exponent > 0:
-            raise ValueError(f"magnitude_exponent must be > 0, got {magnitude_exponent}")
-        self.magnitude_exponent = float(magnitude_exponent)
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
             channels, dimension, stft_frame_length, stft_hop_length, stft_fft_length, ratios, mults,
-            base_depth, kernel_size, fusion_block, norm,
+            base_depth, kernel_size, fusion_block, norm, magnitude_exponent,
         )  # fmt: skip
+        self.magnitude_exponent = float(magnitude_exponent)
         if lookahead < 0:
             raise ValueError(f"lookahead must be >= 0 latent frames, got {lookahead}")
         if lookahead and not causal:
