@@ -76,7 +76,9 @@ from codecplatform.dsp.stft2d import (
     frame_signal,
     frames_from_spectrum,
     hann_window,
+    log_magnitude,
     spectrum_from_frames,
+    spectrum_from_log_polar,
 )
 from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.nn.conv2d import (
@@ -309,6 +311,9 @@ class SpectroStreamEncoder(Encoder):
             Not in the paper or the official code; the decoder expands with the same exponent. On
             the small config's short runs 0.5 lowered the mel distance at every bitrate (2.676 ->
             2.608), 0.3 raised it, and neither made quality rise with codebooks (benchmarks/RESULTS.md).
+        log_magnitude_input: add a third input plane per channel, the natural-log magnitude
+            (:func:`~codecplatform.dsp.stft2d.log_magnitude`): [re, im, log|X|] instead of [re, im]
+            (False: the official model). Not in the paper or the official code.
 
     See the module docstring for the layer layout and streaming.
     """
@@ -329,6 +334,7 @@ class SpectroStreamEncoder(Encoder):
         norm: Conv2dNorm = "weight_norm",
         activation_alpha: float = 1.0,
         magnitude_exponent: float = 1.0,
+        log_magnitude_input: bool = False,
     ) -> None:
         super().__init__()
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
@@ -336,6 +342,7 @@ class SpectroStreamEncoder(Encoder):
             base_depth, kernel_size, fusion_block, norm, magnitude_exponent,
         )  # fmt: skip
         self.magnitude_exponent = float(magnitude_exponent)
+        self.log_magnitude_input = bool(log_magnitude_input)
         self.channels = channels
         self.dimension = dimension
         self.time_stride = math.prod(r[0] for r in self.ratios)
@@ -345,7 +352,10 @@ class SpectroStreamEncoder(Encoder):
         self.stft = STFTAnalysis(stft_frame_length, stft_hop_length, stft_fft_length, keep_dc=True)
 
         widths = _widths(base_depth, self.mults)
-        per_channel: list[nn.Module] = [StreamableConv2d(2, base_depth, kernel_size, 1, causal=causal, norm=norm)]
+        planes = 3 if self.log_magnitude_input else 2
+        per_channel: list[nn.Module] = [
+            StreamableConv2d(planes, base_depth, kernel_size, 1, causal=causal, norm=norm)
+        ]
         joint: list[nn.Module] = []
         for i, stride in enumerate(self.ratios):
             c_in = widths[i] * (channels if i == self.fusion_block else 1)
@@ -376,9 +386,12 @@ class SpectroStreamEncoder(Encoder):
     def per_channel_features(self, x: Tensor) -> Tensor:
         """(B, C, T) -> (B, C, W, N', F'): the per-channel stage's output, before fusion."""
         check_audio(x, self.channels)
-        spec = compress_spectrum(self.stft(x), self.magnitude_exponent)  # (B, 2C, N, F)
-        b, _, n, f = spec.shape
-        y = self.per_channel(spec.reshape(b * self.channels, 2, n, f))  # (B*C, W, N', F')
+        raw = self.stft(x)  # (B, 2C, N, F)
+        b, _, n, f = raw.shape
+        spec = compress_spectrum(raw, self.magnitude_exponent).reshape(b, self.channels, 2, n, f)
+        if self.log_magnitude_input:  # [re, im] -> [re, im, log|X|] per channel
+            spec = torch.cat([spec, log_magnitude(raw).unsqueeze(2)], dim=2)
+        y = self.per_channel(spec.reshape(b * self.channels, spec.shape[2], n, f))  # (B*C, W, N', F')
         return y.reshape(b, self.channels, *y.shape[1:])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -399,6 +412,9 @@ class SpectroStreamDecoder(Decoder):
             base_depth * prod(mults) (512).
         lookahead: latent frames the decoder looks ahead (1: its output for embedding j waits for
             embedding j + 1). Offline, the latents are padded with that many zero frames.
+        polar_output: the output layer's two planes per channel are read as [log-magnitude,
+            phase] (:func:`~codecplatform.dsp.stft2d.spectrum_from_log_polar`, Vocos' head) instead
+            of [re, im] (False: the official model). Not in the paper or the official code.
 
     The mirror of the encoder's fusion block outputs C times its width and is split into the
     channels (early splitting); the blocks after it run per channel with shared weights.
@@ -421,6 +437,7 @@ class SpectroStreamDecoder(Decoder):
         norm: Conv2dNorm = "weight_norm",
         activation_alpha: float = 1.0,
         magnitude_exponent: float = 1.0,
+        polar_output: bool = False,
     ) -> None:
         super().__init__()
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
@@ -428,6 +445,7 @@ class SpectroStreamDecoder(Decoder):
             base_depth, kernel_size, fusion_block, norm, magnitude_exponent,
         )  # fmt: skip
         self.magnitude_exponent = float(magnitude_exponent)
+        self.polar_output = bool(polar_output)
         if lookahead < 0:
             raise ValueError(f"lookahead must be >= 0 latent frames, got {lookahead}")
         if lookahead and not causal:
@@ -496,7 +514,10 @@ class SpectroStreamDecoder(Decoder):
         y = self.drop_lookahead(y)
         spec = y.reshape(b, 2 * self.channels, y.shape[2], y.shape[3])  # (B, 2C, N, F)
         with torch.autocast(device_type=spec.device.type, enabled=False):
-            return self.istft(expand_spectrum(spec.float(), self.magnitude_exponent))
+            spec = spec.float()
+            if self.polar_output:  # [log|X|, phase] -> [re, im]
+                spec = spectrum_from_log_polar(spec)
+            return self.istft(expand_spectrum(spec, self.magnitude_exponent))
 
 
 def architectural_latency_ms(

@@ -15,7 +15,9 @@ from codecplatform.dsp.stft2d import (
     frame_signal,
     hann_window,
     istft_2d,
+    log_magnitude,
     overlap_add,
+    spectrum_from_log_polar,
     stft_2d,
 )
 
@@ -135,3 +137,24 @@ def test_magnitude_compression_keeps_the_phase_and_inverts():
         compress_spectrum(spec, 0.0)
     with pytest.raises(ValueError, match="exponent"):
         expand_spectrum(spec, -1.0)
+
+
+def test_log_polar_planes_round_trip_through_log_magnitude():
+    """[log|X|, phase] -> [re, im] (Vocos' head) and log_magnitude back: the magnitudes and phases
+    are the ones written; the clip bounds what an untrained network can write."""
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)  # 2 channels x [log|X|, phase]
+    spec = spectrum_from_log_polar(planes)
+    z = torch.complex(spec[:, 0::2], spec[:, 1::2])
+    assert torch.allclose(z.abs().log(), planes[:, 0::2], atol=1e-12)
+    assert torch.allclose(torch.cos(torch.angle(z) - planes[:, 1::2]), torch.ones_like(z.real), atol=1e-12)
+    assert torch.allclose(log_magnitude(spec), planes[:, 0::2], atol=1e-12)
+    loud = planes.clone()
+    loud[:, 0::2] = 50.0
+    assert torch.allclose(log_magnitude(spectrum_from_log_polar(loud, max_log_magnitude=10.0)),
+                          torch.full_like(loud[:, 0::2], 10.0))
+    assert torch.equal(log_magnitude(torch.zeros(1, 2, 3, 4), eps=1e-5), torch.full((1, 1, 3, 4), math.log(1e-5)))
+    with pytest.raises(ValueError, match="pairs"):
+        spectrum_from_log_polar(torch.randn(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="pairs"):
+        log_magnitude(torch.randn(1, 3, 2, 2))

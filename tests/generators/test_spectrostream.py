@@ -133,6 +133,28 @@ def test_magnitude_compression_streams_and_inverts():
         assert torch.allclose(run_in_chunks(decoder, z_flushed, [2, 4, 1]), out, atol=1e-5)
 
 
+def test_log_magnitude_input_and_polar_output_stream_and_change_the_model():
+    """``log_magnitude_input`` gives the encoder [re, im, log|X|] per channel, ``polar_output``
+    reads the decoder's planes as [log|X|, phase]: both are frame-wise, so streaming still equals
+    offline, and each changes what the model computes."""
+    plain_encoder, plain_decoder = tiny_pair()
+    torch.manual_seed(0)
+    encoder = SpectroStreamEncoder(channels=2, dimension=8, base_depth=2, log_magnitude_input=True, **TINY).eval()
+    decoder = SpectroStreamDecoder(channels=2, dimension=8, base_depth=2, polar_output=True, **TINY).eval()
+    assert encoder.per_channel[0].conv.in_channels == 3
+    x = torch.randn(2, 2, HOP * 6)
+    z = torch.randn(2, 8, 6)
+    with torch.no_grad():
+        offline = encoder(x)
+        assert not torch.allclose(offline, plain_encoder(x), atol=1e-4)
+        flushed = torch.cat([x, torch.zeros(2, 2, encoder.stream_flush_samples)], dim=-1)
+        assert torch.allclose(run_in_chunks(encoder, flushed, [100, 1, 300]), offline, atol=1e-5)
+        out = decoder(z)
+        assert not torch.allclose(out, plain_decoder(z), atol=1e-4)
+        z_flushed = torch.cat([z, torch.zeros(2, 8, decoder.stream_flush_frames)], dim=-1)
+        assert torch.allclose(run_in_chunks(decoder, z_flushed, [2, 4, 1]), out, atol=1e-5)
+
+
 def test_streaming_holds_back_exactly_the_look_ahead():
     encoder, decoder = tiny_pair()
     with torch.no_grad(), streaming(encoder):
