@@ -45,9 +45,10 @@ lint: install
 # data_throughput: batch 8, as a training step of the 24 kHz EnCodec with its batch of 64 ran out of
 # 23 GB of RAM on CPU (batch 8: 6 GB).
 # short_run_quality: each family's small config for its own training length (EnCodec: the quickstart,
-# 460 batches; small DAC: 300) on the music of ../shared/data (its three tracks split train/val/test by
-# recording; the whole folder's split puts all three in training and tests on sound effects), trained
-# and untrained tested: about 20 minutes on 2 CPU cores; skips with a message without the folder.
+# 440 batches; small DAC and MUFFIN: 300; small SpectroStream: 1500) on the music of ../shared/data (its
+# three tracks split train/val/test by recording; the whole folder's split puts all three in training
+# and tests on sound effects), trained and untrained tested: roughly 1.5-2 hours on 2 CPU cores, over an hour
+# of it SpectroStream's; skips with a message without the folder.
 bench: install
 	$(BIN)/python benchmarks/codec_speed.py
 	$(BIN)/python benchmarks/data_throughput.py -- --data.init_args.batch_size=8
