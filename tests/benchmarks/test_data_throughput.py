@@ -3,25 +3,18 @@ count, rates consistent with the batches delivered, the ratio against the measur
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("data_throughput", ROOT / "benchmarks" / "data_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_data_throughput_table(in_tmp_dir, capsys):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("data_throughput")
     out = in_tmp_dir / "throughput.json"
     experiments = ROOT / "experiments"
     results = benchmark.main(

@@ -3,24 +3,14 @@ lossless coding, and consistent rates."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from code_lm_helpers import save_tiny_codec, tiny_lm
 from synthetic_audio import write_tones
 
 from codecplatform.lightning.code_lm import save_lm
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("entropy_coding", ROOT / "benchmarks" / "entropy_coding.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_entropy_coding_benchmark(tmp_path, capsys):
@@ -28,7 +18,7 @@ def test_entropy_coding_benchmark(tmp_path, capsys):
     save_lm(tiny_lm(n_q=codec.n_q, card=max(codec.codebook_sizes), frame_rate=codec.frame_rate), tmp_path / "lm.ckpt")
     write_tones(tmp_path / "audio", 16000, 2, n_files=2, seconds=0.1)  # resampled to 24 kHz, down-mixed
     out = tmp_path / "result.json"
-    results = load_benchmark().main(
+    results = load_benchmark("entropy_coding").main(
         [
             "--codec_checkpoint", str(tmp_path / "codec.ckpt"),
             "--lm_checkpoint", str(tmp_path / "lm.ckpt"),

@@ -5,28 +5,21 @@ bypassed; the summary, the printed tables and the float16 weights come back."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from synthetic_audio import write_tones
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("long_run_gpu", ROOT / "benchmarks" / "long_run_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_prepare_then_train_two_variants(in_tmp_dir, capsys):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("long_run_gpu")
     data = in_tmp_dir / "audio"
     write_tones(data, 44100, 2, n_files=8, seconds=2.0)
     audio = in_tmp_dir / "audio.pt"

@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from synthetic_audio import write_tones
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_mucodec_tiny_end_to_end(in_tmp_dir):
-    spec = importlib.util.spec_from_file_location("mucodec_tiny", ROOT / "benchmarks" / "mucodec_tiny_end_to_end.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("mucodec_tiny_end_to_end")
     audio = in_tmp_dir / "audio"
     write_tones(audio, 48000, 2, n_files=6, seconds=2.0)
     out = in_tmp_dir / "e2e.json"

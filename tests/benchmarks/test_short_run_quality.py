@@ -4,28 +4,21 @@ and untrained per-bitrate test tables, the JSON and the printed table; without d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from synthetic_audio import write_tones
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("short_run_quality", ROOT / "benchmarks" / "short_run_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_short_run_quality_tables(in_tmp_dir, capsys, empty_mlflow_store):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("short_run_quality")
     (in_tmp_dir / "work").mkdir()
     shutil.copyfile(empty_mlflow_store, in_tmp_dir / "work" / "mlflow.db")  # empty, made once per session
     audio = in_tmp_dir / "audio"
@@ -75,7 +68,8 @@ def test_short_run_quality_tables(in_tmp_dir, capsys, empty_mlflow_store):
 
 
 def test_short_run_quality_skips_without_data(in_tmp_dir, capsys):
-    results = load_benchmark().main(["--data_dir", str(in_tmp_dir / "missing"), "--out", str(in_tmp_dir / "q.json")])
+    args = ["--data_dir", str(in_tmp_dir / "missing"), "--out", str(in_tmp_dir / "q.json")]
+    results = load_benchmark("short_run_quality").main(args)
     assert "skipped" in results
     assert "does not exist" in capsys.readouterr().out
     assert not (in_tmp_dir / "q.json").exists()
