@@ -39,7 +39,7 @@ from codecplatform.cli import cli_main
 from codecplatform.config import compose_config, instantiate, merge_config
 from codecplatform.dsp.spectral import resample
 from codecplatform.metrics.reconstruction import MelDistance
-from codecplatform.models.mucodec.codec import MuCodec
+from codecplatform.mucodec.codec import MuCodec
 from datamodules.manifests import load_cuts, prepare_manifests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def codec_config(paths: dict[str, str] | None, num_steps: int) -> dict[str, Any]
         args.update(
             tokenizer_checkpoint=paths["tokenizer"], flow_checkpoint=paths["flow"], vocoder_checkpoint=paths["vocoder"]
         )
-    return {"class_path": "codecplatform.models.mucodec.codec.MuCodec", "init_args": args}
+    return {"class_path": "codecplatform.mucodec.codec.MuCodec", "init_args": args}
 
 
 def held_out(manifest: Path, seconds: float, count: int) -> list[torch.Tensor]:
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths["melvae"] = str(melvae_dir)
     tokenizer = stage_config("tokenizer")["model"]["init_args"]["tokenizer"]
     source = {
-        "class_path": "codecplatform.models.mucodec.flow.TokenizerCodeSource",
+        "class_path": "codecplatform.mucodec.flow.TokenizerCodeSource",
         "init_args": {"tokenizer": tokenizer, "checkpoint": paths["tokenizer"]},
     }
     sizes = codec_config(None, 1)["init_args"]["flow"]["init_args"]["codebook_sizes"]

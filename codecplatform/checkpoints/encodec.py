@@ -99,7 +99,7 @@ def _official_config(
                 "init_args": _seanet(channels, causal, norm),
             },
             "quantizer": {
-                "class_path": "codecplatform.quantizers.rvq.ResidualVectorQuantizer",
+                "class_path": "codecplatform.quantizers.ema_residual.ResidualVectorQuantizer",
                 "init_args": {
                     "dimension": 128,
                     "n_q": n_q,

@@ -54,10 +54,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
+from codecplatform.lightning.diagnostics import codebook_perplexities
 from codecplatform.lightning.ema import GeneratorEMA, copy_weights_, ema_weight, swap_weights_, update_ema_
 from codecplatform.lightning.evaluation import BitrateEvaluator, format_table
 from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
-from codecplatform.lightning.health import codebook_perplexities
 from codecplatform.lightning.schedule import DiscriminatorSchedule, uniform_from
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss
 from codecplatform.losses.balancer import Balancer

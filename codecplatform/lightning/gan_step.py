@@ -54,7 +54,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
-from codecplatform.lightning.health import decision_threshold, discriminator_scores, equilibrium_loss
+from codecplatform.lightning.diagnostics import decision_threshold, discriminator_scores, equilibrium_loss
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, HingeGANLoss, RelativeFeatureMatchingLoss
 from codecplatform.losses.balancer import Balancer

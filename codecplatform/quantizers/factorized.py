@@ -10,7 +10,7 @@ The codebook is a plain ``nn.Embedding`` trained by gradient through the VQ-VAE 
 ``FactorizedResidualVectorQuantizer`` stacks them as DAC's ``ResidualVectorQuantize``.
 
 ``residual_stack`` is the residual loop itself, written so that both this stack and the EMA
-stack of ``rvq.py`` can run on it (``detach_outputs=True`` reproduces ``rvq.py``'s loop
+stack of ``ema_residual.py`` can run on it (``detach_outputs=True`` reproduces ``ema_residual.py``'s loop
 exactly; a test checks that).
 
 Facts taken from the official code (descriptinc/descript-audio-codec, ``dac/nn/quantize.py``,
@@ -49,8 +49,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from codecplatform.quantizers.distributed import all_reduce_sum_, broadcast_
 from codecplatform.quantizers.dropout import QuantizerDropout
+from codecplatform.quantizers.ema_codebook import sample_rows
 from codecplatform.quantizers.residual import ResidualQuantizer, StageHook, residual_stack
-from codecplatform.quantizers.vq import sample_rows
 from codecplatform.types import QuantizerOutput
 
 _LOSSES = ("commit", "codebook")

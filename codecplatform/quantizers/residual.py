@@ -33,7 +33,7 @@ class StageHook(nn.Module):
     """Transforms the residual before a residual stage quantizes it: (B, D, T'), stage k -> (B, D, T').
 
     The base hook is the identity. A quantizer variant that filters the residual per stage
-    (MUFFIN's multi-band spectral RVQ, :mod:`codecplatform.quantizers.mbs`) subclasses it; the
+    (MUFFIN's multi-band spectral RVQ, :mod:`codecplatform.quantizers.band_limit`) subclasses it; the
     residual loop (:func:`residual_stack`) applies it in training and in ``encode`` alike, so
     codes from ``encode`` are exactly the codes training produced. Stage k's output is
     subtracted from the *unfiltered* residual.
@@ -63,7 +63,7 @@ def residual_stack(
     ``layers[k].encode(input) -> (B, T')`` and ``layers[k].decode(codes) -> (B, D, T')``, no
     losses and no codebook updates. The output, masked, is subtracted from the residual and
     added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply the
-    straight-through estimator once for the sum, as ``rvq.py``); without it gradients flow
+    straight-through estimator once for the sum, as ``ema_residual.py``); without it gradients flow
     through every layer and every residual (DAC).
 
     ``n_layers`` (default ``max(n_q)``) layers are run; running more (DAC in training: all of

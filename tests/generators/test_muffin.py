@@ -8,8 +8,8 @@ import torch
 from codecplatform.config import compose_config, instantiate
 from codecplatform.generators.muffin import MuffinDecoder, MuffinEncoder, kernel_for_stride
 from codecplatform.models.codec import Codec
-from codecplatform.quantizers.mbs import BandLimit
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.band_limit import BandLimit
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

@@ -18,7 +18,7 @@ from codecplatform.generators.spectrostream import (
 )
 from codecplatform.models.codec import Codec
 from codecplatform.nn.streaming import run_in_chunks, streaming
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = dict(

@@ -13,7 +13,7 @@ from codecplatform.discriminators.base import MultiDiscriminator
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
 from codecplatform.models.codec import Codec
 from codecplatform.quantizers.dropout import PerBatchChoice, PerExampleDropout
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 SR = 8000
 

@@ -23,7 +23,7 @@ from codecplatform.losses.balancer import Balancer
 from codecplatform.losses.reconstruction import MultiScaleMelLoss, TimeL1Loss
 from codecplatform.models.codec import Codec
 from codecplatform.quantizers.dropout import PerBatchChoice
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 SR = 8000
 

@@ -22,7 +22,7 @@ CODEC_CONFIG = {  # test_gan_codec.tiny_codec as a config (the PerBatchChoice dr
         "sample_rate": 8000,
         "encoder": {"class_path": "codecplatform.generators.seanet.SEANetEncoder", "init_args": SEANET},
         "quantizer": {
-            "class_path": "codecplatform.quantizers.rvq.ResidualVectorQuantizer",
+            "class_path": "codecplatform.quantizers.ema_residual.ResidualVectorQuantizer",
             "init_args": {"dimension": 8, "n_q": 2, "codebook_size": 16, "kmeans_iters": 2},
         },
         "decoder": {"class_path": "codecplatform.generators.seanet.SEANetDecoder", "init_args": SEANET},

@@ -32,7 +32,7 @@ from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.reconstruction import MultiScaleMelLoss, TimeL1Loss
 from codecplatform.metrics.reconstruction import SISDR, MelDistance
 from codecplatform.models.codec import Codec
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 SR = 8000
 WINDOW = 2048

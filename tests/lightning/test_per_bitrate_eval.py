@@ -24,7 +24,7 @@ from codecplatform.losses.reconstruction import MultiScaleMelLoss
 from codecplatform.metrics.perceptual import STOI
 from codecplatform.metrics.reconstruction import SISDR, MelDistance
 from codecplatform.models.codec import Codec
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_gan_codec import NoiseAudio  # noqa: E402

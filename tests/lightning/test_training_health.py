@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_gan_codec import fit, tiny_module
 
-from codecplatform.lightning.health import (
+from codecplatform.lightning.diagnostics import (
     codebook_perplexities,
     decision_threshold,
     discriminator_scores,

@@ -8,7 +8,7 @@ import torch
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
 from codecplatform.models.codec import Codec
 from codecplatform.nn.streaming import streaming
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 
 def make_codec(
@@ -98,7 +98,7 @@ def test_from_config_builds_the_codec():
                 "init_args": {"dimension": 4, "n_filters": 2, "ratios": [2]},
             },
             "quantizer": {
-                "class_path": "codecplatform.quantizers.rvq.ResidualVectorQuantizer",
+                "class_path": "codecplatform.quantizers.ema_residual.ResidualVectorQuantizer",
                 "init_args": {"dimension": 4, "n_q": 2, "codebook_size": 8},
             },
             "decoder": {

@@ -11,9 +11,9 @@ from codecplatform.generators.dac import DACDecoder, DACEncoder
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
 from codecplatform.models.base import AudioCodec
 from codecplatform.models.codec import Codec
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
 from codecplatform.quantizers.residual import StageHook
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
 from codecplatform.types import EncodedAudio
 
 
@@ -169,7 +169,7 @@ def test_any_family_loads_through_the_interface(tmp_path):
                 },
             },
             "quantizer": {
-                "class_path": "codecplatform.quantizers.rvq.ResidualVectorQuantizer",
+                "class_path": "codecplatform.quantizers.ema_residual.ResidualVectorQuantizer",
                 "init_args": {"dimension": 8, "n_q": 4, "codebook_size": 16, "kmeans_iters": 2},
             },
             "decoder": {

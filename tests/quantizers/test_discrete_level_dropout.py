@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from codecplatform.quantizers.dropout import SPECTROSTREAM_LEVELS, DiscreteLevelDropout
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 ALL_64 = list(range(1, 65))
 N = 32_000

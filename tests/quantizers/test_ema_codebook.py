@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 import codecplatform.quantizers.distributed as distributed
-from codecplatform.quantizers.vq import EMACodebook
+from codecplatform.quantizers.ema_codebook import EMACodebook
 
 
 def test_z_q_uses_the_codebook_that_chose_the_codes():
@@ -96,7 +96,7 @@ def test_kmeans_init_counts_frames_per_rank(monkeypatch):
 SCRIPT = textwrap.dedent(
     """
     import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
-    from codecplatform.quantizers.vq import EMACodebook
+    from codecplatform.quantizers.ema_codebook import EMACodebook
 
     def train(z, steps=5):
         torch.manual_seed(1)

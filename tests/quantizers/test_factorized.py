@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from codecplatform.quantizers.dropout import BiasedRangeDropout, PerExampleDropout
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 from codecplatform.quantizers.factorized import (
     FactorizedCodebook,
     FactorizedResidualVectorQuantizer,
 )
 from codecplatform.quantizers.residual import residual_stack
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
 
 
 def linear_part(layer: FactorizedCodebook) -> torch.Tensor:

@@ -31,7 +31,7 @@ from codecplatform.discriminators.base import Discriminator
 from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, L1FeatureMatchingLoss, LeastSquaresGANLoss
-from codecplatform.models.mucodec.vocoder import CHECKPOINT_CONFIG_KEY, HifiGanVocoder, LogMelL1Loss
+from codecplatform.mucodec.vocoder import CHECKPOINT_CONFIG_KEY, HifiGanVocoder, LogMelL1Loss
 
 MEL = "mel"
 HIFIGAN_WEIGHTS = {MEL: 45.0, "feat": 2.0, "adv": 1.0}
@@ -43,7 +43,7 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
 
 
 class HifiGanVocoderModule(LightningModule):
-    """Trains a :class:`~codecplatform.models.mucodec.vocoder.HifiGanVocoder` with MPD + MSD.
+    """Trains a :class:`~codecplatform.mucodec.vocoder.HifiGanVocoder` with MPD + MSD.
 
     Args:
         vocoder: the HiFi-GAN and its mel (the Mel-VAE's).

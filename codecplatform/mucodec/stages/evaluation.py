@@ -1,7 +1,7 @@
 """MuCodecEvalModule: the platform's per-bitrate evaluation (``BitrateEvaluator``) of an end-to-end MuCodec.
 
 ``codecplatform test --config experiments/mucodec/codec_1x16384.yaml`` (or ``validate``) builds the
-:class:`~codecplatform.models.mucodec.codec.MuCodec` from its stage checkpoints, encodes and decodes
+:class:`~codecplatform.mucodec.codec.MuCodec` from its stage checkpoints, encodes and decodes
 every test batch through the codec interface and logs the same keys as the GAN codecs
 (``test/mel_distance``, ``test/stft_distance``, ``test/si_sdr``, ``test/<kbps>kbps/<name>``, ViSQOL etc.
 where ``test_metrics`` configures them, codebook rows) to MLflow beside them, with the per-bitrate
@@ -26,8 +26,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from codecplatform.lightning.evaluation import BitrateEvaluator
-from codecplatform.models.mucodec.bundle import bundle_config
-from codecplatform.models.mucodec.codec import MuCodec
+from codecplatform.mucodec.bundle import bundle_config
+from codecplatform.mucodec.codec import MuCodec
 
 
 class MuCodecEvalModule(LightningModule):

@@ -8,7 +8,7 @@ Mel-VAE's architecture written out (it came from the flow checkpoint) and the vo
 norm (folded in); the weights (tokenizer, DiT, Mel-VAE with its latent statistics, vocoder) are in the
 state dict.
 
-    python -m codecplatform.models.mucodec.bundle --config experiments/mucodec/codec_1x16384.yaml \
+    python -m codecplatform.mucodec.bundle --config experiments/mucodec/codec_1x16384.yaml \
         --out checkpoints/mucodec_1x16384.ckpt
     codecplatform encode song.wav --checkpoint checkpoints/mucodec_1x16384.ckpt --out song.cpc
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from codecplatform.models.mucodec.codec import MuCodec
-from codecplatform.models.mucodec.melvae import MelVAE
+from codecplatform.mucodec.codec import MuCodec
+from codecplatform.mucodec.melvae import MelVAE
 
 CODEC_CLASS = f"{MuCodec.__module__}.{MuCodec.__qualname__}"
 

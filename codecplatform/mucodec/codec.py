@@ -23,7 +23,7 @@ statistics under ``melvae.`` + ``melvae_config``), ``vocoder_checkpoint`` (vocod
 its ``save_pretrained`` directory). The architectures come from the YAML (``tokenizer``, ``flow``,
 ``vocoder``; ``melvae`` optional: the flow checkpoint's by default) and every file must fit them: a
 missing file or another geometry is an error naming the field and the file. Or from one bundled
-file (:mod:`codecplatform.models.mucodec.bundle`): ``AudioCodec.from_checkpoint(bundle.ckpt)``; its
+file (:mod:`codecplatform.mucodec.bundle`): ``AudioCodec.from_checkpoint(bundle.ckpt)``; its
 config sets ``require_checkpoints: false`` and the weights come from its state dict.
 """
 
@@ -41,11 +41,11 @@ from torch import Tensor, nn
 from codecplatform.dsp.spectral import resample
 from codecplatform.models.base import AudioCodec
 from codecplatform.models.codec import check_codec_state
-from codecplatform.models.mucodec.flow import FlowMatchingDiT, crossfade
-from codecplatform.models.mucodec.melvae import MelVAE
-from codecplatform.models.mucodec.tokenizer import MuCodecTokenizer
-from codecplatform.models.mucodec.vocoder import CHECKPOINT_CONFIG_KEY as VOCODER_CONFIG_KEY
-from codecplatform.models.mucodec.vocoder import HifiGanVocoder
+from codecplatform.mucodec.flow import FlowMatchingDiT, crossfade
+from codecplatform.mucodec.melvae import MelVAE
+from codecplatform.mucodec.tokenizer import MuCodecTokenizer
+from codecplatform.mucodec.vocoder import CHECKPOINT_CONFIG_KEY as VOCODER_CONFIG_KEY
+from codecplatform.mucodec.vocoder import HifiGanVocoder
 from codecplatform.types import EncodedAudio
 
 FIELD = "model.init_args.codec.init_args"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codecplatform.models.mucodec.muencoder import MuEncoder
-from codecplatform.models.mucodec.tokenizer import MuCodecTokenizer
+from codecplatform.mucodec.muencoder import MuEncoder
+from codecplatform.mucodec.tokenizer import MuCodecTokenizer
 from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
 
 ENCODER = dict(

@@ -1,7 +1,7 @@
 """MuCodecTokenizerModule: trains MuCodec's RVQ over frozen MuEncoder features (the tokenizer stage).
 
 The MuEncoder comes from ``muencoder_checkpoint`` (a stage-1 or stage-2 checkpoint of
-:class:`~codecplatform.lightning.mucodec_encoder.MuEncoderModule`, loaded strictly in
+:class:`~codecplatform.mucodec.stages.muencoder.MuEncoderModule`, loaded strictly in
 ``setup("fit")``; a missing file or another geometry is an error naming the field and the file;
 ``null`` keeps a random encoder: tiny tests only). It is frozen (eval mode, no gradient) and its
 weights are saved in this stage's checkpoints too (``tokenizer.encoder.*``), so a tokenizer
@@ -32,11 +32,11 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from codecplatform.lightning.diagnostics import codebook_perplexities
 from codecplatform.lightning.gan_step import any_rank_empty
-from codecplatform.lightning.health import codebook_perplexities
-from codecplatform.lightning.mucodec_encoder import split_batch
-from codecplatform.models.mucodec.muencoder import load_muencoder_state
-from codecplatform.models.mucodec.tokenizer import MuCodecTokenizer
+from codecplatform.mucodec.muencoder import load_muencoder_state
+from codecplatform.mucodec.stages.muencoder import split_batch
+from codecplatform.mucodec.tokenizer import MuCodecTokenizer
 
 LOSSES = ("commit", "codebook", "recon")
 PREFIX = "tokenizer"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from codecplatform.cli import cli_main
-from codecplatform.lightning.mucodec_tokenizer import MuCodecTokenizerModule
-from codecplatform.models.mucodec.muencoder import MuEncoder
+from codecplatform.mucodec.muencoder import MuEncoder
+from codecplatform.mucodec.stages.tokenizer import MuCodecTokenizerModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = EXPERIMENTS / "tiny" / "mucodec_tokenizer.yaml"

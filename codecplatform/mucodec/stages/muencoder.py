@@ -6,7 +6,7 @@ key ``train/muencoder/<name>``); each head exists only when its weight is > 0:
 * ``ce`` (both stages): BEST-RQ masked prediction (official ``MuQ.forward``). The mono input is
   masked *in the waveform*: each whole ``mask_seconds`` span (0.4 s) is replaced with probability
   ``mask_prob`` (0.6) by N(0, ``mask_noise_std`` ^ 2) noise (0.1); the targets are the frozen
-  :class:`~codecplatform.models.mucodec.muencoder.RandomProjectionQuantizer` codes of the clean
+  :class:`~codecplatform.mucodec.muencoder.RandomProjectionQuantizer` codes of the clean
   audio's normalized mel, 4 frames stacked per 25 Hz token; ``Linear(H, 4096)`` on the last hidden
   state predicts them; cross-entropy over the masked tokens only (a span covers 10 tokens). Also
   logged: ``train/muencoder/accuracy`` (masked tokens) and ``train/muencoder/masked`` (fraction).
@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from codecplatform.dsp.cqt import cqt, cqt_kernels
 from codecplatform.lightning.gan_step import any_rank_empty
 from codecplatform.lightning.schedule import uniform_from
-from codecplatform.models.mucodec.muencoder import (
+from codecplatform.mucodec.muencoder import (
     MuEncoder,
     RandomProjectionQuantizer,
     load_muencoder_state,

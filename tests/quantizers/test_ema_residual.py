@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from codecplatform.quantizers.dropout import PerBatchChoice, PerExampleDropout, QuantizerDropout
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
-from codecplatform.quantizers.vq import EMACodebook, kmeans
+from codecplatform.quantizers.ema_codebook import EMACodebook, kmeans
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 
 def test_kmeans_recovers_separated_clusters():
@@ -32,7 +32,7 @@ def test_kmeans_init_happens_once_on_first_training_batch():
     # the codebook now lies inside the data's range (k-means centroids of z)
     assert cb.embed.abs().max() <= z.abs().max() + 1e-6
     calls = []
-    import codecplatform.quantizers.vq as vq
+    import codecplatform.quantizers.ema_codebook as vq
 
     original = vq.kmeans
     vq.kmeans = lambda *a, **k: calls.append(1) or original(*a, **k)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from codecplatform.discriminators.base import MultiDiscriminator
 from codecplatform.discriminators.mpd import MultiPeriodDiscriminator
-from codecplatform.discriminators.mrd import (
+from codecplatform.discriminators.multiband_stft import (
     BandSTFTDiscriminator,
     MultiBandSTFTDiscriminator,
     band_bins,

@@ -10,7 +10,7 @@ import pytest
 
 from codecplatform.cli import cli_main
 from codecplatform.models.base import AudioCodec
-from codecplatform.models.mucodec.codec import MuCodec
+from codecplatform.mucodec.codec import MuCodec
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

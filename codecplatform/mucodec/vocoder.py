@@ -7,7 +7,7 @@ LeakyReLU 0.1 (0.01 before ``conv_post``, transformers' default), tanh; ``normal
 (the log-mel goes in as it is). Weight norm on every convolution while training (HiFi-GAN).
 
 The mel is the Mel-VAE's (:func:`codecplatform.dsp.spectral.log_mel_spectrogram` with the same
-parameters as :class:`~codecplatform.models.mucodec.melvae.MelVAE`: n_fft = window 2048, hop 480,
+parameters as :class:`~codecplatform.mucodec.melvae.MelVAE`: n_fft = window 2048, hop 480,
 256 slaney mels 20 Hz .. 24 kHz, natural log of max(mel, 1e-5)); :meth:`HifiGanVocoder.mel_config`
 and :meth:`HifiGanVocoder.check_mel_matches` compare them with a Mel-VAE's.
 

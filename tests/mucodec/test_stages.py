@@ -11,9 +11,9 @@ import torch
 
 from codecplatform.cli import cli_main
 from codecplatform.config import compose_config, instantiate
-from codecplatform.lightning.mucodec_flow import FlowModule
-from codecplatform.models.mucodec.flow import FlowMatchingDiT, RandomProjectionCodeSource
-from codecplatform.models.mucodec.melvae import MelVAE
+from codecplatform.mucodec.flow import FlowMatchingDiT, RandomProjectionCodeSource
+from codecplatform.mucodec.melvae import MelVAE
+from codecplatform.mucodec.stages.flow import FlowModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -78,7 +78,7 @@ def test_melvae_then_flow_chained_by_checkpoint_path(make_manifests, in_tmp_dir,
 def test_melvae_with_the_adversarial_option(make_manifests, in_tmp_dir):
     manifests = make_manifests(48000, 2, n_files=5)
     disc = (
-        '[{"class_path": "codecplatform.models.mucodec.melvae.MelPatchDiscriminator", '
+        '[{"class_path": "codecplatform.mucodec.melvae.MelPatchDiscriminator", '
         '"init_args": {"channels": [4, 8]}}]'
     )
     cli = fit(

@@ -1,7 +1,7 @@
 """MuCodec's tokenizer: RVQ over frozen MuEncoder features at 25 Hz.
 
 Official (xuyaoxun/MuCodec ``model.py``, ``libs/rvq/descript_quantize3.py``): the MuEncoder's
-``layer_results[6]`` (feature layer 7, see :mod:`codecplatform.models.mucodec.muencoder`) of the
+``layer_results[6]`` (feature layer 7, see :mod:`codecplatform.mucodec.muencoder`) of the
 mono mix, (B, 1024, T'), goes through DAC's factorized residual VQ (input 1024, codebook dim 32,
 weight-normed 1x1 projections, L2-normalized lookup, no quantizer dropout) with stale-code
 replacement after 200 unused steps; ``from_codes`` gives the quantized features (B, 1024, T') that
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codecplatform.models.mucodec.muencoder import MuEncoder
+from codecplatform.mucodec.muencoder import MuEncoder
 from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
 from codecplatform.types import EncodedAudio, QuantizerOutput
 

@@ -1,12 +1,12 @@
-"""MUFFIN's MBS band filter (quantizers/mbs.py) and its use through ResidualVectorQuantizer."""
+"""MUFFIN's MBS band filter (quantizers/band_limit.py) and its use through ResidualVectorQuantizer."""
 
 import pytest
 import torch
 
-from codecplatform.quantizers.mbs import BandLimit, band_limit
+from codecplatform.quantizers.band_limit import BandLimit, band_limit
+from codecplatform.quantizers.ema_codebook import EMACodebook
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 from codecplatform.quantizers.residual import StageHook
-from codecplatform.quantizers.rvq import ResidualVectorQuantizer
-from codecplatform.quantizers.vq import EMACodebook
 
 
 def official_fft_bandfilter(x: torch.Tensor, scale_factor: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 from synthetic_audio import write_tones
 
 from codecplatform.cli import cli_main
-from codecplatform.lightning.mucodec_encoder import MuEncoderModule, ids_to_text, text_to_ids
-from codecplatform.models.mucodec.muencoder import MuEncoder
+from codecplatform.mucodec.muencoder import MuEncoder
+from codecplatform.mucodec.stages.muencoder import MuEncoderModule, ids_to_text, text_to_ids
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = EXPERIMENTS / "tiny" / "mucodec_muencoder.yaml"

@@ -1,8 +1,8 @@
 """FlowModule: MuCodec stage "flow matching" (DiT from codes to normalized Mel-VAE latents).
 
 Parts, passed in (YAML):
-  ``flow``: :class:`~codecplatform.models.mucodec.flow.FlowMatchingDiT` (the only trained part);
-  ``code_source``: a frozen :class:`~codecplatform.models.mucodec.flow.CodeSource` (audio -> codes):
+  ``flow``: :class:`~codecplatform.mucodec.flow.FlowMatchingDiT` (the only trained part);
+  ``code_source``: a frozen :class:`~codecplatform.mucodec.flow.CodeSource` (audio -> codes):
       the MuEncoder + tokenizer in the real system, ``RandomProjectionCodeSource`` until then and in tests;
   the frozen Mel-VAE of stage 1, from ``melvae_checkpoint`` (a ``MelVAE.save_pretrained`` directory,
       or a Mel-VAE / flow stage ``.ckpt``); or, for tests only, ``melvae`` (a Mel-VAE built from its
@@ -44,9 +44,9 @@ from torch import Tensor
 
 from codecplatform.dsp.spectral import resample
 from codecplatform.lightning.gan_step import any_rank_empty
-from codecplatform.lightning.mucodec_melvae import device_generator
-from codecplatform.models.mucodec.flow import CodeSource, FlowMatchingDiT, crossfade
-from codecplatform.models.mucodec.melvae import CHECKPOINT_CONFIG_KEY, MelVAE
+from codecplatform.mucodec.flow import CodeSource, FlowMatchingDiT, crossfade
+from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY, MelVAE
+from codecplatform.mucodec.stages.melvae import device_generator
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -12,8 +12,8 @@ import torch
 
 from codecplatform.cli import cli_main
 from codecplatform.config import compose_config, instantiate
-from codecplatform.models.mucodec.melvae import MelVAE
-from codecplatform.models.mucodec.vocoder import HifiGanVocoder
+from codecplatform.mucodec.melvae import MelVAE
+from codecplatform.mucodec.vocoder import HifiGanVocoder
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 REAL_VOCODER = 190_281_889  # weight norm folded in (the saved / inference model)

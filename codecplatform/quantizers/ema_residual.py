@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from codecplatform.quantizers.dropout import QuantizerDropout
+from codecplatform.quantizers.ema_codebook import EMACodebook
 from codecplatform.quantizers.residual import ResidualQuantizer, StageHook, residual_stack
-from codecplatform.quantizers.vq import EMACodebook
 from codecplatform.types import QuantizerOutput
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio
 
-from codecplatform.models.mucodec.muencoder import (
+from codecplatform.mucodec.muencoder import (
     MEL_MEAN,
     MEL_STD,
     MelFrontEnd,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from codecplatform.config import compose_config, instantiate
-from codecplatform.models.mucodec.flow import (
+from codecplatform.mucodec.flow import (
     CodeSource,
     FlowMatchingDiT,
     RandomProjectionCodeSource,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codecplatform.dsp.spectral import log_mel_spectrogram, mel_filterbank
-from codecplatform.models.mucodec.melvae import LatentNormalizer, MelVAE, gaussian_kl
+from codecplatform.mucodec.melvae import LatentNormalizer, MelVAE, gaussian_kl
 
 TINY = dict(n_mels=64, block_out_channels=[4, 4, 8, 8], layers_per_block=1, latent_channels=4, norm_num_groups=4)
 

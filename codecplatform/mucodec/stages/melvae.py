@@ -37,7 +37,7 @@ from codecplatform.discriminators.base import Discriminator
 from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss
-from codecplatform.models.mucodec.melvae import CHECKPOINT_CONFIG_KEY, LogMelL1Loss, MelVAE, gaussian_kl
+from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY, LogMelL1Loss, MelVAE, gaussian_kl
 
 MEL, KL = "mel", "kl"
 
@@ -48,7 +48,7 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
 
 
 class MelVAEModule(LightningModule):
-    """Trains a :class:`~codecplatform.models.mucodec.melvae.MelVAE`.
+    """Trains a :class:`~codecplatform.mucodec.melvae.MelVAE`.
 
     Args:
         vae: the Mel-VAE (its ``audio_channels`` and ``sample_rate`` must be the data's).

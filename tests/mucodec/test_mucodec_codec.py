@@ -15,10 +15,10 @@ import torch
 from codecplatform.config import compose_config, instantiate, merge_config
 from codecplatform.inference import decode_main, encode_main
 from codecplatform.models.base import AudioCodec
-from codecplatform.models.mucodec.bundle import bundle, save_bundle
-from codecplatform.models.mucodec.codec import MuCodec
-from codecplatform.models.mucodec.melvae import CHECKPOINT_CONFIG_KEY
-from codecplatform.models.mucodec.vocoder import HifiGanVocoder
+from codecplatform.mucodec.bundle import bundle, save_bundle
+from codecplatform.mucodec.codec import MuCodec
+from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY
+from codecplatform.mucodec.vocoder import HifiGanVocoder
 
 EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 

@@ -218,7 +218,7 @@ class RandomProjectionCodeSource(CodeSource):
 class TokenizerCodeSource(CodeSource):
     """A trained tokenizer as the code source: any module with ``sample_rate``, ``frame_rate``,
     ``codebook_sizes`` and ``encode(x) -> EncodedAudio`` (``.codes`` (B, K, T')), e.g.
-    ``codecplatform.models.mucodec.tokenizer.MuCodecTokenizer`` built from its YAML geometry.
+    ``codecplatform.mucodec.tokenizer.MuCodecTokenizer`` built from its YAML geometry.
 
     ``checkpoint``: a tokenizer stage ``.ckpt`` (state under ``tokenizer.``) or a plain state dict of
     the tokenizer, loaded strictly; None keeps the given (random) weights (tests only).

@@ -1,0 +1,1 @@
+"""The LightningModules that train and evaluate each MuCodec stage."""
