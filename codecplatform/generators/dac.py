@@ -1,86 +1,21 @@
-"""DAC (Improved RVQGAN, Kumar et al. 2023) encoder and decoder.
+"""DAC encoder and decoder (Kumar et al. 2023, "High-Fidelity Audio Compression with Improved RVQGAN").
 
-Structure as descript-audio-codec ``dac/model/dac.py`` (the released 44/24/16 kHz models):
-weight-normed convolutions, Snake activations with a learnable per-channel ``alpha``, residual
-units with kernel 7 and dilations 1, 3, 9. Official configurations (``conf/final/*.yml``)::
+Follows descript-audio-codec ``dac/model/dac.py``: weight-normed convolutions, Snake with a
+learnable per-channel ``alpha``, residual units of kernel 7 and dilations 1, 3, 9. Released
+configurations (``conf/final/*.yml``): d_model 64, latent 1024, decoder_dim 1536; 44.1 kHz strides
+[2, 4, 8, 8] / rates [8, 8, 4, 2] (hop 512); 24 and 16 kHz strides [2, 4, 5, 8] / rates
+[8, 5, 4, 2] (hop 320). Parameters: 44.1 kHz encoder 22.3M, decoder 54.1M (paper: 22M + 54M).
+Module paths equal the official ones but each convolution gains one wrapper level (``.conv`` or
+``.convtr``); :mod:`codecplatform.checkpoints.dac` maps the keys.
 
-    44.1 kHz  encoder d_model 64, strides [2, 4, 8, 8] (hop 512, 86 Hz), latent 1024,
-              decoder_dim 1536, rates [8, 8, 4, 2]; 9 codebooks
-    24 kHz    strides [2, 4, 5, 8] (hop 320, 75 Hz), rates [8, 5, 4, 2]; otherwise as 44.1 kHz;
-              32 codebooks
-    16 kHz    strides [2, 4, 5, 8] (hop 320, 50 Hz), rates [8, 5, 4, 2]; otherwise as 44.1 kHz;
-              12 codebooks (same generator as 24 kHz)
+Lengths: the encoder right-pads to a multiple of the hop (as ``DAC.preprocess``), so any T gives
+``ceil(T / hop)`` frames, identical to the official encoder. Each decoder block returns exactly
+``T s`` samples; the official transposed convolution (``padding=ceil(s/2)``) returns ``T s - 1`` at
+an odd stride, so the official 24/16 kHz decoder returns ``320 T' - 8`` samples and ours
+``320 T'``: equal except in the last few hundred samples. At even rates (44.1 kHz) the two match.
 
-Parameters (measured; weight-norm g counted, as in the official state dict): 44.1 kHz encoder
-22,307,968, decoder 54,104,162 (paper: 22M + 54M; with the 9-codebook quantizer, 239,760 more,
-76,651,890 against the paper's 76M); 24/16 kHz encoder 21,521,536, decoder 52,334,690.
-
-Module layout (``Encoder.block`` / ``Decoder.model`` are ``nn.Sequential`` like the official ones;
-n = len(strides) = len(rates); every "conv" is a :class:`StreamableConv1d`, every "convtr" a
-:class:`StreamableConvTranspose1d`, both with ``norm="weight_norm"`` and zero padding)::
-
-    DACEncoder.block
-      0            conv     channels -> d_model, k7
-      1 + i        DACEncoderBlock(dim = d_model * 2**(i+1), stride = strides[i]), i = 0..n-1
-                     .block.0/1/2  DACResidualUnit(dim // 2, dilation 1 / 3 / 9)
-                     .block.3      Snake1d(dim // 2)
-                     .block.4      conv  dim // 2 -> dim, kernel 2 s, stride s
-      n + 1        Snake1d(d_model * 2**n)
-      n + 2        conv     d_model * 2**n -> dimension, k3
-
-    DACDecoder.model
-      0            conv     dimension -> decoder_dim, k7
-      1 + i        DACDecoderBlock(decoder_dim // 2**i -> decoder_dim // 2**(i+1), rates[i])
-                     .block.0      Snake1d(in)
-                     .block.1      convtr in -> out, kernel 2 s, stride s
-                     .block.2/3/4  DACResidualUnit(out, dilation 1 / 3 / 9)
-      n + 1        Snake1d(decoder_dim // 2**n)
-      n + 2        conv     decoder_dim // 2**n -> channels, k7
-      n + 3        Tanh
-
-    DACResidualUnit.block = [Snake1d(dim), conv dim -> dim k7 dilation d, Snake1d(dim),
-                             conv dim -> dim k1]; output = x + block(x)
-
-Key map from an official checkpoint (``state_dict`` of ``dac.DAC``; the released weights use the
-old ``torch.nn.utils.weight_norm`` names ``weight_g``/``weight_v``). Module paths are equal; only
-a convolution gains one wrapper level (``conv`` or ``convtr``) and the weight-norm names change::
-
-    encoder.P.weight_g -> P.conv.parametrizations.weight.original0    (g)
-    encoder.P.weight_v -> P.conv.parametrizations.weight.original1    (v)
-    encoder.P.bias     -> P.conv.bias
-    encoder.P.alpha    -> P.alpha                                     (Snake, unchanged)
-    decoder.P.*        -> same rules on DACDecoder, but for the transposed convolutions
-                          P = model.{1..n}.block.1 the wrapper is ``convtr``
-                          (``model.1.block.1.weight_g -> model.1.block.1.convtr.parametrizations
-                          .weight.original0``)
-
-e.g. ``encoder.block.1.block.0.block.1.weight_v -> block.1.block.0.block.1.conv.parametrizations
-.weight.original1``, ``encoder.block.6.bias -> block.6.conv.bias``, ``decoder.model.5.alpha ->
-model.5.alpha``. Newer official code (``torch.nn.utils.parametrizations.weight_norm``) already
-writes ``P.parametrizations.weight.original0/1``: only ``.conv``/``.convtr`` is inserted. Shapes
-are equal: g is (C_out, 1, 1) for a convolution and (C_in, 1, 1) for a transposed one (weight norm
-over dim 0 in both libraries). Quantizer keys (``quantizer.*``) are not part of this module.
-
-Lengths. The official model right-pads the audio with zeros to a multiple of the hop
-(``DAC.preprocess``) before the encoder; :class:`DACEncoder` does that itself, so any T gives
-exactly ``ceil(T / hop)`` frames, identical to the official encoder on the padded signal. Our
-convolution wrappers pad ``k_eff - s`` in total, ``ceil`` of half on the left; the official
-convolutions pad ``ceil(s/2)`` (strided) or ``3 d`` (k7) on both sides. The left padding is the
-same, and on a multiple of the stride the official extra right padding never completes a window,
-so the encoder's outputs are identical (a stride of 1, in no official configuration, gives
-``T + 1`` samples there and ``T`` here). In the decoder the official transposed convolution
-(``padding=ceil(s/2)``) yields ``T s + s - 2 ceil(s/2)`` samples: ``T s`` for even strides but
-``T s - 1`` for odd ones (the 24/16 kHz stride 5), so the official 24 kHz decoder returns
-``320 T' - 8`` samples. Ours trims ``ceil(s/2)`` on the left too and ``floor(s/2)`` on the right,
-so each block returns exactly ``T s`` samples (at an odd stride: the official ones plus one at
-the end); the decoder returns exactly ``T' * hop`` samples. With only even rates (44.1 kHz) the
-two decoders are identical; with rates [8, 5, 4, 2] the outputs agree except in the last ~370
-samples (the receptive field of the extra samples, measured on a 20-frame input), and the
-official output is 8 samples shorter.
-
-Initialisation: PyTorch defaults, with the biases of (non-transposed) convolutions set to zero.
-That is what the official ``init_weights`` effectively does: its ``trunc_normal_`` writes into
-the weight that weight norm recomputes from g and v at every call, so only ``bias = 0`` persists.
+Initialisation: PyTorch defaults with zero conv biases; the official ``init_weights`` writes a
+weight that weight norm recomputes from g and v, so only ``bias = 0`` persists.
 
 Non-causal only: the convolutions refuse :func:`codecplatform.nn.streaming.streaming`.
 """
@@ -195,7 +130,7 @@ class DACEncoder(Encoder):
     The width doubles at each stride: d_model -> d_model * 2**len(strides). ``dimension=None``
     takes the official default latent size ``d_model * 2**len(strides)`` (1024 for the released
     models). The input is right-padded with zeros to a multiple of the hop (as the official
-    ``DAC.preprocess``). See the module docstring for the layer layout and official key map.
+    ``DAC.preprocess``).
     """
 
     def __init__(
@@ -231,9 +166,8 @@ class DACEncoder(Encoder):
 class DACDecoder(Decoder):
     """DAC decoder: (B, D, T') -> (B, C, T' * hop_length), hop_length = prod(rates), in [-1, 1].
 
-    Width halves at each rate: decoder_dim -> decoder_dim // 2**len(rates); ends with tanh. See
-    the module docstring for the layer layout, the official key map and the one-sample length
-    difference of the official decoder at odd rates.
+    Width halves at each rate: decoder_dim -> decoder_dim // 2**len(rates); ends with tanh. At
+    odd rates the official decoder is shorter (see the module docstring).
     """
 
     def __init__(

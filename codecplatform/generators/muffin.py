@@ -1,6 +1,7 @@
-"""MUFFIN (Ng et al. 2024, seed 000) encoder and decoder: 24 kHz mono, 512-d latents.
+"""MUFFIN encoder and decoder: 24 kHz mono, 512-d latents.
 
-Structure as the official ``muffin/model.py`` (classes ``Encoder`` and ``Generator``,
+Ng et al. 2024, "MUFFIN: Multi-band Frequency Reconstruction for Neural Psychoacoustic Coding";
+structure as the official dianwen-ng/MUFFIN ``muffin/model.py`` (``Encoder``, ``Generator``,
 ``ResBlock1``), configurations from ``egs/configs/config_24k_*.json``::
 
     frame rate   encoder strides    kernels           decoder rates     MBS scales
@@ -8,44 +9,19 @@ Structure as the official ``muffin/model.py`` (classes ``Encoder`` and ``Generat
     12.5 Hz      3, 5, 8, 16        7, 11, 16, 32     16, 8, 5, 3       4, 4, 2, 2, 1, 1, 1, 1
     6.25 Hz      4, 5, 12, 16       8, 11, 24, 32     16, 12, 5, 4      4, 4, 2, 2, 1, 1, 1, 1
 
-(the official configs list ``model_sample_rates`` from the latent side; the encoder reverses
-them). Kernel rule of every official config: ``2 s`` for an even stride, ``2 s + 1`` for an odd
-one (:func:`kernel_for_stride`); ``kernel_sizes`` overrides it.
+Kernel rule of every official config: ``2 s`` for an even stride, ``2 s + 1`` for an odd one
+(:func:`kernel_for_stride`); ``kernel_sizes`` overrides it. Every conv is weight-normed and
+zero-padded "same", every activation the modified snake, each stage is a multi-receptive-field
+block (:class:`MuffinResBlock`, GRN) plus a grouped inverted bottleneck. MRF dilations: (1, 3, 3, 5)
+in every 1024-code config (the default), (1, 3, 5) in config_24k_512codes_75hz. Attribute names
+are the official ones (``conv_pre``, ``downs``/``ups``, ``resblocks``, ``resblock_post``,
+``conv_post``), so official keys map as for DAC (``.conv``/``.convtr`` inserted). Parameters at
+75 Hz: encoder 34.2M, decoder 11.9M.
 
-Building blocks (every conv weight-normed, zero-padded "same"; every activation the modified
-snake :class:`~codecplatform.nn.snake.ModifiedSnake1d`; GRN :class:`~codecplatform.nn.grn.GRN`)::
-
-    MuffinResBlock(C, kernel k, dilations ds)          official ResBlock1
-      for d in ds: x = x + conv(C/2 -> C, k)(snake(conv(C -> C/2, k, dilation d)(snake(x))))
-      return GRN(x)
-    stage (C channels), after the strided / transposed conv:
-      x = x + mean_j MuffinResBlock(C, k_j, ds)(x)     multi-receptive field, k_j = 3, 7, 11
-      x = x + bottleneck(x)                            inverted bottleneck:
-          GRN -> conv k7 groups g C -> 3C -> snake -> conv k7 groups g 3C -> C
-
-    MuffinEncoder: conv_pre 1 -> d_model k7; per stride s_i: snake -> conv d_model 2^i ->
-      d_model 2^(i+1), kernel k_i, stride s_i; stage; conv_post = snake -> conv k7 -> dimension
-    MuffinDecoder: conv_pre dimension -> decoder_dim k7 (no activation); per rate r_i: snake ->
-      transposed conv decoder_dim / 2^i -> decoder_dim / 2^(i+1), kernel k_i, stride r_i; stage;
-      conv_post = snake -> conv k7 -> channels; tanh
-
-Module layout = the official one (attribute names ``conv_pre``, ``downs``/``ups``, ``resblocks``
-(flat, index ``i * len(resblock_kernel_sizes) + j``), ``resblock_post``, ``conv_post``; inside a
-res block ``convs1``, ``convs2``, ``norm``; snake ``alpha``/``beta``/``gamma``, GRN
-``gamma``/``beta``), so an official checkpoint maps key by key as for DAC: a weight-normed conv
-``P.weight_g``/``P.weight_v``/``P.bias`` becomes ``P.conv.parametrizations.weight.original0``/
-``.original1``/``P.conv.bias`` (``P.convtr...`` for the transposed convs ``ups.i.1``).
-
-MRF dilations: (1, 3, 3, 5) in every 1024-code config (the default here), (1, 3, 5) in
-config_24k_512codes_75hz. Parameters (measured, weight-norm g counted; tests/generators/
-test_muffin.py), encoder / decoder: 75 Hz 34,185,344 / 11,852,802 (SPECS, computed from the
-official code: ~34.2M / ~11.9M); 12.5 Hz 36,477,056 / 14,144,514; 6.25 Hz 36,741,248 /
-14,408,706; with dilations (1, 3, 5) at 75 Hz 26,852,384 / 10,014,162.
-
-Lengths: the official convolutions pad ``(k - s) // 2`` on both sides, which for this kernel rule
-equals our wrappers' symmetric ``k - s`` split, so on a multiple of the hop the outputs are the
-official ones; the encoder right-pads its input with zeros to a multiple of the hop (as DAC), so
-any T gives ``ceil(T / hop)`` frames, and the decoder returns exactly ``T' * hop`` samples.
+Lengths: the official ``(k - s) // 2`` padding equals our symmetric ``k - s`` split under this
+kernel rule, so on a multiple of the hop the outputs are the official ones; the encoder
+right-pads to a multiple of the hop (any T gives ``ceil(T / hop)`` frames) and the decoder
+returns exactly ``T' * hop`` samples.
 
 Initialisation: PyTorch defaults (the official ``init_weights`` writes into the weight that
 weight norm recomputes from g and v, so it has no lasting effect).

@@ -1,46 +1,15 @@
-"""SEANet encoder and decoder: EnCodec's generator (paper section 3.1).
+"""SEANet encoder and decoder: EnCodec's generator.
 
+Défossez et al. 2022, "High Fidelity Neural Audio Compression" (arXiv:2210.13438), section 3.1.
 Defaults equal facebookresearch/encodec ``encodec/modules/seanet.py`` (n_filters 32, ratios
 [8, 5, 4, 2], ELU, kernels 7/7/3, dilation base 2, compress 2, 2 LSTM layers, ``true_skip=False``
 i.e. a 1x1 convolution as residual shortcut). The 24 kHz EnCodec model is ``causal=True,
 norm="weight_norm"``, the 48 kHz one ``channels=2, causal=False, norm="time_layer_norm"``.
 
-Module layout (``model`` is an ``nn.Sequential``; indices for ``n_residual_layers=1`` and 4
-ratios; with R residual layers each stage has R + 2 entries instead of 3):
-
-Encoder ``model`` (stage i = 0..3 downsamples by stride s_i = reversed(ratios)[i])::
-
-    0          StreamableConv1d  channels -> n_filters, kernel_size
-    1 + 3i     SEANetResnetBlock n_filters * 2**i
-    2 + 3i     ELU
-    3 + 3i     StreamableConv1d  n_filters * 2**i -> n_filters * 2**(i+1), kernel 2 s_i, stride s_i
-    13         StreamableLSTM    n_filters * 16  (absent when lstm_layers == 0)
-    14         ELU
-    15         StreamableConv1d  n_filters * 16 -> dimension, last_kernel_size
-
-Decoder ``model`` (stage i = 0..3 upsamples by stride s_i = ratios[i])::
-
-    0          StreamableConv1d          dimension -> n_filters * 16, kernel_size
-    1          StreamableLSTM            n_filters * 16  (absent when lstm_layers == 0)
-    2 + 3i     ELU
-    3 + 3i     StreamableConvTranspose1d n_filters * 2**(4-i) -> half, kernel 2 s_i, stride s_i
-    4 + 3i     SEANetResnetBlock         n_filters * 2**(3-i)
-    14         ELU
-    15         StreamableConv1d          n_filters -> channels, last_kernel_size
-
-A residual block has ``block`` = [ELU, conv k=residual_kernel_size (dim -> dim // compress),
-ELU, conv k=1 (-> dim)] and ``shortcut`` (a k=1 conv, or Identity when ``true_skip``).
-
-State-dict keys (weight norm): ``model.0.conv.parametrizations.weight.original0`` (g),
-``model.0.conv.parametrizations.weight.original1`` (v), ``model.0.conv.bias``,
-``model.1.block.1.conv.*``, ``model.1.block.3.conv.*``, ``model.1.shortcut.conv.*``,
-``model.3.conv.*``, ``model.13.lstm.weight_ih_l0``; decoder ``model.3.convtr.*``; with
-time_layer_norm ``X.conv.weight``, ``X.conv.bias``, ``X.norm.weight``, ``X.norm.bias``.
-Official EnCodec keys (``encoder.model.*`` / ``decoder.model.*``) differ by one wrapper level
-and the old weight-norm names: ``X.conv.conv.weight_g -> X.conv.parametrizations.weight.original0``,
-``X.conv.conv.weight_v -> X.conv.parametrizations.weight.original1``,
-``X.conv.conv.bias -> X.conv.bias``, ``X.conv.norm.* -> X.norm.*``, and the same rules for
-``X.convtr.convtr.* -> X.convtr.*`` and ``X.convtr.norm.* -> X.norm.*``; LSTM keys are equal.
+``model`` is an ``nn.Sequential`` with the official indices (per stage: residual blocks, ELU,
+strided conv; the LSTM after the last stage of the encoder and after the first conv of the
+decoder), so official keys differ only by one wrapper level and the weight-norm names;
+:mod:`codecplatform.checkpoints.encodec` maps them.
 """
 
 from __future__ import annotations
