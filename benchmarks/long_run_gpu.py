@@ -17,7 +17,7 @@ training reads audio decoded beforehand rather than the data module's manifests:
 - training batches are uniform random crops of ``train`` of the config's ``segment_seconds`` and
   ``batch_size`` (or the variant's), as the data module's training sampler.
 - each variant (``VARIANTS``: config changes merged into the config's plain data after the
-  ``--extra_config`` files, lists replaced whole; ``polar`` and ``wide`` are SpectroStream's options)
+  ``--extra_config`` files, lists replaced whole; ``wide`` is SpectroStream's widths)
   runs in its own process (``--worker``) on the same device; ``max_batches`` is lifted and the run
   stops at the first batch after ``--train_seconds``.
 - evaluation (with the generator EMA weights when the config keeps them): non-overlapping
@@ -56,7 +56,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "noD": {"model": {"init_args": {"discriminator_schedule": {"init_args": {"start_step": 10**9}}}}},
     "b32": {"data": {"init_args": {"batch_size": 32}}},
-    "polar": {"model": {"init_args": {"codec": {"init_args": {"decoder": {"init_args": {"polar_output": True}}}}}}},
     "wide": {
         "model": {
             "init_args": {

@@ -116,53 +116,6 @@ def frames_from_spectrum(spec: Tensor, window: Tensor, fft_length: int, keep_dc:
     return frames * window
 
 
-def compress_spectrum(spec: Tensor, exponent: float, eps: float = 1e-12) -> Tensor:
-    """Power-law magnitude compression of interleaved [re, im] planes, (B, 2C, N, F) -> same shape:
-    each bin z -> |z| ** exponent * z / |z| (phase kept; ``(|z|^2 + eps) ** ((exponent - 1) / 2)`` as
-    the gain, finite at z = 0). ``exponent`` 1 returns ``spec`` itself. A 60 dB range of
-    magnitudes becomes 60 * exponent dB: quiet high bins are no longer ~1000x smaller than the
-    bass for the network that reads or writes them."""
-    if exponent <= 0:
-        raise ValueError(f"exponent must be > 0, got {exponent}")
-    if exponent == 1.0:
-        return spec
-    b, c2, n, f = spec.shape
-    planes = spec.reshape(b, c2 // 2, 2, n, f)
-    gain = (planes.square().sum(dim=2, keepdim=True) + eps).pow((exponent - 1.0) / 2.0)
-    return (planes * gain).reshape(b, c2, n, f)
-
-
-def expand_spectrum(spec: Tensor, exponent: float, eps: float = 1e-12) -> Tensor:
-    """The inverse of :func:`compress_spectrum` with the same ``exponent``: z -> |z| ** (1 / exponent)
-    * z / |z|, (B, 2C, N, F) -> same shape."""
-    if exponent <= 0:
-        raise ValueError(f"exponent must be > 0, got {exponent}")
-    return compress_spectrum(spec, 1.0 / exponent, eps)
-
-
-def log_magnitude(spec: Tensor, eps: float = 1e-5) -> Tensor:
-    """Natural-log magnitude of interleaved [re, im] planes: (B, 2C, N, F) -> (B, C, N, F),
-    ``log(max(|z|, eps))``."""
-    b, c2, n, f = spec.shape
-    if c2 % 2:
-        raise ValueError(f"spec must hold [re, im] plane pairs, got {c2} planes")
-    return spec.reshape(b, c2 // 2, 2, n, f).square().sum(dim=2).clamp(min=eps * eps).log().mul(0.5)
-
-
-def spectrum_from_log_polar(planes: Tensor, max_log_magnitude: float = 10.0) -> Tensor:
-    """Interleaved [log-magnitude, phase] planes -> interleaved [re, im] planes, (B, 2C, N, F) ->
-    same shape: ``exp(min(m, max_log_magnitude)) * (cos p, sin p)`` (the output head of Vocos,
-    Siuzdak 2023, which clips the magnitude instead of the log). The clip bounds the output where
-    an untrained network writes large log-magnitudes."""
-    b, c2, n, f = planes.shape
-    if c2 % 2:
-        raise ValueError(f"planes must hold [log-magnitude, phase] pairs, got {c2} planes")
-    pairs = planes.reshape(b, c2 // 2, 2, n, f)
-    magnitude = pairs[:, :, 0].clamp(max=max_log_magnitude).exp()
-    phase = pairs[:, :, 1]
-    return torch.stack([magnitude * phase.cos(), magnitude * phase.sin()], dim=2).reshape(b, c2, n, f)
-
-
 def overlap_add(frames: Tensor, hop_length: int) -> Tensor:
     """Causal overlap-add: frames (B, C, N, L) -> (B, C, N * hop), frame t added at sample t * hop,
     the last L - hop samples of the full sum dropped (sequence-layers ``OverlapAdd(padding='causal')``)."""

@@ -1,4 +1,5 @@
-"""SpectroStream encoder and decoder (seed 003; ../shared/SPECS.md): a 2D time-frequency codec.
+"""SpectroStream encoder and decoder (Li et al. 2025, "SpectroStream: A Versatile Neural Codec for
+General Audio"): a 2D time-frequency codec.
 
 Written from the paper and from the layout of magenta/magenta-realtime
 ``magenta_rt/jax/spectrostream.py`` (config ``stft_spectrostream_40ms_generic_48khz_stereo_config``;
@@ -54,10 +55,8 @@ Streaming: every time-axis layer is a :class:`codecplatform.nn.streaming.Streami
 zeros (480) after the signal and the decoder ``decoder.stream_flush_frames`` zero latent frames (1)
 after the latents; then the outputs equal the offline outputs (signal lengths multiple of hop).
 
-Parameter counts of the real config (computed here): encoder 9,257,024 with weight norm (9,251,904
-without, as the released inference code), SPECS ~9.3M; decoder 35,698,946 (35,684,546 without),
-SPECS ~35.7M. The codebooks (64 x 1024 x 256 = 16.8M) are the quantizer's EMA buffers, not
-parameters. Weight norm adds one gain per output channel.
+The real config has about 9.3M encoder and 35.7M decoder parameters, as the official model; its
+codebooks (64 x 1024 x 256) are the quantizer's EMA buffers, not parameters.
 """
 
 from __future__ import annotations
@@ -69,17 +68,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from codecplatform.dsp.stft2d import (
-    compress_spectrum,
-    dual_window,
-    expand_spectrum,
-    frame_signal,
-    frames_from_spectrum,
-    hann_window,
-    log_magnitude,
-    spectrum_from_frames,
-    spectrum_from_log_polar,
-)
+from codecplatform.dsp.stft2d import dual_window, frame_signal, frames_from_spectrum, hann_window, spectrum_from_frames
 from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.nn.conv2d import (
     AlignedSum,
@@ -169,13 +158,13 @@ def _resample_kernel(stride: tuple[int, int]) -> tuple[int, int]:
 
 
 def encoder_unit(
-    in_channels: int, out_channels: int, stride: tuple[int, int], causal: bool, norm: Conv2dNorm, alpha: float
+    in_channels: int, out_channels: int, stride: tuple[int, int], causal: bool, norm: Conv2dNorm
 ) -> AlignedSum:
     """Pre-activated residual unit, (B, in, T, F) -> (B, out, T / s_t, F / s_f) (see module docstring)."""
     main = nn.Sequential(
-        nn.ELU(alpha),
+        nn.ELU(),
         StreamableConv2d(in_channels, in_channels, 3, 1, causal=causal, norm=norm),
-        nn.ELU(alpha),
+        nn.ELU(),
         StreamableConv2d(in_channels, out_channels, _resample_kernel(stride), stride, causal=causal, norm=norm),
     )
     shortcut: list[nn.Module] = []
@@ -187,7 +176,7 @@ def encoder_unit(
 
 
 def decoder_unit(
-    in_channels: int, out_channels: int, stride: tuple[int, int], causal: bool, norm: Conv2dNorm, alpha: float
+    in_channels: int, out_channels: int, stride: tuple[int, int], causal: bool, norm: Conv2dNorm
 ) -> AlignedSum:
     """Pre-activated transposed residual unit, (B, in, T, F) -> (B, out, T * s_t, F * s_f)."""
     if stride == (1, 1):
@@ -195,9 +184,9 @@ def decoder_unit(
     else:
         up = StreamableConvTranspose2d(in_channels, out_channels, _resample_kernel(stride), stride, causal, norm)
     main = nn.Sequential(
-        nn.ELU(alpha),
+        nn.ELU(),
         up,
-        nn.ELU(alpha),
+        nn.ELU(),
         StreamableConv2d(out_channels, out_channels, 3, 1, causal=causal, norm=norm),
     )
     shortcut: list[nn.Module] = []
@@ -242,7 +231,6 @@ def _check_common(
     kernel_size: int,
     fusion_block: int,
     norm: str,
-    magnitude_exponent: float,
 ) -> tuple[list[tuple[int, int]], list[float], int, int]:
     """Validate shared options -> (ratios, mults, fusion block index in 0..len(ratios), bins)."""
     if channels < 1:
@@ -266,8 +254,6 @@ def _check_common(
         raise ValueError(f"base_depth and kernel_size must be >= 1, got {base_depth}, {kernel_size}")
     if norm not in ("none", "weight_norm"):
         raise ValueError(f"norm must be 'none' or 'weight_norm', got {norm!r}")
-    if not magnitude_exponent > 0:
-        raise ValueError(f"magnitude_exponent must be > 0, got {magnitude_exponent}")
     blocks = len(ratios) + 1  # the strided blocks and the bottleneck
     if not -blocks <= fusion_block < blocks:
         raise ValueError(
@@ -305,17 +291,6 @@ class SpectroStreamEncoder(Encoder):
             block 6, the last strided one). Blocks before it run per channel with shared weights.
         causal: causal convolutions in time (True; False = 'same' padding, not streamable).
         norm: "weight_norm" (the paper's training setup) or "none" (the released inference code).
-        activation_alpha: ELU alpha (1.0).
-        magnitude_exponent: power-law compression of the input spectrum's magnitudes
-            (:func:`~codecplatform.dsp.stft2d.compress_spectrum`); 1.0 = none (the official model).
-            Not in the paper or the official code; the decoder expands with the same exponent. On
-            the small config's short runs 0.5 lowered the mel distance at every bitrate (2.676 ->
-            2.608), 0.3 raised it, and neither made quality rise with codebooks (benchmarks/RESULTS.md).
-        log_magnitude_input: add a third input plane per channel, the natural-log magnitude
-            (:func:`~codecplatform.dsp.stft2d.log_magnitude`): [re, im, log|X|] instead of [re, im]
-            (False: the official model). Not in the paper or the official code. On the small
-            config's short runs (with the decoder's ``polar_output``) it raised the mel distance
-            (2.660 -> 2.750 at 16 codebooks) and did not make quality rise with codebooks.
 
     See the module docstring for the layer layout and streaming.
     """
@@ -334,17 +309,12 @@ class SpectroStreamEncoder(Encoder):
         fusion_block: int = -2,
         causal: bool = True,
         norm: Conv2dNorm = "weight_norm",
-        activation_alpha: float = 1.0,
-        magnitude_exponent: float = 1.0,
-        log_magnitude_input: bool = False,
     ) -> None:
         super().__init__()
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
             channels, dimension, stft_frame_length, stft_hop_length, stft_fft_length, ratios, mults,
-            base_depth, kernel_size, fusion_block, norm, magnitude_exponent,
+            base_depth, kernel_size, fusion_block, norm,
         )  # fmt: skip
-        self.magnitude_exponent = float(magnitude_exponent)
-        self.log_magnitude_input = bool(log_magnitude_input)
         self.channels = channels
         self.dimension = dimension
         self.time_stride = math.prod(r[0] for r in self.ratios)
@@ -354,27 +324,24 @@ class SpectroStreamEncoder(Encoder):
         self.stft = STFTAnalysis(stft_frame_length, stft_hop_length, stft_fft_length, keep_dc=True)
 
         widths = _widths(base_depth, self.mults)
-        planes = 3 if self.log_magnitude_input else 2
-        per_channel: list[nn.Module] = [
-            StreamableConv2d(planes, base_depth, kernel_size, 1, causal=causal, norm=norm)
-        ]
+        per_channel: list[nn.Module] = [StreamableConv2d(2, base_depth, kernel_size, 1, causal=causal, norm=norm)]
         joint: list[nn.Module] = []
         for i, stride in enumerate(self.ratios):
             c_in = widths[i] * (channels if i == self.fusion_block else 1)
-            unit = encoder_unit(c_in, widths[i + 1], stride, causal, norm, activation_alpha)
+            unit = encoder_unit(c_in, widths[i + 1], stride, causal, norm)
             (per_channel if i < self.fusion_block else joint).append(unit)
         top = widths[-1]
         c_in = top * (channels if self.fusion_block == len(self.ratios) else 1)
-        joint.append(encoder_unit(c_in, top, (1, 1), causal, norm, activation_alpha))  # bottleneck
+        joint.append(encoder_unit(c_in, top, (1, 1), causal, norm))  # bottleneck
         self.per_channel = nn.Sequential(*per_channel)
         self.joint = nn.Sequential(*joint)
         flat = self.output_bins * top
         self.output = _Sum(
             _conv1x1(flat, dimension, norm),
             nn.Sequential(
-                nn.ELU(activation_alpha),
+                nn.ELU(),
                 _conv1x1(flat, flat, norm),
-                nn.ELU(activation_alpha),
+                nn.ELU(),
                 _conv1x1(flat, dimension, norm),
             ),
             dimension,
@@ -388,12 +355,9 @@ class SpectroStreamEncoder(Encoder):
     def per_channel_features(self, x: Tensor) -> Tensor:
         """(B, C, T) -> (B, C, W, N', F'): the per-channel stage's output, before fusion."""
         check_audio(x, self.channels)
-        raw = self.stft(x)  # (B, 2C, N, F)
-        b, _, n, f = raw.shape
-        spec = compress_spectrum(raw, self.magnitude_exponent).reshape(b, self.channels, 2, n, f)
-        if self.log_magnitude_input:  # [re, im] -> [re, im, log|X|] per channel
-            spec = torch.cat([spec, log_magnitude(raw).unsqueeze(2)], dim=2)
-        y = self.per_channel(spec.reshape(b * self.channels, spec.shape[2], n, f))  # (B*C, W, N', F')
+        spec = self.stft(x)  # (B, 2C, N, F), [c0.re, c0.im, c1.re, ...]
+        b, _, n, f = spec.shape
+        y = self.per_channel(spec.reshape(b * self.channels, 2, n, f))  # (B*C, W, N', F')
         return y.reshape(b, self.channels, *y.shape[1:])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -414,11 +378,6 @@ class SpectroStreamDecoder(Decoder):
             base_depth * prod(mults) (512).
         lookahead: latent frames the decoder looks ahead (1: its output for embedding j waits for
             embedding j + 1). Offline, the latents are padded with that many zero frames.
-        polar_output: the output layer's two planes per channel are read as [log-magnitude,
-            phase] (:func:`~codecplatform.dsp.stft2d.spectrum_from_log_polar`, Vocos' head) instead
-            of [re, im] (False: the official model). Not in the paper or the official code. On the
-            small config's short runs it lowered the mel distance slightly (2.676 -> 2.660 at 16
-            codebooks) and did not make quality rise with codebooks (benchmarks/RESULTS.md).
 
     The mirror of the encoder's fusion block outputs C times its width and is split into the
     channels (early splitting); the blocks after it run per channel with shared weights.
@@ -439,17 +398,12 @@ class SpectroStreamDecoder(Decoder):
         lookahead: int = 1,
         causal: bool = True,
         norm: Conv2dNorm = "weight_norm",
-        activation_alpha: float = 1.0,
-        magnitude_exponent: float = 1.0,
-        polar_output: bool = False,
     ) -> None:
         super().__init__()
         self.ratios, self.mults, self.fusion_block, bins = _check_common(
             channels, dimension, stft_frame_length, stft_hop_length, stft_fft_length, ratios, mults,
-            base_depth, kernel_size, fusion_block, norm, magnitude_exponent,
+            base_depth, kernel_size, fusion_block, norm,
         )  # fmt: skip
-        self.magnitude_exponent = float(magnitude_exponent)
-        self.polar_output = bool(polar_output)
         if lookahead < 0:
             raise ValueError(f"lookahead must be >= 0 latent frames, got {lookahead}")
         if lookahead and not causal:
@@ -471,23 +425,23 @@ class SpectroStreamDecoder(Decoder):
         flat = self.input_bins * top
         self.input = _Sum(
             _conv1x1(dimension, flat, norm),
-            nn.Sequential(_conv1x1(dimension, flat, norm), nn.ELU(activation_alpha), _conv1x1(flat, flat, norm)),
+            nn.Sequential(_conv1x1(dimension, flat, norm), nn.ELU(), _conv1x1(flat, flat, norm)),
             flat,
         )
         joint: list[nn.Module] = []
         per_channel: list[nn.Module] = []
         n_blocks = len(self.ratios)
         split_out = channels if self.fusion_block == n_blocks else 1
-        joint.append(decoder_unit(top, top * split_out, (1, 1), causal, norm, activation_alpha))  # mirror of bottleneck
+        joint.append(decoder_unit(top, top * split_out, (1, 1), causal, norm))  # mirror of bottleneck
         for i in reversed(range(n_blocks)):
             c_in, c_out = widths[i + 1], widths[i]
             if i == self.fusion_block:
-                joint.append(decoder_unit(c_in, c_out * channels, self.ratios[i], causal, norm, activation_alpha))
+                joint.append(decoder_unit(c_in, c_out * channels, self.ratios[i], causal, norm))
             else:
-                unit = decoder_unit(c_in, c_out, self.ratios[i], causal, norm, activation_alpha)
+                unit = decoder_unit(c_in, c_out, self.ratios[i], causal, norm)
                 (joint if i > self.fusion_block else per_channel).append(unit)
         per_channel += [
-            nn.ELU(activation_alpha),
+            nn.ELU(),
             StreamableConv2d(base_depth, 2, kernel_size, 1, causal=causal, norm="none"),  # no norm on the output
         ]
         self.joint = nn.Sequential(*joint)
@@ -518,10 +472,7 @@ class SpectroStreamDecoder(Decoder):
         y = self.drop_lookahead(y)
         spec = y.reshape(b, 2 * self.channels, y.shape[2], y.shape[3])  # (B, 2C, N, F)
         with torch.autocast(device_type=spec.device.type, enabled=False):
-            spec = spec.float()
-            if self.polar_output:  # [log|X|, phase] -> [re, im]
-                spec = spectrum_from_log_polar(spec)
-            return self.istft(expand_spectrum(spec, self.magnitude_exponent))
+            return self.istft(spec.float())
 
 
 def architectural_latency_ms(

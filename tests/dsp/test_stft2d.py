@@ -1,5 +1,4 @@
-"""SpectroStream's STFT front end (codecplatform.dsp.stft2d: in a file of its own, not ``dsp/stft.py``,
-which would shadow the ``codecplatform.dsp.stft`` function): framing, channel layout, the dual
+"""SpectroStream's STFT front end (codecplatform.dsp.stft2d): framing, channel layout, the dual
 window, overlap-add, and analysis -> synthesis reconstruction (exact up to float error and the
 dropped Nyquist bin)."""
 
@@ -8,18 +7,7 @@ import math
 import pytest
 import torch
 
-from codecplatform.dsp.stft2d import (
-    compress_spectrum,
-    dual_window,
-    expand_spectrum,
-    frame_signal,
-    hann_window,
-    istft_2d,
-    log_magnitude,
-    overlap_add,
-    spectrum_from_log_polar,
-    stft_2d,
-)
+from codecplatform.dsp.stft2d import dual_window, frame_signal, hann_window, istft_2d, overlap_add, stft_2d
 
 
 def lowpass_noise(shape, cutoff: float, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
@@ -117,44 +105,3 @@ def test_rejects_bad_sizes():
         stft_2d(torch.randn(1, 1, 100), frame_length=32, hop_length=16, fft_length=16)
     with pytest.raises(ValueError, match="padding"):
         frame_signal(torch.randn(1, 1, 100), 8, 4, padding="same")  # type: ignore[arg-type]
-
-
-def test_magnitude_compression_keeps_the_phase_and_inverts():
-    g = torch.Generator().manual_seed(0)
-    spec = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64) * torch.logspace(-3, 1, 6, dtype=torch.float64)
-    spec[0, :, 0, 0] = 0.0  # a silent bin stays finite and silent
-    squeezed = compress_spectrum(spec, 0.3)
-    z = torch.complex(spec[:, 0::2], spec[:, 1::2])
-    zc = torch.complex(squeezed[:, 0::2], squeezed[:, 1::2])
-    loud = z.abs() > 1e-3
-    assert torch.allclose(zc.abs()[loud], z.abs()[loud] ** 0.3, rtol=1e-6)
-    assert torch.allclose(torch.angle(zc)[loud], torch.angle(z)[loud], atol=1e-9)
-    assert torch.isfinite(squeezed).all() and squeezed[0, :, 0, 0].abs().max() < 1e-3
-    # exact but for eps = 1e-12 under the squared magnitudes (relative error ~ eps / |z|^2)
-    assert torch.allclose(expand_spectrum(squeezed, 0.3), spec, rtol=1e-5, atol=1e-7)
-    assert compress_spectrum(spec, 1.0) is spec
-    with pytest.raises(ValueError, match="exponent"):
-        compress_spectrum(spec, 0.0)
-    with pytest.raises(ValueError, match="exponent"):
-        expand_spectrum(spec, -1.0)
-
-
-def test_log_polar_planes_round_trip_through_log_magnitude():
-    """[log|X|, phase] -> [re, im] (Vocos' head) and log_magnitude back: the magnitudes and phases
-    are the ones written; the clip bounds what an untrained network can write."""
-    g = torch.Generator().manual_seed(0)
-    planes = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)  # 2 channels x [log|X|, phase]
-    spec = spectrum_from_log_polar(planes)
-    z = torch.complex(spec[:, 0::2], spec[:, 1::2])
-    assert torch.allclose(z.abs().log(), planes[:, 0::2], atol=1e-12)
-    assert torch.allclose(torch.cos(torch.angle(z) - planes[:, 1::2]), torch.ones_like(z.real), atol=1e-12)
-    assert torch.allclose(log_magnitude(spec), planes[:, 0::2], atol=1e-12)
-    loud = planes.clone()
-    loud[:, 0::2] = 50.0
-    assert torch.allclose(log_magnitude(spectrum_from_log_polar(loud, max_log_magnitude=10.0)),
-                          torch.full_like(loud[:, 0::2], 10.0))
-    assert torch.equal(log_magnitude(torch.zeros(1, 2, 3, 4), eps=1e-5), torch.full((1, 1, 3, 4), math.log(1e-5)))
-    with pytest.raises(ValueError, match="pairs"):
-        spectrum_from_log_polar(torch.randn(1, 3, 2, 2))
-    with pytest.raises(ValueError, match="pairs"):
-        log_magnitude(torch.randn(1, 3, 2, 2))
