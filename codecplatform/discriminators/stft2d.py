@@ -1,32 +1,18 @@
-"""SpectroStream's multi-scale STFT discriminator (seed 003, section 3 and Figure 2).
+"""SpectroStream's multi-scale STFT discriminator.
 
-What the paper gives: one 2D convolutional discriminator per STFT window length (same architecture,
-no shared parameters); its input per audio channel is [re, im, |X|] of the STFT (three planes);
-layer normalization after each convolution, before the activation, computed over all non-batch
-dimensions; Leaky ReLU; regular convolutions with symmetric padding (not causal); the encoder's
-delayed fusion is emulated: the early layers run on each audio channel separately with shared
-weights, later layers see the channels concatenated.
+Li et al. 2025, "SpectroStream: A Versatile Neural Codec for General Audio", section 3 and Figure 2:
+one 2D conv discriminator per STFT window length (no shared parameters) on [re, im, |X|] of each
+audio channel; layer norm after each conv (over all non-batch dims), LeakyReLU, symmetric padding;
+the encoder's delayed fusion emulated (early layers per channel with shared weights, later layers
+on the channels concatenated). The paper's text gives no windows, widths, strides, kernels, slope,
+fusion point or STFT normalization, and the official code (magenta/magenta-realtime) is inference
+only, so they are constructor arguments. Defaults chosen here: windows 256..4096 (EnCodec's 48 kHz
+set), hop window / 4, widths 32-32-64-64-128-128, strides mirroring the encoder's, fusion before
+the last strided conv, slope 0.2, STFT normalized by the window's L2 norm.
 
-NOT FOUND (the numbers were lost from the paper's text; the official code is inference only):
-the window lengths, channel widths, strides, kernels, the Leaky ReLU slope, the fusion point and
-the STFT normalization. They are constructor arguments; the defaults are choices made here:
-windows 256..4096 (EnCodec's 48 kHz set), hop window / 4, widths 32-32-64-64-128-128, strides
-mirroring the encoder's (frequency first, time later), kernel 7x7 first then
-(max(3, 2 s_t), max(3, 2 s_f)) as the encoder's resampling convs, fusion before the last strided
-convolution (as the encoder), slope 0.2, STFT normalized by the window's L2 norm.
-
-Layout per scale, audio (B, C, T) -> STFT (B, C, F, N) -> (B*C, 3, N, F) (time first, as the
-codec's 2D layers)::
-
-    conv[0]  kernel_size, 3 -> widths[0]                      GroupNorm(1) (layer norm), LeakyReLU
-    conv[i]  i = 1..S, widths[i-1] -> widths[i], strides[i-1] GroupNorm(1), LeakyReLU
-    post     3x3, widths[S] -> 1 (the logits, no norm)
-
-convs before ``fusion_layer`` run per channel (batch B*C, shared weights); at ``fusion_layer``
-the channels are concatenated (C * width input channels) and the rest runs jointly (batch B).
-Layer norm is ``GroupNorm(1, C)``: statistics over (channels, time, frequency) of each example,
-with a learned gain and bias per channel (the elementwise affine of a layer norm cannot have a
-fixed shape over variable-length inputs).
+Per scale: audio (B, C, T) -> STFT (B, C, F, N) -> (B*C, 3, N, F) -> convs (GroupNorm(1, C) as the
+layer norm, whose per-channel affine fits variable lengths; LeakyReLU) -> at ``fusion_layer`` the
+channels concatenated to (B, C * width, N', F') -> 3x3 output conv -> logits (B, 1, N', F').
 """
 
 from __future__ import annotations
@@ -132,7 +118,7 @@ class MultiScaleSTFT2dDiscriminator(Discriminator):
     entry per window length, named ``f"{name}_{window}"``; logits (B, 1, N', F') (the channels are
     fused inside, so the batch stays B), features [(B, C_l, N_l, F_l)] * (len(strides) + 1).
 
-    Args (all NOT FOUND in the paper; see the module docstring for the chosen defaults):
+    Args (none given by the paper; see the module docstring for the chosen defaults):
         channels: audio channels C (2).
         window_lengths: STFT window (= n_fft) of each scale.
         hop_divisor: hop = window // hop_divisor.
