@@ -23,10 +23,8 @@ speech: no voiced patch) or a non-finite score. ``compute`` warns with the count
 is NaN if every example was skipped. Skipping rather than raising keeps a long test run alive when a few
 windows (the last, shorter window of a file; silence) cannot be scored; the count says how many.
 
-Runtime, one torch thread, per example, median of 3 (measured on this project's shared 2-core CPU machine,
-visqol-python 3.8.0 without numba, resampling included; seconds per second of audio, 1 s / 3 s clips):
-ViSQOL audio 0.44-0.58, ViSQOL speech 0.13-0.39, PESQ 0.02-0.04, STOI 0.003-0.01. Use them in
-``test_metrics`` (test stage), not in validation.
+ViSQOL audio takes about 0.5 s per second of audio on one CPU thread (PESQ 0.03, STOI 0.01): use these
+in ``test_metrics`` (test stage), not in validation.
 """
 
 from __future__ import annotations
