@@ -1,8 +1,8 @@
 """Constant-Q transform (CQT) as pure functions: time-domain kernels and their strided convolution.
 
-No CQT is installed here (no nnAudio, no librosa, none in torchaudio), so this is a small
-implementation of the classic time-domain CQT (Brown 1991), the variant MuCodec's official code
-uses through ``nnAudio.features.cqt.CQT`` (CQT1992v2, ``filter_scale=1, norm=1, window="hann",
+The classic time-domain CQT (Brown 1991), written here so that nnAudio and librosa are not
+dependencies (torchaudio has none); it is the variant MuCodec's official code uses through
+``nnAudio.features.cqt.CQT`` (CQT1992v2, ``filter_scale=1, norm=1, window="hann",
 center=True, pad_mode="constant", output_format="Magnitude"``, librosa-style scaling):
 
 * bin k has centre frequency ``f_k = fmin * 2 ** (k / bins_per_octave)``;
