@@ -1,7 +1,8 @@
 """MUFFIN's multi-band spectral RVQ (MBS-RVQ) band filter, as a stage hook of the residual loop.
 
 Before residual stage k, the residual latent (B, D, T') is low-passed along time to 1/s_k of the
-latent Nyquist frequency (official ``ResidualVectorQuantization.fft_bandfilter``)::
+latent Nyquist frequency (Ng et al. 2024; dianwen-ng/MUFFIN
+``ResidualVectorQuantization.fft_bandfilter``)::
 
     X = rfft(residual, dim=time)                       (B, D, T'//2 + 1) complex, "bins" = T'//2 + 1
     X[..., floor(bins / s_k) + 1 :] = 0                bins 0..floor(bins / s_k) are kept

@@ -21,7 +21,7 @@ class ResidualVectorQuantizer(ResidualQuantizer):
         decay, epsilon, kmeans_init, kmeans_iters, threshold_ema_dead_code: see ``EMACodebook``.
         dropout: how many codebooks each training example uses (``None``: all of them).
         stage_hook: transforms the residual before each stage, in training and ``encode``
-            alike (``None``: identity; MUFFIN: ``quantizers.mbs.BandLimit``).
+            alike (``None``: identity; MUFFIN: ``quantizers.band_limit.BandLimit``).
         search_dropout: training-only dropout in each codebook's nearest-neighbour search (see
             ``EMACodebook``; MUFFIN: 0.1; default 0, EnCodec).
 

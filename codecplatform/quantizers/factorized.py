@@ -1,43 +1,28 @@
 """DAC's quantizer: factorized (low-dimensional), L2-normalized codebooks in a residual stack.
 
-``FactorizedCodebook`` is one DAC layer (Improved VQGAN tricks, DAC paper sec. 3.2 and
-appendix A): a weight-normed 1x1 conv projects the latent D -> M (``codebook_dim``, 8 in DAC),
-the nearest entry is found by cosine similarity (projected latents and codebook rows are
-L2-normalized for the lookup), and a second weight-normed 1x1 conv maps the entry back M -> D.
-The codebook is a plain ``nn.Embedding`` trained by gradient through the VQ-VAE codebook loss
-(no EMA, no k-means, no dead-code replacement).
+Kumar et al. 2023 (DAC), section 3.2 and appendix A. ``FactorizedCodebook`` is one layer: a
+weight-normed 1x1 conv projects the latent D -> M (``codebook_dim``, 8 in DAC), the nearest entry
+is found by cosine similarity, a second weight-normed 1x1 conv maps it back M -> D. The codebook
+is a plain ``nn.Embedding`` trained by the VQ-VAE codebook loss (no EMA, no k-means).
+``FactorizedResidualVectorQuantizer`` stacks them as DAC's ``ResidualVectorQuantize`` on
+:func:`~codecplatform.quantizers.residual.residual_stack`.
 
-``FactorizedResidualVectorQuantizer`` stacks them as DAC's ``ResidualVectorQuantize``.
+Follows the official code (descriptinc/descript-audio-codec ``dac/nn/quantize.py``) where the
+paper differs:
 
-``residual_stack`` is the residual loop itself, written so that both this stack and the EMA
-stack of ``ema_residual.py`` can run on it (``detach_outputs=True`` reproduces ``ema_residual.py``'s loop
-exactly; a test checks that).
+* the losses compare the *raw* projected latent and codebook row (L2 normalization is for the
+  lookup only), MSE averaged per example over (M, T'), and are *summed* over codebooks (the
+  paper's appendix normalizes them);
+* straight-through in the projected space, then ``out_proj``: the codebook learns from the
+  codebook loss only;
+* projection biases start at zero: the official ``init_weights`` writes a weight that weight norm
+  recomputes from (g, v), so only the zero biases last.
 
-Facts taken from the official code (descriptinc/descript-audio-codec, ``dac/nn/quantize.py``,
-``dac/nn/layers.py``, ``dac/model/dac.py``):
-
-* ``in_proj``/``out_proj`` are ``weight_norm(nn.Conv1d(.., kernel_size=1))`` with bias.
-* The losses compare the *raw* projected latent ``z_e`` and the *raw* codebook row (the L2
-  normalization is used for the lookup only), with MSE averaged per example over (M, T'):
-  ``commit = mse(z_e, sg(e_k))``, ``codebook = mse(e_k, sg(z_e))``. (The paper's appendix
-  writes the losses between normalized vectors; the released code does not normalize them. We
-  follow the code.)
-* Straight-through in the projected space, then ``out_proj``: the codebook receives gradient
-  from the codebook loss only.
-* The stack subtracts each layer's (straight-through) output from the residual, adds the
-  output to the sum under the dropout mask, and *sums* the per-layer losses over codebooks,
-  each per-layer loss being ``(per_example_loss * mask).mean()`` over the whole batch.
-* ``DAC.apply(init_weights)`` draws conv weights from a truncated normal and zeros the biases;
-  with ``torch.nn.utils.weight_norm`` the weight is recomputed from (g, v) before every
-  forward, so only the zero biases last: we zero the projection biases too.
-
-Stale-code replacement (``stale_tolerance``, off by default, so DAC is unchanged): MuCodec's
-official quantizer (xuyaoxun/MuCodec ``libs/rvq/descript_quantize3.py``, ``stale_tolerance=200``)
-counts, per entry, the consecutive training steps in which no frame chose it; an entry whose
-count reaches the tolerance is replaced by a random L2-normalized projected latent of the batch
-and its count restarts. The replacement happens after the lookup, so the step's codes and losses
-use the old entry. Under DDP the usage is summed over ranks (the counters stay identical) and
-rank 0's replacement vectors are broadcast.
+Stale-code replacement (``stale_tolerance``, off by default): as MuCodec's official quantizer
+(xuyaoxun/MuCodec ``libs/rvq/descript_quantize3.py``, ``stale_tolerance=200``), an entry unused
+for that many consecutive training steps is replaced by a random L2-normalized projected latent
+of the batch, after the lookup (the step's codes and losses use the old entry). Under DDP the
+usage is summed over ranks and rank 0's replacement vectors are broadcast.
 """
 
 from __future__ import annotations
@@ -186,10 +171,10 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
         n_q: number of codebooks (DAC 44 kHz: 9).
         codebook_size: entries per codebook (DAC: 1024).
         codebook_dim: lookup space size M, one for all codebooks or one per codebook (DAC: 8).
-        dropout: how many codebooks each training example uses (``None``: all of them).
+        dropout: how many codebooks each training example uses (``None``: all of them; DAC's
+            recipe: ``PerExampleDropout(p=0.5)``).
         stage_hook: transforms the residual before each stage, in training and ``encode``
-            alike (``None``: identity; MUFFIN: ``quantizers.mbs.BandLimit``). DAC's
-            recipe is ``PerExampleDropout(p=0.5)``.
+            alike (``None``: identity; MUFFIN: ``quantizers.band_limit.BandLimit``).
         stale_tolerance: each codebook replaces entries unused for this many consecutive
             training steps (``FactorizedCodebook``; MuCodec: 200); None (DAC): never.
 
