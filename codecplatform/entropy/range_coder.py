@@ -13,22 +13,15 @@ Integer cdfs (``cdf``): int64, shape (..., N + 1) for N symbols, ``cdf[..., 0] =
 ``cdf[..., i + 1] - cdf[..., i] >= MIN_RANGE`` (the width of symbol i), ``cdf[..., N] <= 2**24``.
 (The reference's ``build_stable_quantized_cdf`` returns ``cdf[1:]``.)
 
-Determinism (:func:`quantize_pdf`). The decoder rebuilds the cdf of every symbol from its own
-evaluation of the language model; a single count that differs from the encoder's desynchronizes
-the rest of the segment. Known trap (encodec PR 95, "softmax differing by one ulp across devices
-breaks decoding"): the reference floors the float32 pdf to a 1e-8 grid, but a probability that
-lies within one ulp of a grid point floors differently on another device or in another evaluation
-order (batch vs step by step), and its counts could even go negative where ``p`` rounds above 1.
-Here the pdf is taken to float64 on the CPU, floored onto the power-of-two grid ``2**-GRID_BITS``
-(an exact operation: multiplying by a power of two loses nothing), and everything after that is
-integer arithmetic: ``width_i = MIN_RANGE + (q_i * B) // sum(q)`` with ``q_i = floor(p_i * 2**24)``
-and ``B = 2**24 - N * MIN_RANGE``. That is a pure function of the float64 values: no symbol is ever
-narrower than ``MIN_RANGE``, the total never exceeds ``2**24``, ``p = 1.0`` (one symbol certain)
-and an unnormalized pdf (a float sum of 1 +- ulps) are exact cases, and NaN/negative input is an
-error. What rounding cannot do is make two *different* float inputs agree: the language model must
-give the same float64 pdf to the encoder and the decoder. ``codecplatform.entropy.coding`` runs it
-in float64 (batch and step-by-step evaluations then differ by ~1e-16, so a grid boundary falls
-between them with probability ~1e-9 per value) and the encoder can verify its own output.
+Determinism (:func:`quantize_pdf`): the decoder rebuilds every cdf from its own evaluation of the
+language model, and one differing count desynchronizes the rest of the segment. The reference's
+float32 floor onto a 1e-8 grid can round differently across devices or evaluation orders (encodec
+PR 95) and give negative counts at ``p = 1``; here the pdf is floored in float64 on the CPU onto the
+power-of-two grid ``2**-GRID_BITS`` (exact), then ``width_i = MIN_RANGE + (q_i * B) // sum(q)`` with
+``q_i = floor(p_i * 2**24)`` and ``B = 2**24 - N * MIN_RANGE`` in integers. NaN or negative input is
+an error. The model must still give the encoder and the decoder the same float64 pdf, which
+:mod:`codecplatform.entropy.coding` ensures by running it in float64.
+
 """
 
 from __future__ import annotations
