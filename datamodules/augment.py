@@ -92,7 +92,7 @@ def convolve_reverb(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarr
 
 
 def flip_polarity(audio: np.ndarray) -> np.ndarray:
-    """The issue's "random phase flip": ``-audio`` (a 180 degree phase shift of every partial)."""
+    """Polarity flip (a "random phase flip"): ``-audio``, a 180 degree phase shift of every partial."""
     return -audio
 
 

@@ -178,8 +178,8 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             augmentation.
         decode_cache_mb: MB of whole decoded recordings each loading process keeps in memory
             (``datamodules.dataset.DecodedAudioCache``): a compressed file (Ogg, MP3) is decoded once
-            instead of once per window (a random 0.64 s window of a 1-minute Ogg: 0.23 s vs 0.4 ms).
-            Worth it when the data fits (1 hour of 48 kHz stereo: 1.3 GB per process); 0: off.
+            instead of once per window. Worth it when the data fits (1 hour of 48 kHz stereo: 1.3 GB
+            per process); 0: off.
     """
 
     def __init__(

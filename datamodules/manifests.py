@@ -37,9 +37,8 @@ Each cut carries custom fields for balanced sampling (see :mod:`datamodules.samp
   ``full_band_cutoff`` x Nyquist of the reference rate (``--sample_rate``, or the file's own rate
   without it), in dB relative to the power below the reference Nyquist, from the mean power
   spectrum (mono mix, 2048-point Hann frames) of the first 30 s. ``full_band`` is
-  ``high_band_db >= full_band_db`` (default -60 dB: real content in the top band reaches -50 to
-  -20 dB; 16-bit dither under a -20 dBFS signal stays near -90 dB, MP3-style low-passed audio far
-  below). A file whose rate is below the reference rate is never full-band (``high_band_db`` null).
+  ``high_band_db >= full_band_db`` (default -60 dB, between real top-band content and dither).
+  A file whose rate is below the reference rate is never full-band (``high_band_db`` null).
 
 Sidecar text files become lhotse supervisions (``supervisions_{split}.jsonl.gz`` and in the cuts):
 for ``song.wav`` (any audio extension), ``song.lrc`` (timed lyrics, ``[mm:ss.xx] line``; one
