@@ -142,16 +142,10 @@ class MultiScaleMelLoss(_MultiScaleSpectralLoss):
 
     * L2 term: eq. 1 writes the L2 *norm*; the official implementation (audiocraft
       ``MultiScaleMelSpectrogramLoss``) uses the mean squared error, and so does this class.
-    * EnCodec (paper): ``window_lengths=[32, ..., 2048]`` (2^5..2^11), ``n_mels=64``,
-      ``l1_weight=l2_weight=1``, ``normalized=True``. A 32- or 64-sample window has only 17 or 33
-      frequency bins, fewer than 64 mel bands; this class refuses more bands than bins (most of
-      them would be empty, all-zero filters that only dilute the mean), so give a per-scale list
-      such as ``n_mels=[17, 33, 64, 64, 64, 64, 64]``. (Low bands can still be empty below that
-      limit; torchaudio warns about them at construction.) audiocraft itself uses windows 2^6..2^10, ``f_min=64``,
-      a power spectrogram (``power=2``), torchaudio's mel defaults (``mel_norm=None,
-      mel_scale="htk"``), 64 bands at every scale, and applies the L1 term to the linear mel and
-      the MSE term to ``log10(1e-5 + mel)``: that is ``EncodecMelLoss`` (the EnCodec configs'
-      default); this class with the arguments above is the paper-literal option.
+    * EnCodec (paper-literal; audiocraft's own recipe is :class:`EncodecMelLoss`):
+      ``window_lengths=[32, ..., 2048]`` (2^5..2^11), ``l1_weight=l2_weight=1``, ``normalized=True``
+      and 64 mels where the window has the bins, e.g. ``n_mels=[17, 33, 64, 64, 64, 64, 64]``: more
+      bands than bins is refused (all-zero filters that only dilute the mean).
     * DAC: ``window_lengths=[32, 64, 128, 256, 512, 1024, 2048]``,
       ``n_mels=[5, 10, 20, 40, 80, 160, 320]``, ``log_base=10``, ``clamp_eps=1e-5``, ``power=1``,
       ``l2_weight=0``, ``scale_reduction="sum"``. The official ``MelSpectrogramLoss``
