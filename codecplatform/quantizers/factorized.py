@@ -185,16 +185,9 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
     gradient on every step (DDP without ``find_unused_parameters``); in eval only max(n_q)
     run. The returned codes have K = max(n_q) rows.
 
-    Gradients (as the official code): layer i gets residual r_i (r_0 = z) and outputs
-    z_q_i = out_proj_i(z_e_i + sg(e_k - z_e_i)), z_e_i = in_proj_i(r_i), and
-    r_{i+1} = r_i - z_q_i. With P_i = W_out_i W_in_i (the D x D linear part of the two 1x1
-    convs), for an example using n codebooks
-
-        d z_q / d z = sum_i P_i (I - P_{i-1}) ... (I - P_0) = I - (I - P_{n-1}) ... (I - P_0),
-
-    not the identity (unlike ``ResidualVectorQuantizer``); for n = 0 it is the identity. The
-    reconstruction gradient also trains every in_proj/out_proj; the codebooks learn from the
-    codebook loss only.
+    Gradients (as the official code) flow through every layer and residual: with P_i = W_out_i W_in_i,
+    d z_q / d z = I - (I - P_{n-1}) ... (I - P_0) for n codebooks, not the identity (unlike
+    ``ResidualVectorQuantizer``). The codebooks learn from the codebook loss only.
 
     Losses (official reduction): for each loss, sum over codebooks of the batch mean of the
     per-example loss with unused codebooks counted as 0, i.e.
