@@ -106,36 +106,22 @@ class LhotseAudioDataModule(pl.LightningDataModule):
     """Fixed-length audio windows from lhotse cut manifests or Shar shards; batches (B, C, T) float32.
 
     Training, finite mode (one ``train_cuts`` manifest, ``infinite: false``): epochs over the
-    manifest; each cut is drawn once per ``segment_seconds`` of its audio per epoch, each draw a
-    window at its own offset (cuts shorter than a window are zero-padded).
+    manifest, each cut drawn once per ``segment_seconds`` of its audio, each draw a window at its own
+    offset (shorter cuts are zero-padded). Stream mode (``infinite: true``, or any of ``train_shar``,
+    a dict of manifests, ``domain_weights``, ``min_full_band_per_batch``): an endless shuffled stream
+    (:mod:`datamodules.sampling`) with per-batch domain shares and an exact full-band quota; the run
+    length is ``max_batches``/``max_steps`` and ``val_check_interval`` must be an int. Domains: the
+    keys of a dict given as ``train_cuts``/``train_shar``, else each cut's ``custom["domain"]``.
 
-    Training, stream mode (``infinite: true``, or any of ``train_shar``, a dict of manifests,
-    ``domain_weights``, ``min_full_band_per_batch``): an endless, shuffled, repeated stream
-    (:mod:`datamodules.sampling`); epochs are meaningless, the run length is the model's
-    ``max_batches`` or the trainer's ``max_steps``, and ``val_check_interval`` must be an int
-    (batches). Each rank reads its own share of the data: every world-size-th cut of a manifest,
-    or every world-size-th Shar shard (export enough shards). Domains: the keys of a dict given
-    as ``train_cuts``/``train_shar``, else each cut's ``custom["domain"]`` (``general`` if
-    absent), as written by ``codecplatform prepare``. With ``domain_weights``, every batch shares
-    its slots among the domains by weight (within one slot of ``B x weight``); with
-    ``min_full_band_per_batch: N``, every batch holds at least N cuts with
-    ``custom["full_band"]`` true, exactly.
+    Validation and test windows (``eval_segment_seconds``, consecutive, shorter than half a window
+    dropped) are cut beforehand, so every pass sees the same batches.
 
-    Validation and test cut every cut of their manifest into consecutive windows of
-    ``eval_segment_seconds`` beforehand (windows shorter than half a window are dropped), so their
-    batches are identical from one pass to the next.
-
-    Samplers shard by rank themselves (world size and global rank are read from the attached
-    trainer, see :meth:`_world_size_rank`): run the trainer with ``use_distributed_sampler: false``.
-    A batch can hold fewer than ``batch_size`` windows, or none, when files fail to load (see
-    :class:`~datamodules.dataset.AudioWindowDataset`): the training module must skip empty batches.
-
-    Resuming: the position (batches the training loop consumed, counted in
-    :meth:`on_before_batch_transfer`, so batches prefetched by DataLoader workers do not count)
-    is saved in checkpoints; a resumed run trains on exactly the batches an uninterrupted run
-    would have, on every rank. With ``stable_windows`` (default) every draw carries a key that
-    seeds its window offset, the offsets re-drawn for clipped windows and the batch's
-    augmentation, so the audio is the same too.
+    Samplers shard by rank themselves (every world-size-th cut, or Shar shard: export enough shards):
+    run the trainer with ``use_distributed_sampler: false``. A batch can hold fewer windows than
+    ``batch_size``, or none, when files fail to load: the training module must skip empty batches.
+    Resuming: the batches the training loop consumed are saved in checkpoints, so a resumed run
+    trains on exactly the batches (and, with ``stable_windows``, the audio) an uninterrupted run
+    would have, on every rank.
 
     Args:
         train_cuts: training cut manifest (``cuts_train.jsonl.gz``), or ``{domain: manifest}``.
