@@ -33,8 +33,9 @@ import soundfile as sf
 import torch
 
 from codecplatform.bitstream import model_checksum, read_compressed
-from codecplatform.cli import cli_main, compose_config
-from codecplatform.inference import available_bandwidths, decode_file, encode_file
+from codecplatform.cli import cli_main
+from codecplatform.config import compose_config
+from codecplatform.inference import decode_file, encode_file
 from codecplatform.models.codec import Codec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def measure(config_path: Path, seconds: float, chunk_seconds: float, folder: Pat
     sf.write(wav, audio, codec.sample_rate, subtype="FLOAT")
     common = ["--chunk_seconds", str(chunk_seconds)]
     rows = []
-    for bandwidth, n_q in available_bandwidths(codec).items():
+    for bandwidth, n_q in codec.operating_points().items():
         out = folder / f"{config_path.stem}_{n_q}.cpc"
         args = ["encode", str(wav), str(out), "--checkpoint", str(checkpoint), "--n_q", str(n_q), *common]
         status, wall = quiet_cli(args)

@@ -1,74 +1,9 @@
-"""The compressed file format (``.cpc``): a versioned header and bit-packed or entropy-coded codes.
+"""The compressed file format (``.cpc``, version 3): a checked header, then the codes bit-packed
+or entropy-coded.
 
-One file holds one signal: the codes (K, T') of ``Codec.encode`` on (1, C, T) audio, the
-per-segment input scales of codecs that normalize their input, and what a decoder needs to check
-that it is the right model (and, for entropy-coded files, the right code language model).
-Everything is little-endian. Version 3 layout::
-
-    offset  type         field
-    0       4 bytes      magic b"CPCF"
-    4       uint16       format version (3); a reader refuses versions it does not know
-    6       uint32       header length in bytes (everything before the payload)
-    10      uint32       sample rate (Hz)
-    14      uint16       channels
-    16      uint32       hop length (samples per frame: frame rate = sample rate / hop length)
-    20      uint64       length (samples per channel of the original signal; decode trims to it)
-    28      uint64       frames T' (all segments together)
-    36      uint32       segment length in samples (0: the codec does not segment)
-    40      uint32       segment stride in samples (0: the codec does not segment)
-    44      uint16       n_q (K, codebooks in the file)
-    46      uint16       model identifier length m (bytes of UTF-8)
-    48      uint32       number of scales S (0: the codec does not normalize its input)
-    52      32 bytes     model checksum: sha256 of the codec's state dict (:func:`model_checksum`)
-    84      32 bytes     checkpoint hash: sha256 of the checkpoint file's bytes (:func:`file_sha256`;
-                         zeros: not recorded)
-    116     uint64       payload length in bytes
-    124     uint32       payload CRC-32 (zlib)
-    128     uint16       flags: bit 0 set = entropy-coded payload; the other bits must be 0
-    130     uint16       LM identifier length l (bytes of UTF-8; 0 unless entropy-coded)
-    --- only when entropy-coded (flag bit 0), 72 bytes:
-    132     uint32       segment frames: frames per independently coded segment (0: one segment)
-    136     uint32       codes CRC-32: of the codes bit-packed as a plain payload (:func:`pack_codes`)
-    140     32 bytes     LM checksum: sha256 of the code LM's state dict (:func:`model_checksum`)
-    172     32 bytes     LM checkpoint hash: sha256 of the LM checkpoint file's bytes (zeros: not recorded)
-    ---
-    132/204 K x uint32   codebook sizes
-            S x float32  input scales, one per segment (``EncodedAudio.scale``)
-            m bytes      model identifier (the checkpoint path given at encode time)
-            l bytes      LM identifier (the LM checkpoint path given at encode time)
-            uint32       header CRC-32 of all the header bytes before it
-    header  payload      codes, bit-packed (:func:`pack_codes`) or entropy-coded
-
-Plain payload: frame after frame, and within a frame codebook 0 first, each code takes
-``ceil(log2(codebook size))`` bits, most significant bit first; the last byte is padded with
-zero bits. So the payload is ``ceil(T' * sum_k ceil(log2(size_k)) / 8)`` bytes, i.e. the nominal
-bitrate ``frame_rate * sum_k log2(size_k)`` for power-of-two sizes (one bit per code more at most
-otherwise), plus the header: 136 bytes + 4 per codebook + 4 per scale + the identifier.
-
-Entropy-coded payload (EnCodec section 3.3): :func:`codecplatform.entropy.coding.entropy_encode`
-of the codes with a code language model (:class:`~codecplatform.models.code_lm.CodeLM`), segment by
-segment (``segment frames``: the codec's own segments, ``ceil(segment length / hop length)``
-frames each for EnCodec 48 kHz; one segment otherwise), a fresh range coder and LM state per
-segment. Its length is whatever the coder produced; the header is 72 bytes + the LM identifier
-longer. Decoding needs the LM whose state dict has the LM checksum; the codes CRC then checks the
-decoded codes (a corrupted payload that still decodes, or an LM evaluated differently).
-
-Version 2 (still read, and written for a header with ``version=2``) is version 3 without the flags
-and LM identifier length (codebook sizes from 128, a 132-byte base; never entropy-coded). Version 1
-is version 2 without the checkpoint hash: payload length at 84, CRC at 92, codebook sizes from 96,
-a 100-byte base.
-
-The checkpoint hashes let ``codecplatform decode`` check the checkpoint file (codec or LM) the
-header names before reading it (``torch.load`` of an untrusted file is what must not happen); the
-model and LM checksums then check the weights loaded from whichever checkpoint is used.
-
-Reading checks, in this order, and raises :class:`BitstreamError` naming the file: the magic, the
-version, the flags, the header length against the file size, the header CRC, the consistency of its
-fields (frames follow from length, hop and segments; a plain payload's length from frames and
-sizes), the file size against header + payload (truncated or trailing bytes), the payload CRC.
-Decoders then check the model checksum and the model's rates, channels, codebook sizes and
-segmenting against the header (:func:`check_model`) and, for an entropy-coded file, the LM checksum
-(:func:`check_lm`) and the decoded codes (:func:`decode_entropy`), before writing anything.
+One file holds the codes (K, T') of one signal and what a decoder needs to check that it has the
+model (and code language model) that wrote them. The byte layout, the checksums and how untrusted
+files are handled: docs/bitstream.md. Every reading error is a :class:`BitstreamError` naming the file.
 """
 
 from __future__ import annotations
@@ -97,14 +32,9 @@ if TYPE_CHECKING:
 MAGIC = b"CPCF"
 VERSION = 3
 SUFFIX = ".cpc"
-#: The fixed part before the entropy block and codebook sizes, per format version
-#: (1: 96 bytes, 2: 128 bytes, 3: 132 bytes).
-_FIXED_BY_VERSION = {
-    1: struct.Struct("<4sHIIHIQQIIHHI32sQI"),
-    2: struct.Struct("<4sHIIHIQQIIHHI32s32sQI"),  # + the checkpoint file's sha256
-    3: struct.Struct("<4sHIIHIQQIIHHI32s32sQIHH"),  # + flags and the LM identifier's length
-}
-#: Version 3, flag bit 0: segment frames, codes CRC, LM checksum, LM checkpoint hash (72 bytes).
+#: The fixed part before the entropy block and codebook sizes (132 bytes).
+_FIXED = struct.Struct("<4sHIIHIQQIIHHI32s32sQIHH")
+#: Flag bit 0: segment frames, codes CRC, LM checksum, LM checkpoint hash (72 bytes).
 _ENTROPY_BLOCK = struct.Struct("<II32s32s")
 FLAG_ENTROPY_CODED = 1
 _CRC = struct.Struct("<I")
@@ -210,7 +140,7 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> bytes:
 # --------------------------------------------------------------------------------------- header
 @dataclass
 class EntropyCoding:
-    """The entropy-coded mode of a file (format version 3, flag bit 0).
+    """The entropy-coded mode of a file (flag bit 0).
 
     lm_checksum: :func:`model_checksum` of the code LM (its state dict as loaded from its
     checkpoint). lm_id: the LM checkpoint path given at encode time. lm_checkpoint_sha256:
@@ -238,13 +168,13 @@ def segment_frames(layout: Mapping[str, object]) -> int | None:
 
 @dataclass
 class Header:
-    """What a compressed file says about its codes (see the module docstring for the layout).
+    """What a compressed file says about its codes (docs/bitstream.md).
 
     scales: (S,) float32 input scale per segment (S = 1 for an unsegmented normalizing codec), or
     None when the codec does not normalize. segment_length/segment_stride: None unless the codec
     encodes fixed segments (EnCodec 48 kHz). checkpoint_sha256: :func:`file_sha256` of the
-    checkpoint file ``model_id`` names, or None (not recorded; always None in version 1 files).
-    entropy: set for an entropy-coded payload (:class:`EntropyCoding`; version 3 only).
+    checkpoint file ``model_id`` names, or None (not recorded). entropy: set for an entropy-coded
+    payload (:class:`EntropyCoding`).
     """
 
     sample_rate: int
@@ -259,7 +189,6 @@ class Header:
     segment_stride: int | None = None
     scales: np.ndarray | None = None
     checkpoint_sha256: bytes | None = None
-    version: int = VERSION
     entropy: EntropyCoding | None = None
 
     @property
@@ -331,14 +260,10 @@ class Header:
             raise BitstreamError(f"{where}: {len(self.scales)} scales for {len(self.segments())} segment(s)")
         if len(self.model_checksum) != 32:
             raise BitstreamError(f"{where}: model checksum must be 32 bytes, got {len(self.model_checksum)}")
-        if self.version not in _FIXED_BY_VERSION:
-            raise BitstreamError(f"{where}: unknown format version {self.version}")
-        if self.checkpoint_sha256 is not None and (self.version < 2 or len(self.checkpoint_sha256) != 32):
-            raise BitstreamError(f"{where}: a checkpoint hash takes 32 bytes and format version 2 or later")
+        if self.checkpoint_sha256 is not None and len(self.checkpoint_sha256) != 32:
+            raise BitstreamError(f"{where}: a checkpoint hash takes 32 bytes, got {len(self.checkpoint_sha256)}")
         entropy = self.entropy
         if entropy is not None:
-            if self.version < 3:
-                raise BitstreamError(f"{where}: entropy coding takes format version 3 or later")
             if len(entropy.lm_checksum) != 32:
                 raise BitstreamError(f"{where}: LM checksum must be 32 bytes, got {len(entropy.lm_checksum)}")
             if entropy.lm_checkpoint_sha256 is not None and len(entropy.lm_checkpoint_sha256) != 32:
@@ -359,7 +284,6 @@ class Header:
             raise ValueError(f"LM identifier is {len(lm_id)} bytes, at most 65535 fit")
         scales = np.zeros(0, np.float32) if self.scales is None else np.asarray(self.scales, dtype="<f4")
         n_q = self.n_q
-        fixed_struct = _FIXED_BY_VERSION[self.version]
         block = b""
         if entropy is not None:
             block = _ENTROPY_BLOCK.pack(
@@ -369,12 +293,10 @@ class Header:
                 entropy.lm_checkpoint_sha256 or bytes(32),
             )
         variable = 4 * n_q + 4 * len(scales) + len(model_id) + len(lm_id)
-        length = fixed_struct.size + len(block) + variable + _CRC.size
-        checkpoint_hash = () if self.version < 2 else (self.checkpoint_sha256 or bytes(32),)
-        flags = () if self.version < 3 else (FLAG_ENTROPY_CODED if entropy is not None else 0, len(lm_id))
-        fixed = fixed_struct.pack(
+        length = _FIXED.size + len(block) + variable + _CRC.size
+        fixed = _FIXED.pack(
             MAGIC,
-            self.version,
+            VERSION,
             length,
             self.sample_rate,
             self.channels,
@@ -387,10 +309,11 @@ class Header:
             len(model_id),
             len(scales),
             self.model_checksum,
-            *checkpoint_hash,
+            self.checkpoint_sha256 or bytes(32),
             self.payload_length,
             payload_crc,
-            *flags,
+            FLAG_ENTROPY_CODED if entropy is not None else 0,
+            len(lm_id),
         )
         sizes = struct.pack(f"<{n_q}I", *self.codebook_sizes)
         body = fixed + block + sizes + scales.tobytes() + model_id + lm_id
@@ -409,21 +332,15 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
     if len(data) < 6:
         raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs more")
     (version,) = struct.unpack_from("<H", data, 4)
-    if version not in _FIXED_BY_VERSION:
-        versions = [str(v) for v in _FIXED_BY_VERSION]
-        known = ", ".join(versions[:-1]) + " and " + versions[-1]
-        raise BitstreamError(f"{name} has format version {version}; this codecplatform reads versions {known}")
-    fixed = _FIXED_BY_VERSION[version]
-    if len(data) < fixed.size:
-        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs {fixed.size} or more")
-    fields = fixed.unpack_from(data)
-    if version >= 3:
-        *fields, flags, lm_id_len = fields
-    else:
-        flags = lm_id_len = 0
+    if version != VERSION:
+        raise BitstreamError(
+            f"{name} has .cpc format version {version}; this codecplatform reads version {VERSION} only"
+        )
+    if len(data) < _FIXED.size:
+        raise BitstreamError(f"{name} is truncated: {len(data)} bytes, the header alone needs {_FIXED.size} or more")
     (_, _, header_length, sample_rate, channels, hop, length, n_frames, seg_len, seg_stride, n_q, id_len, n_scales,
-     checksum, *checkpoint_hash, payload_length, payload_crc) = fields  # fmt: skip
-    checkpoint_sha256 = checkpoint_hash[0] if checkpoint_hash and any(checkpoint_hash[0]) else None
+     checksum, checkpoint_hash, payload_length, payload_crc, flags, lm_id_len) = _FIXED.unpack_from(data)  # fmt: skip
+    checkpoint_sha256 = checkpoint_hash if any(checkpoint_hash) else None
     if flags & ~FLAG_ENTROPY_CODED:
         raise BitstreamError(
             f"{name} uses features this codecplatform does not know (header flags {flags:#06x}): "
@@ -431,7 +348,7 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
         )
     entropy_coded = bool(flags & FLAG_ENTROPY_CODED)
     block_size = _ENTROPY_BLOCK.size if entropy_coded else 0
-    expected_length = fixed.size + block_size + 4 * n_q + 4 * n_scales + id_len + lm_id_len + _CRC.size
+    expected_length = _FIXED.size + block_size + 4 * n_q + 4 * n_scales + id_len + lm_id_len + _CRC.size
     if header_length != expected_length:
         raise BitstreamError(
             f"{name}: corrupted header (it says {header_length} bytes, its fields need {expected_length})"
@@ -442,7 +359,7 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
     (header_crc,) = _CRC.unpack_from(data, body_end)
     if zlib.crc32(data[:body_end]) != header_crc:
         raise BitstreamError(f"{name}: corrupted header (CRC-32 mismatch)")
-    offset = fixed.size
+    offset = _FIXED.size
     entropy = None
     if entropy_coded:
         seg_frames, codes_crc, lm_checksum, lm_hash = _ENTROPY_BLOCK.unpack_from(data, offset)
@@ -478,7 +395,6 @@ def _parse_header(data: bytes, name: str) -> tuple[Header, int, int, int]:
         segment_stride=seg_stride or None,
         scales=scales if n_scales else None,
         checkpoint_sha256=checkpoint_sha256,
-        version=version,
         entropy=entropy,
     )
     header.validate(f"{name}: inconsistent header")

@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codecplatform.config import compose_config, expand_config  # noqa: F401  (compose_config: re-exported)
+from codecplatform.config import expand_config
 
 # Fast start: this module imports neither Lightning nor torch at import time. The light subcommands
 # (prepare, compare, import-checkpoint, encode, decode, export) are dispatched by `cli_main` before
 # anything of Lightning is imported (importing it takes seconds); `CodecCLI` (a LightningCLI subclass)
-# is built on first use (`from codecplatform.cli import CodecCLI` works as before, through the
-# module's __getattr__). tests/test_cli_start.py checks that `encode` never imports Lightning.
+# is built on first use, through the module's __getattr__. tests/test_export_and_cli_start.py checks
+# that the light subcommands never import Lightning.
 USAGE = """usage: codecplatform SUBCOMMAND [options]   (codecplatform SUBCOMMAND --help for its options)
 
 training (LightningCLI; --config experiments/<family>/<variant>.yaml):

@@ -4,46 +4,18 @@
         [--entropy-coding --lm lm.ckpt [--verify]]
     codecplatform decode out.cpc out.wav [--checkpoint model.ckpt] [--lm lm.ckpt] [--device cuda]
 
-The file format is :mod:`codecplatform.bitstream`. ``encode`` reads any sound file soundfile
-reads, maps its channels like the training data (mono is repeated; more channels than the model's
-are averaged to mono or the first ones kept; anything else is an error) and resamples it to the
-model's rate. ``decode`` writes the model's rate and channels. Without ``--checkpoint``, decode uses
-the checkpoint path recorded in the file when it exists, and only when the file's bytes have the
-sha256 recorded at encode time (checked before the checkpoint is read); either way the checkpoint's
-weights must have the checksum in the file. Checkpoints are read with ``torch.load(weights_only=True)``
-(see :func:`codecplatform.models.codec.load_codec_state`). ``encode`` refuses audio with NaN or
-infinite samples. A failing command writes nothing: outputs go to a temporary file next to the
-destination, renamed at the end and deleted on error.
+The file format and how untrusted files are handled: docs/bitstream.md (:mod:`codecplatform.bitstream`).
+``encode`` reads any sound file soundfile reads, maps its channels like the training data and
+resamples it to the model's rate; it refuses NaN or infinite samples. ``decode`` writes the model's
+rate and channels. Without ``--checkpoint`` (``--lm``), decode loads the checkpoint path recorded in
+the file only when that file's bytes have the sha256 recorded at encode time; either way the
+weights must have the checksum in the file. ``--entropy-coding --lm lm.ckpt`` entropy-codes the
+codes with a code language model (EnCodec section 3.3): lossless, a smaller file, slower coding.
 
-``--entropy-coding --lm lm.ckpt`` entropy-codes the codes with a code language model (EnCodec
-section 3.3; a ``CodeLMModule`` checkpoint of ``codecplatform fit --config
-experiments/code_lm/...``): lossless, a smaller file, a slower encode and decode (the LM runs in
-float64 on the CPU, frame by frame when decoding). The codec's own segments (EnCodec 48 kHz) are
-the LM's segments: coder and LM state restart at each. ``decode`` sees the flag in the header and
-uses the LM the header names (under the same rules as the codec checkpoint: loaded only when its
-bytes have the recorded sha256) or ``--lm``; an LM whose weights are not the encoder's, or a
-payload that does not decode to codes with the recorded CRC, is refused before anything is written.
-
-Memory is bounded by the chunk size, not the file length: audio is read, resampled, encoded,
-decoded and written ``--chunk_seconds`` at a time (aligned to the hop length); only the codes,
-about a thousand times smaller than the audio, are held whole. How chunks are joined depends on
-what the codec can do, so that chunked coding equals whole-signal coding as far as possible:
-
-* segmented codecs (``segment_seconds``, EnCodec 48 kHz): the codec's own segments are the chunks.
-  Segments are coded independently anyway, and decoded segments are overlap-added incrementally
-  with the codec's triangular weights: the result equals ``Codec.encode``/``decode`` on the whole.
-* streamable codecs (causal convolutions, EnCodec 24 kHz): the encoder and decoder run in
-  streaming mode (:mod:`codecplatform.nn.streaming`), carrying their state across chunks; equal
-  to whole-signal coding except the last frame, whose missing samples are zeros here (the whole
-  signal pads them by reflection inside each convolution).
-* other codecs (DAC): each chunk is coded with ``--context_seconds`` of neighbouring audio (or
-  frames) on both sides, whose frames (or samples) are dropped; equal to whole-signal coding once
-  the context covers the networks' receptive field.
-
-Files no longer than one chunk are coded whole with ``Codec.encode``/``Codec.decode``. Resampling
-is chunked the same way (with enough input context for the sinc kernel), so it equals resampling
-the whole file. Codecs that normalize without segments get their scale from a first pass over the
-file.
+Memory is bounded by ``--chunk_seconds``, not the file length: audio is read, resampled, coded and
+written chunk by chunk with the codec's own rules (:meth:`AudioCodec.encode_chunked`,
+:meth:`AudioCodec.decode_chunked`); only the codes are held whole. A failing command writes
+nothing: outputs go to a temporary file next to the destination, renamed at the end.
 """
 
 from __future__ import annotations
@@ -52,7 +24,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,7 +34,6 @@ import torch
 from torch import Tensor
 
 from codecplatform.bitstream import (
-    BitstreamError,
     CompressedAudio,
     EntropyCoding,
     Header,
@@ -82,7 +53,6 @@ from codecplatform.dsp.spectral import resample
 from codecplatform.models.base import AudioCodec
 from codecplatform.models.code_lm import CodeLM
 from codecplatform.models.codec import Codec
-from codecplatform.nn.streaming import streams_exactly
 from codecplatform.types import EncodedAudio
 
 DEFAULT_CHUNK_SECONDS = 5.0
@@ -168,33 +138,6 @@ class AudioReader:
         return out[:, offset : offset + stop - start].contiguous()
 
 
-# ------------------------------------------------------------------------------ chunked coding
-@torch.no_grad()
-def encode_audio(
-    codec: AudioCodec,
-    reader: AudioReader,
-    n_q: int,
-    chunk_samples: int,
-    context_frames: int,
-    device: torch.device | str = "cpu",
-) -> EncodedAudio:
-    """Encode the whole of ``reader`` chunk by chunk with the codec's own rules
-    (:meth:`AudioCodec.encode_chunked`) -> EncodedAudio(codes (1, n_q, T') on CPU, scale, length)."""
-    return codec.encode_chunked(reader.read, reader.length, n_q, chunk_samples, context_frames, device)
-
-
-def decode_blocks(
-    codec: AudioCodec,
-    encoded: EncodedAudio,
-    chunk_frames: int,
-    context_frames: int,
-    device: torch.device | str = "cpu",
-) -> Iterator[Tensor]:
-    """Decode EncodedAudio chunk by chunk with the codec's own rules
-    (:meth:`AudioCodec.decode_chunked`): yields consecutive (C, n) CPU blocks."""
-    return codec.decode_chunked(encoded, chunk_frames, context_frames, device)
-
-
 # ------------------------------------------------------------------------------------------ files
 def _chunk_samples(codec: AudioCodec, seconds: float) -> int:
     frame = codec.samples_per_frame
@@ -203,11 +146,6 @@ def _chunk_samples(codec: AudioCodec, seconds: float) -> int:
 
 def _context_frames(codec: AudioCodec, seconds: float) -> int:
     return math.ceil(seconds * codec.frame_rate)
-
-
-def available_bandwidths(codec: AudioCodec) -> dict[float, int]:
-    """kbps -> codebook count: the codec's operating points (:meth:`AudioCodec.operating_points`)."""
-    return codec.operating_points()
 
 
 def choose_n_q(codec: AudioCodec, bandwidth: float | None, n_q: int | None) -> int:
@@ -250,9 +188,8 @@ def encode_file(
         if problems:  # before any audio is coded
             raise ValueError("the language model does not fit this codec: " + "; ".join(problems))
     with AudioReader(source, codec.sample_rate, codec.channels) as reader:
-        encoded = encode_audio(
-            codec, reader, n_q, _chunk_samples(codec, chunk_seconds), _context_frames(codec, context_seconds), device
-        )
+        chunk, context = _chunk_samples(codec, chunk_seconds), _context_frames(codec, context_seconds)
+        encoded = codec.encode_chunked(reader.read, reader.length, n_q, chunk, context, device)
     layout = codec.bitstream_layout()
     header = Header(
         sample_rate=layout["sample rate"],
@@ -434,7 +371,6 @@ def _recorded_file(
     explicit: str | None,
     recorded: str,
     recorded_sha256: bytes | None,
-    version: int,
     kind: str,
     option: str,
     made_with: str,
@@ -460,8 +396,7 @@ def _recorded_file(
     if recorded_sha256 is None:
         return _fail(
             prog,
-            f"{source} records no hash of its {kind} {recorded!r} (format version {version}), "
-            f"so that file is not loaded unchecked: pass {option}",
+            f"{source} records no hash of its {kind} {recorded!r}, so that file is not loaded unchecked: pass {option}",
             USAGE_ERROR,
         )
     actual = file_sha256(path)
@@ -586,7 +521,6 @@ def decode_main(argv: list[str] | None = None) -> int:
         args.checkpoint,
         header.model_id,
         header.checkpoint_sha256,
-        header.version,
         "checkpoint",
         "--checkpoint",
         "encoded with",
@@ -602,7 +536,6 @@ def decode_main(argv: list[str] | None = None) -> int:
             args.lm,
             header.entropy.lm_id,
             header.entropy.lm_checkpoint_sha256,
-            header.version,
             "LM checkpoint",
             "--lm",
             "entropy-coded with",
@@ -635,18 +568,3 @@ def decode_main(argv: list[str] | None = None) -> int:
     note = f"; {clipped:,} samples clipped to [-1, 1]" if clipped else ""
     print(f"wrote {out}: {header.sample_rate} Hz, {header.channels} ch, {args.subtype}{note}")
     return 0
-
-
-__all__ = [
-    "AudioReader",
-    "BitstreamError",
-    "available_bandwidths",
-    "choose_n_q",
-    "decode_blocks",
-    "decode_file",
-    "decode_main",
-    "encode_audio",
-    "encode_file",
-    "encode_main",
-    "streams_exactly",
-]

@@ -143,7 +143,7 @@ def test_header_and_codes_roundtrip(tmp_path: Path) -> None:
     assert size - header.payload_length == 136 + 4 * 3 + 4 * 3 + model_id  # documented header size
 
 
-def test_checkpoint_hash_roundtrips_and_versions_1_and_2_files_still_read(tmp_path: Path) -> None:
+def test_checkpoint_hash_roundtrips(tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"weights" * 100_000)  # several read blocks
     digest = file_sha256(checkpoint, block=4096)
@@ -154,27 +154,26 @@ def test_checkpoint_hash_roundtrips_and_versions_1_and_2_files_still_read(tmp_pa
     assert struct.unpack_from("<H", data, 4) == (3,) and data[84:116] == digest  # documented offsets
     assert struct.unpack_from("<HH", data, 128) == (0, 0)  # flags: plain payload; no LM identifier
     read = from_bytes(data)
-    assert read.header.checkpoint_sha256 == digest and read.header.version == VERSION == 3
-    assert read.header.entropy is None
+    assert read.header.checkpoint_sha256 == digest and read.header.entropy is None
+    np.testing.assert_array_equal(read.codes, codes)
     assert from_bytes(to_bytes(make_header(), codes)).header.checkpoint_sha256 is None  # not recorded: zeros
-    # version 2 (no flags, a 132-byte base) is still read
-    v2 = make_header(version=2, checkpoint_sha256=digest)
-    v2_data = to_bytes(v2, codes)
-    assert len(v2_data) - v2.payload_length == 132 + 4 * 3 + 4 * 3 + len(v2.model_id.encode())
-    read = from_bytes(v2_data)
-    assert read.header.version == 2 and read.header.checkpoint_sha256 == digest
-    np.testing.assert_array_equal(read.codes, codes)
-    # version 1 (no checkpoint hash, a 100-byte base) is still read
-    old = make_header(version=1)
-    old_data = to_bytes(old, codes)
-    assert len(old_data) - old.payload_length == 100 + 4 * 3 + 4 * 3 + len(old.model_id.encode())
-    read = from_bytes(old_data)
-    assert read.header.version == 1 and read.header.checkpoint_sha256 is None
-    np.testing.assert_array_equal(read.codes, codes)
-    with pytest.raises(BitstreamError, match="checkpoint hash takes 32 bytes and format version 2"):
-        make_header(version=1, checkpoint_sha256=digest).to_bytes(0)
     with pytest.raises(BitstreamError, match="checkpoint hash takes 32 bytes"):
         make_header(checkpoint_sha256=b"short").to_bytes(0)
+
+
+@pytest.mark.parametrize("version", [1, 2, VERSION + 1, 0xFFFF])
+def test_other_format_versions_are_refused_in_one_line(tmp_path: Path, version: int) -> None:
+    """Only the current version is read: a file of an older or newer one is refused before any
+    other field is trusted, with one line naming the file and its version."""
+    header = make_header()
+    data = to_bytes(header, random_codes(np.random.default_rng(7), header.codebook_sizes, header.n_frames))
+    path = tmp_path / "old.cpc"
+    path.write_bytes(data[:4] + struct.pack("<H", version) + data[6:])
+    with pytest.raises(BitstreamError) as error:
+        read_compressed(path)
+    assert str(error.value) == (
+        f"{path} has .cpc format version {version}; this codecplatform reads version {VERSION} only"
+    )
 
 
 def test_entropy_coded_header_layout_and_roundtrip() -> None:
@@ -202,9 +201,7 @@ def test_entropy_coded_header_layout_and_roundtrip() -> None:
     assert read.header.entropy == header.entropy and read.header.model_id == header.model_id
     assert read.file_size == len(data)
     np.testing.assert_array_equal(decode_entropy(read, lm), codes)
-    # entropy coding needs version 3, and an LM that fits the codes
-    with pytest.raises(BitstreamError, match="entropy coding takes format version 3"):
-        make_header(version=2, entropy=EntropyCoding(bytes(32))).to_bytes(0)
+    # entropy coding needs an LM that fits the codes
     with pytest.raises(ValueError, match="needs its code language model"):
         to_bytes(
             make_header(entropy=EntropyCoding(bytes(32))),
@@ -289,7 +286,7 @@ def test_reading_errors_name_the_file(good_file: tuple[Path, bytes]) -> None:
     (header_length,) = struct.unpack_from("<I", data, 6)
     cases = {
         "not a codecplatform compressed file": b"RIFF" + data[4:],
-        "format version 4; this codecplatform reads versions 1, 2 and 3": data[:4] + struct.pack("<H", 4) + data[6:],
+        "format version 4; this codecplatform reads version 3 only": data[:4] + struct.pack("<H", 4) + data[6:],
         "header flags 0x0002": rewrite_header(data, 128, "<H", 2),
         "truncated: 3 bytes": data[:3],
         "truncated: 50 bytes": data[:50],

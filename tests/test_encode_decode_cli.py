@@ -12,10 +12,12 @@ import soundfile as sf
 import torch
 
 from codecplatform.bitstream import file_sha256, read_compressed, write_compressed
-from codecplatform.cli import cli_main, compose_config
+from codecplatform.cli import cli_main
+from codecplatform.config import compose_config
 from codecplatform.dsp.spectral import resample
-from codecplatform.inference import AudioReader, streams_exactly
+from codecplatform.inference import AudioReader
 from codecplatform.models.codec import Codec
+from codecplatform.nn.streaming import streams_exactly
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -117,17 +119,22 @@ def test_roundtrip_equals_codec_encode_decode(name: str, checkpoints, tmp_path: 
 
 @pytest.mark.parametrize("name", list(CODECS))
 def test_chunked_coding_equals_whole_signal_coding(name: str, checkpoints, tmp_path: Path, monkeypatch) -> None:
-    import codecplatform.models.codec as codec_module  # the codec's own chunking rules live there
+    import sys
+
+    from codecplatform.nn import streaming as streaming_module
 
     streamed = []
-    real_streaming = codec_module.streaming
+    real_streaming = streaming_module.streaming
 
     def spy_streaming(module):
         streamed.append(type(module).__name__)
         return real_streaming(module)
 
-    monkeypatch.setattr(codec_module, "streaming", spy_streaming)
     codec = Codec.from_checkpoint(checkpoints[name])
+    # the codec's own chunking rules run wherever codecplatform.models imported `streaming`
+    for loaded in [m for n, m in sys.modules.items() if n.startswith("codecplatform.models.")]:
+        if getattr(loaded, "streaming", None) is real_streaming:
+            monkeypatch.setattr(loaded, "streaming", spy_streaming)
     audio = write_audio(tmp_path / "in.wav", codec.sample_rate, codec.channels, 0.5, seed=1)
     chunks = ["--chunk_seconds", "0.05", "--context_seconds", "0.02"]  # 10 chunks, DAC context 0.02 s > its field
     assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoints[name], *chunks) == 0
@@ -441,17 +448,18 @@ def test_decode_refuses_a_planted_checkpoint_before_unpickling_it(checkpoints, t
 def test_decode_of_a_file_without_checkpoint_hash_needs_an_explicit_checkpoint(
     checkpoints, tmp_path: Path, capsys
 ) -> None:
-    """Format version 1 recorded no checkpoint hash: still read, but the named file is not loaded unchecked."""
+    """A file that records no checkpoint hash (``encode_file`` without ``checkpoint_sha256``) is read,
+    but the checkpoint it names is not loaded unchecked."""
     write_audio(tmp_path / "in.wav", 24000, 1, 0.2)
     assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoints["encodec24"]) == 0
     compressed = read_compressed(tmp_path / "a.cpc")
-    compressed.header.version, compressed.header.checkpoint_sha256 = 1, None
-    write_compressed(tmp_path / "v1.cpc", compressed.header, compressed.codes)
+    compressed.header.checkpoint_sha256 = None
+    write_compressed(tmp_path / "unhashed.cpc", compressed.header, compressed.codes)
     capsys.readouterr()
-    assert run("decode", tmp_path / "v1.cpc", tmp_path / "out.wav") == 2
+    assert run("decode", tmp_path / "unhashed.cpc", tmp_path / "out.wav") == 2
     err = capsys.readouterr().err
-    assert "records no hash of its checkpoint" in err and "format version 1" in err and "pass --checkpoint" in err
+    assert "records no hash of its checkpoint" in err and "pass --checkpoint" in err
     assert not (tmp_path / "out.wav").exists()
-    assert run("decode", tmp_path / "v1.cpc", tmp_path / "out.wav", "--checkpoint", checkpoints["encodec24"]) == 0
+    assert run("decode", tmp_path / "unhashed.cpc", tmp_path / "out.wav", "--checkpoint", checkpoints["encodec24"]) == 0
     assert run("decode", tmp_path / "a.cpc", tmp_path / "out2.wav") == 0
     np.testing.assert_array_equal(sf.read(tmp_path / "out.wav")[0], sf.read(tmp_path / "out2.wav")[0])

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codecplatform.cli import compose_config
-from codecplatform.config import instantiate
+from codecplatform.config import compose_config, instantiate
 from codecplatform.losses.adversarial import (
     FeatureMatchingLoss,
     GANLoss,

@@ -219,8 +219,7 @@ def test_buffers_stay_out_of_state_dict():
 )
 def test_encodec_configs_use_the_official_mel_loss(experiment, sample_rate, channels):
     """The EnCodec configs' mel loss is audiocraft's msspec with its compression solver's settings."""
-    from codecplatform.cli import compose_config
-    from codecplatform.config import instantiate
+    from codecplatform.config import compose_config, instantiate
 
     experiments = Path(__file__).resolve().parents[2] / "experiments"
     model = compose_config(experiments / "encodec" / f"{experiment}.yaml")["model"]["init_args"]

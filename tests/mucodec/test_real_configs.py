@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from codecplatform.cli import CodecCLI, expand_config
+from codecplatform.cli import CodecCLI
+from codecplatform.config import expand_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

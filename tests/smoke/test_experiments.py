@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from codecplatform.cli import CodecCLI, cli_main, compose_config, expand_config
+from codecplatform.cli import CodecCLI, cli_main
+from codecplatform.config import compose_config, expand_config
 from codecplatform.lightning.gan_codec import GANCodecModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -88,7 +89,7 @@ def test_real_config_builds_and_reports_parameter_counts(name, in_tmp_dir, capsy
     no_data = [f"--data.init_args.{split}_cuts=null" for split in ("train", "val", "test")]
     cli = CodecCLI(args=["--config", *_expanded(EXPERIMENTS / name), "--trainer.logger=false", *no_data], run=False)
     counts = cli.model.codec.num_parameters()
-    discriminator = sum(p.numel() for p in cli.model.discriminator.parameters())
+    discriminator = sum(p.numel() for p in cli.model.gan.discriminator.parameters())
     codebooks = sum(b.numel() for n, b in cli.model.codec.quantizer.named_buffers() if n.endswith(".embed"))
     codebooks += sum(
         p.numel() for n, p in cli.model.codec.quantizer.named_parameters() if n.endswith("codebook.weight")
