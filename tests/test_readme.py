@@ -1,4 +1,5 @@
-"""README.md stays short, its runnable commands work, and the documentation's relative links resolve.
+"""README.md stays short, its runnable commands work, the documentation's relative links resolve, and
+experiment YAML headers stay at most 3 comment lines.
 
 Blocks fenced as `` ```bash runnable `` are checked line by line (continuations joined):
 
@@ -137,7 +138,12 @@ def _anchors(path: Path) -> set[str]:
 
 
 def markdown_files() -> list[Path]:
-    return [README, *sorted((ROOT / "docs").rglob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
+    return [
+        README,
+        *sorted((ROOT / "docs").rglob("*.md")),
+        ROOT / "benchmarks" / "RESULTS.md",
+        *sorted((ROOT / "experiments").rglob("*.md")),
+    ]
 
 
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -154,6 +160,25 @@ def test_relative_links_resolve(path):
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(f"{target} (no heading #{anchor})")
     assert not broken, f"{path.relative_to(ROOT)}: broken links: {broken}"
+
+
+def test_experiment_headers_are_short():
+    """An experiment YAML opens with at most 3 comment lines: measurements go to benchmarks/RESULTS.md, the
+    family's choices to docs/models/."""
+    long = {}
+    for path in sorted((ROOT / "experiments").rglob("*.yaml")):
+        lines = path.read_text().splitlines()
+        n = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+        if n > 3:
+            long[str(path.relative_to(ROOT))] = n
+    assert not long, f"header comment lines (at most 3): {long}"
+
+
+def test_documentation_cites_no_development_files():
+    """A clone has no ../shared folder: cite the paper and the official repository instead."""
+    files = [*markdown_files(), *sorted((ROOT / "experiments").rglob("*.yaml"))]
+    found = [str(p.relative_to(ROOT)) for p in files if re.search(r"\.\./shared|SPECS\.md", p.read_text())]
+    assert not found, f"references to ../shared or SPECS.md in {found}"
 
 
 if __name__ == "__main__":  # pragma: no cover
