@@ -75,7 +75,7 @@ E2E: dict[str, dict[str, Any]] = {
     "muencoder_stage1": {},
     "muencoder_stage2": {},
     "tokenizer": {"model": {"init_args": {"tokenizer": {"init_args": {"quantizer": {"init_args": TOKENIZER}}}}}},
-    "melvae": {"model": {"init_args": {"optimizer": {"init_args": {"lr": 1.0e-3}}}}},
+    "melvae": {"model": {"init_args": {"generator_optimizer": {"init_args": {"lr": 1.0e-3}}}}},
     "flow": {
         "model": {
             "init_args": {
@@ -92,7 +92,7 @@ E2E: dict[str, dict[str, Any]] = {
     "vocoder": {
         "model": {
             "init_args": {
-                "optimizer": {"init_args": {"lr": 1.0e-3}},
+                "generator_optimizer": {"init_args": {"lr": 1.0e-3}},
                 "discriminator_optimizer": {"init_args": {"lr": 1.0e-3}},
             }
         },

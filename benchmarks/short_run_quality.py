@@ -55,6 +55,7 @@ from typing import Any
 
 import torch
 
+from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.cli import CodecCLI, cli_main, expand_args
 from datamodules.manifests import load_cuts, prepare_manifests
 
@@ -104,13 +105,13 @@ def test_table(cli: CodecCLI) -> dict[str, Any]:
     one value per column), read from the logged ``test/<label>/<metric>`` cells."""
     module, logged = cli.model, cli.trainer.callback_metrics
     table: dict[str, dict[str, float]] = {}
-    for k in module.eval_n_q["test"]:
-        label = module.bitrate_labels[k]
+    for k in module.evaluation.eval_n_q["test"]:
+        label = module.evaluation.bitrate_labels[k]
         prefix = f"test/{label}/"
         for key, value in logged.items():
             if key.startswith(prefix):
                 table.setdefault(key[len(prefix) :], {})[label] = float(value)
-    return module.per_bitrate_table("test", table)
+    return module.evaluation.table_json("test", table, int(module.batch_counter))
 
 
 def run_family(
@@ -174,9 +175,8 @@ def run_family(
     if not checkpoint:
         raise RuntimeError(f"{family}: the fit wrote no {opts.checkpoint} checkpoint (did it validate?)")
     checkpoint = os.path.realpath(checkpoint)  # last.ckpt is a link
-    checkpoint_batch = int(
-        torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]["batch_counter"]
-    )
+    saved = read_checkpoint(checkpoint, "training checkpoint", required={"state_dict": dict})
+    checkpoint_batch = int(saved["state_dict"]["batch_counter"])
 
     print(f"\n== {family}: testing the trained model ({opts.checkpoint} checkpoint, batch {checkpoint_batch}) ==")
     trained = cli_main(["test", *common, "--ckpt_path", checkpoint, f"--trainer.logger.init_args.run_id={run_id}"])

@@ -12,8 +12,7 @@ import math
 import warnings
 from pathlib import Path
 
-import torch
-
+from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.cli import cli_main
 
 METRICS = ("test/mel_distance", "test/si_sdr")
@@ -28,8 +27,8 @@ def _test_metrics(args: list[str]) -> tuple[dict[str, float], list[dict[str, flo
     metrics = {name: float(logged[name]) for name in METRICS}
     module = cli.model
     per_bitrate = []
-    for n_q in module.eval_n_q["test"]:
-        label = module.bitrate_labels[n_q]
+    for n_q in module.evaluation.eval_n_q["test"]:
+        label = module.evaluation.bitrate_labels[n_q]
         prefix = f"test/{label}/"
         row = {key[len(prefix) :]: float(value) for key, value in logged.items() if key.startswith(prefix)}
         per_bitrate.append({"label": label, "n_q": n_q, **row})
@@ -121,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     run_id = fit.trainer.logger.run_id
     # the checkpoint with the best validation mel distance (model selection on val, test on test)
     checkpoint = fit.trainer.checkpoint_callback.best_model_path
-    best_batch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]["batch_counter"])
+    best = read_checkpoint(checkpoint, "training checkpoint", required={"state_dict": dict})
+    best_batch = int(best["state_dict"]["batch_counter"])
     print(f"\n== 2/3 testing the trained model (best validation checkpoint, batch {best_batch}) on held-out cuts ==")
     trained, per_bitrate, _ = _test_metrics(
         [*common, "--ckpt_path", checkpoint, f"--trainer.logger.init_args.run_id={run_id}"]

@@ -130,5 +130,5 @@ def test_resume_continues_the_batch_counter_and_balancer(make_manifests, in_tmp_
     module = resumed.model
     assert int(module.batch_counter) == 4
     assert (
-        module.balancer.get_extra_state()["mel"][1] > 2.9
+        module.gan.balancer.get_extra_state()["mel"][1] > 2.9
     )  # EMA count went on from the checkpoint (2 + 2 steps, decayed)

@@ -11,8 +11,8 @@ from ``n_q`` (EnCodec: "at train time, we select a bandwidth and the correspondi
 codebooks"; the draw is seeded by the batch index, so DDP ranks agree) -> logits with a random
 position offset per example (EnCodec: "we offset by a random amount the initial position of the
 sinusoidal position embedding") -> cross-entropy over every codebook and frame, logged as
-``train/lm/ce`` (nats per symbol). ``max_batches`` stops training (automatic optimization: one
-optimizer step per batch).
+``train/lm/ce`` (nats per symbol). ``batch_counter`` counts trained batches and ``max_batches`` stops
+training (automatic optimization: one optimizer step per batch).
 
 Validation and test, per codebook count K of ``n_q`` (``<stage>/lm/nq<K>/...``) and for the
 largest one (``<stage>/lm/...``): ``ce`` (nats per symbol), ``kbps`` = bits per frame (K x ce /
@@ -24,22 +24,22 @@ nominal) in percent (EnCodec Table 1: 1.5 -> 0.9, 3 -> 1.9, 6 -> 4.1, 12 -> 8.9 
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.schedule import uniform_from
 from codecplatform.models.base import AudioCodec
 from codecplatform.models.code_lm import CodeLM, context_frames
 
 
-class CodeLMModule(LightningModule):
+class CodeLMModule(TrainingModule):
     """Trains a :class:`~codecplatform.models.code_lm.CodeLM` on the codes of a frozen codec.
 
     Args:
@@ -57,6 +57,8 @@ class CodeLMModule(LightningModule):
         max_batches: stop training after this many batches (None: the trainer decides).
         seed: seeds the per-batch draws (codebook count, offsets), identical on all ranks.
     """
+
+    default_optimizer = partial(torch.optim.Adam, lr=3e-4)  # NOT FOUND in the paper
 
     def __init__(
         self,
@@ -76,10 +78,7 @@ class CodeLMModule(LightningModule):
         max_batches: int | None = None,
         seed: int = 0,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else ["optimizer", "scheduler"])
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
+        super().__init__(max_batches=max_batches)
         if max_position_offset < 0:
             raise ValueError(f"max_position_offset must be >= 0, got {max_position_offset}")
         codec = AudioCodec.from_checkpoint(codec_checkpoint, weights=codec_weights).requires_grad_(False).eval()
@@ -105,9 +104,7 @@ class CodeLMModule(LightningModule):
         self.max_position_offset = max_position_offset
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.max_batches = max_batches
         self.seed = seed
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
 
     @property
     def codec(self) -> AudioCodec:
@@ -115,22 +112,11 @@ class CodeLMModule(LightningModule):
         return self._codec[0]
 
     # -- set-up ------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        for name in ("sample_rate", "channels"):
-            expected, given = getattr(self.codec, name), getattr(data, name, None)
-            if given is not None and given != expected:
-                raise ValueError(f"data.{name}={given} but the codec expects {name}={expected}: make them equal")
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.codec.sample_rate, "channels": self.codec.channels}
 
     def configure_optimizers(self) -> Any:
-        optimizer = (
-            self.optimizer(self.lm.parameters())
-            if self.optimizer is not None
-            else torch.optim.Adam(self.lm.parameters(), lr=3e-4)
-        )
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
+        return self.make_optimizer(self.lm.parameters(), self.optimizer, self.scheduler)
 
     # -- codes -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -159,16 +145,9 @@ class CodeLMModule(LightningModule):
         offsets = torch.randint(self.max_position_offset + 1, (codes.shape[0],), generator=generator)
         loss = self.cross_entropy(codes, offsets.to(codes.device))
         if self._trainer is not None:
-            batch_size = x.shape[0]
-            self.log("train/lm/ce", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
-            self.log("train/lm/n_q", float(n_q), on_step=True, on_epoch=False, batch_size=batch_size)
+            self.log("train/lm/ce", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
+        self.end_batch({"train/lm/n_q": torch.tensor(float(n_q))}, batch_size=x.shape[0])
         return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.batch_counter += 1
-        self.log("batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
 
     # -- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, x: Tensor, stage: str) -> dict[str, Tensor]:

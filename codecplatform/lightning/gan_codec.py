@@ -10,22 +10,22 @@ The parts (see their modules):
 One training batch: the codec forward (codebook counts drawn with a generator seeded from the batch
 index), then ``GANStep.step`` (discriminator step on ``x_hat.detach()`` when the schedule says so,
 generator step with the reconstruction, adversarial, feature-matching and quantizer losses, both
-schedulers step, the batch counter advances). The module adds ``train/n_q`` and
-``train/codebook/perplexity/<k>`` to the step's logs. ``trainer.global_step`` counts optimizer steps
-(up to two per batch); use ``max_batches`` to stop after a number of batches.
+schedulers step), then ``TrainingModule.end_batch`` (the batch counter advances). The module adds
+``train/n_q`` and ``train/codebook/perplexity/<k>`` to the step's logs. ``trainer.global_step``
+counts optimizer steps (up to two per batch); use ``max_batches`` to stop after a number of batches.
 
 Evaluation (validation and test): ``BitrateEvaluator`` encodes each batch once and decodes it at every
 evaluated bitrate (``<stage>/<kbps>kbps/<metric>``, ``<stage>/<metric>`` for the full bitrate, codebook
 rows, ``tables/<stage>_per_bitrate.{json,md}``); the module adds the reconstruction losses at the full
 bitrate, ``<stage>/g/<loss>``.
 
-Checkpoint keys are those of a flat module: the GAN step's state is stored without its ``gan.``
-prefix (``discriminator.*``, ``balancer.*``, ``batch_counter``, ``skipped_steps``), beside ``codec.*``
-and, with generator EMA, ``codec_ema.*`` and ``ema_updates``.
+Checkpoint keys: ``codec.*``, ``batch_counter``, the GAN step's ``gan.discriminator.*``,
+``gan.balancer.*`` and ``gan.skipped_steps`` and, with generator EMA, ``codec_ema.*`` and
+``ema_updates``.
 
 Discriminator per bandwidth (``discriminator_per_bandwidth``, EnCodec section 3.4): one copy of the
 discriminator set per codebook count the codec trains with (the counts of its operating points; state
-keys ``discriminator.nq<k>.*``). The batch's count (one per batch: ``PerBatchChoice``, drawn from the
+keys ``gan.discriminator.nq<k>.*``). The batch's count (one per batch: ``PerBatchChoice``, drawn from the
 batch index, so every DDP rank picks the same copy) selects the copy that is stepped and that gives
 the generator its adversarial and feature losses; logged as ``train/d/bandwidth`` (kbps) and
 ``train/d/n_q``. One discriminator optimizer holds every copy: the copies not used in a batch have
@@ -46,28 +46,29 @@ import warnings
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
+from codecplatform.discriminators.base import Discriminator
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.diagnostics import codebook_perplexities
 from codecplatform.lightning.ema import GeneratorEMA, copy_weights_, ema_weight, swap_weights_, update_ema_
-from codecplatform.lightning.evaluation import BitrateEvaluator, format_table
-from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
+from codecplatform.lightning.evaluation import BitrateEvaluator
+from codecplatform.lightning.gan_step import GANStep, GeneratorOutput
 from codecplatform.lightning.schedule import DiscriminatorSchedule, uniform_from
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss
 from codecplatform.losses.balancer import Balancer
 from codecplatform.models.codec import Codec
 
-GAN_PREFIX = "gan."
 
-
-class GANCodecModule(LightningModule):
+class GANCodecModule(TrainingModule):
     """Trains a ``Codec`` against one or more discriminators.
+
+    Attributes: ``codec``, ``gan`` (the ``GANStep``: ``gan.discriminator``, ``gan.balancer``,
+    ``gan.skipped_steps``), ``evaluation`` (the ``BitrateEvaluator``: ``evaluation.eval_n_q``,
+    ``evaluation.bitrate_labels``, ``evaluation.metrics``), ``codec_ema`` (None without generator EMA).
 
     Args:
         codec: the generator (encoder, quantizer, decoder).
@@ -136,28 +137,8 @@ class GANCodecModule(LightningModule):
         discriminator_per_bandwidth: bool = False,
         generator_ema: GeneratorEMA | None = None,
     ):
-        super().__init__()
+        super().__init__(max_batches=max_batches)  # the hparams: Codec.from_checkpoint reads "codec"
         self.automatic_optimization = False
-        # Built from a config (LightningCLI): the hparams are that config, which is what
-        # Codec.from_checkpoint needs. Built in Python: the modules stay out of the hparams.
-        modules = [
-            "codec",
-            "discriminators",
-            "reconstruction_losses",
-            "gan_loss",
-            "feature_loss",
-            "balancer",
-            "discriminator_schedule",
-            "generator_optimizer",
-            "discriminator_optimizer",
-            "generator_scheduler",
-            "discriminator_scheduler",
-            "metrics",
-            "test_metrics",
-            "generator_ema",
-        ]
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
-
         self.codec = codec
         self.discriminator_per_bandwidth = discriminator_per_bandwidth
         copies = None
@@ -182,7 +163,6 @@ class GANCodecModule(LightningModule):
             discriminator_schedule=discriminator_schedule,
             generator_grad_clip=generator_grad_clip,
             discriminator_grad_clip=discriminator_grad_clip,
-            max_batches=max_batches,
             discriminator_copies=copies,
         )
         self.seed = seed
@@ -197,66 +177,13 @@ class GANCodecModule(LightningModule):
             self.codec_ema = copy.deepcopy(codec).requires_grad_(False)  # in no optimizer; DDP skips it
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.evaluation = BitrateEvaluator(codec, metrics, test_metrics, eval_bandwidths, per_bitrate_validation)
-        # checkpoint keys of the GAN step's state without "gan." (those of the module before the split)
-        self.register_state_dict_post_hook(_flatten_gan_keys)
-        self.register_load_state_dict_pre_hook(_nest_gan_keys)
-
-    # -- the parts' state under the names it always had -------------------------------------------
-    @property
-    def discriminator(self) -> MultiDiscriminator | nn.ModuleDict:
-        """The discriminator set, or with ``discriminator_per_bandwidth`` its copies ``nq<k>``."""
-        return self.gan.discriminator
-
-    @property
-    def balancer(self) -> Balancer | None:
-        return self.gan.balancer
-
-    @property
-    def batch_counter(self) -> Tensor:
-        """Training batches done (the schedules' clock; restored from checkpoints)."""
-        return self.gan.batch_counter
-
-    @property
-    def skipped_steps(self) -> Tensor:
-        """(2,) generator and discriminator steps skipped for a non-finite gradient norm."""
-        return self.gan.skipped_steps
-
-    @property
-    def _grad_norms(self) -> list[Tensor]:
-        return self.gan.grad_norms
-
-    @property
-    def max_batches(self) -> int | None:
-        """Training stops after this many batches (None: the trainer decides); may be changed."""
-        return self.gan.max_batches
-
-    @max_batches.setter
-    def max_batches(self, value: int | None) -> None:
-        if value is not None and value < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {value}")
-        self.gan.max_batches = value
-
-    @property
-    def eval_n_q(self) -> dict[str, list[int]]:
-        """Stage -> evaluated codebook counts."""
-        return self.evaluation.eval_n_q
-
-    @property
-    def bitrate_labels(self) -> dict[int, str]:
-        """Codebook count -> bitrate label (``"6kbps"``)."""
-        return self.evaluation.bitrate_labels
-
-    @property
-    def eval_metrics(self) -> nn.ModuleDict:
-        """``eval_metrics[stage][f"nq{k}"][name]``."""
-        return self.evaluation.metrics
-
-    @property
-    def codebook_usage(self) -> nn.ModuleDict:
-        return self.evaluation.codebook_usage
 
     # -- set-up ------------------------------------------------------------------------------
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.codec.sample_rate, "channels": self.codec.channels}
+
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         strategy = self.trainer.strategy
         if (
             stage == "fit"
@@ -269,24 +196,19 @@ class GANCodecModule(LightningModule):
                 "GANCodecModule needs trainer.strategy: ddp_find_unused_parameters_true (each of its two "
                 "backward passes per batch leaves the other network's parameters unused)"
             )
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        for field in ("sample_rate", "channels"):
-            expected, given = getattr(self.codec, field), getattr(data, field, None)
-            if given is not None and given != expected:
-                raise ValueError(f"data.{field}={given} but the codec expects {field}={expected}: make them equal")
         if stage == "fit" and self.init_codec_from is not None:
             self._load_codec_weights(self.init_codec_from)
 
     def _load_codec_weights(self, path: str) -> None:
         """Strictly load the codec weights of ``path`` (see ``init_codec_from``)."""
-        from codecplatform.models.codec import check_codec_state, load_codec_state
+        from codecplatform.checkpoints.io import check_codec_state, load_codec_state
 
         _, state = load_codec_state(path)
         check_codec_state(self.codec, state, f"codec of init_codec_from={path}")
         self.codec.load_state_dict(state, strict=True)
 
     def configure_optimizers(self) -> Any:
-        return self.gan.configure_optimizers(self.codec.parameters())
+        return self.gan.configure_optimizers(self, self.codec.parameters())
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
@@ -294,13 +216,8 @@ class GANCodecModule(LightningModule):
         logged (step tensors, no host sync) so callbacks see exactly this batch's
         (``TrainingHealthMonitor``)."""
         x = batch
-        if any_rank_empty(self, x):
-            warnings.warn(
-                f"skipping batch {int(self.batch_counter)} on every rank: a rank's batch was empty "
-                "(all its files were bad)",
-                stacklevel=2,
-            )
-            return
+        if self.skip_empty(x):
+            return None
         step = int(self.batch_counter)
         generator = torch.Generator().manual_seed(int(uniform_from(self.seed, step, "quantizer") * 2**62))
         out = self.codec(x, generator=generator)
@@ -311,7 +228,7 @@ class GANCodecModule(LightningModule):
         # the codebooks the batch ran (codes: (B, max n_q, T')), each over the examples that used it
         perplexity = codebook_perplexities(out.quantized.codes, out.quantized.n_q, max(self.codec.codebook_sizes))
         logs.update({f"train/codebook/perplexity/{k}": p for k, p in enumerate(perplexity)})
-        self.gan.log(self, logs, batch_size=x.shape[0])
+        self.end_batch(logs, batch_size=x.shape[0])
         return logs
 
     def _discriminator_key(self, n_q: Tensor, logs: dict[str, Tensor]) -> str | None:
@@ -323,8 +240,8 @@ class GANCodecModule(LightningModule):
             return None
         low, high = torch.aminmax(n_q.detach())
         low, high = int(low), int(high)
-        if low != high or f"nq{low}" not in self.discriminator:
-            counts = [int(key[2:]) for key in self.discriminator]
+        if low != high or f"nq{low}" not in self.gan.discriminator:
+            counts = [int(key[2:]) for key in self.gan.discriminator]
             raise ValueError(
                 f"discriminator_per_bandwidth needs one codebook count per batch among {counts} "
                 f"(quantizer dropout: PerBatchChoice); this batch uses {low}..{high}"
@@ -353,12 +270,6 @@ class GANCodecModule(LightningModule):
         """Compute (on every rank), log, and on rank zero tabulate the per-bitrate results of ``stage``."""
         table = self.evaluation.compute_and_log(self, stage)
         self.evaluation.write_tables(self, stage, table, int(self.batch_counter))
-
-    def per_bitrate_table(self, stage: str, table: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """The JSON form of a table: columns (label, n_q, kbps) and rows (metric -> values per column)."""
-        return self.evaluation.table_json(stage, table, int(self.batch_counter))
-
-    format_table = staticmethod(format_table)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
         return self._evaluate(batch, "val")
@@ -470,20 +381,3 @@ class GANCodecModule(LightningModule):
             for key in [k for k in state if k.startswith("codec.")]:
                 state["codec_ema." + key[len("codec.") :]] = state[key].clone()
             state["ema_updates"] = torch.zeros((), dtype=torch.long)
-
-
-def _flatten_gan_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """State-dict post hook: ``<prefix>gan.<name>`` -> ``<prefix><name>``."""
-    inner = prefix + GAN_PREFIX
-    for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
-
-
-def _nest_gan_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Load-state-dict pre hook, the inverse of :func:`_flatten_gan_keys`: the keys whose first name
-    is one of the GAN step's (``discriminator``, ``batch_counter``, ...) go back under ``gan.``."""
-    gan = module.gan
-    names = {*gan._modules, *gan._buffers, *gan._parameters}
-    for key in list(state_dict):
-        if key.startswith(prefix) and key[len(prefix) :].split(".", 1)[0] in names:
-            state_dict[prefix + GAN_PREFIX + key[len(prefix) :]] = state_dict.pop(key)

@@ -1,8 +1,8 @@
 """GANStep: one manual-optimization generator/discriminator step, for any generator of audio.
 
-A LightningModule with ``automatic_optimization = False`` holds a ``GANStep`` (the discriminators,
-the reconstruction and adversarial losses, the optional balancer, the discriminator schedule, the
-batch counter and the skip counters) and a generator of its own: a codec (``GANCodecModule``:
+A ``TrainingModule`` with ``automatic_optimization = False`` holds a ``GANStep`` (the discriminators,
+the reconstruction and adversarial losses, the optional balancer, the discriminator schedule and the
+skip counters) and a generator of its own: a codec (``GANCodecModule``:
 audio -> codes -> audio), a vocoder (mel -> audio), anything that gives audio ``x_hat`` (B, C, T)
 to compare with the real ``x`` (B, C, T). Per batch the module computes ``x_hat`` and calls
 :meth:`GANStep.step`:
@@ -13,26 +13,27 @@ to compare with the real ``x`` (B, C, T). Per batch the module computes ``x_hat`
      just-updated discriminator (once the schedule is active), the generator's own losses
      (``GeneratorOutput.losses``, e.g. a quantizer's ``commit``); weighted by ``loss_weights`` or
      balanced;
-  3. every scheduler of the trainer steps once; the batch counter advances.
+  3. every scheduler of the trainer steps once.
 
-The module forwards two hooks: ``configure_optimizers`` -> :meth:`GANStep.configure_optimizers`
+The module then logs the returned values and advances its batch counter
+(``TrainingModule.end_batch``). It forwards two hooks: ``configure_optimizers`` ->
+:meth:`GANStep.configure_optimizers`
 (generator optimizer first, discriminator second) and ``on_before_optimizer_step`` ->
 :meth:`GANStep.on_before_optimizer_step`, which Lightning calls inside ``optimizer.step()`` after AMP
 unscaling: the gradient norm is checked there (a non-finite one drops the gradients and counts a
 skip in ``skipped_steps``, identically on every rank) and clipped (``generator_grad_clip``,
 ``discriminator_grad_clip``; ``trainer.gradient_clip_val`` is refused under manual optimization).
 
-The discriminator schedule is decided from the batch counter (never a random draw that differs
-across DDP ranks). ``trainer.global_step`` counts optimizer steps (up to two per batch);
-``max_batches`` stops training after that many batches.
+The discriminator schedule is decided from the module's ``batch_counter`` (never a random draw that
+differs across DDP ranks). ``trainer.global_step`` counts optimizer steps (up to two per batch).
 
 Log keys (a loss's name is its weight key and its log key): ``train/g/<loss>`` (every generator
 loss: reconstruction names, ``adv``, ``feat``, the generator's own), ``train/g/grad_norm``,
 ``train/d/loss``, ``train/d/<sub-discriminator>``, ``train/d/grad_norm``, ``train/d/real_score``,
 ``train/d/fake_score``, ``train/d/accuracy``, ``train/d/equilibrium_loss``,
 ``train/balancer/<loss>`` (with a balancer), ``train/lr/generator``, ``train/lr/discriminator``,
-``train/skipped_steps/generator``, ``train/skipped_steps/discriminator`` and ``batches`` (progress
-bar). At evaluation :meth:`GANStep.log_reconstruction` logs ``<stage>/g/<loss>``.
+``train/skipped_steps/generator`` and ``train/skipped_steps/discriminator``. At evaluation
+:meth:`GANStep.log_reconstruction` logs ``<stage>/g/<loss>``.
 
 Discriminator copies (``discriminator_copies``, EnCodec's discriminator per bandwidth): one copy of
 the discriminator set per key (``discriminator.<key>.*``); the module names the batch's copy in
@@ -49,11 +50,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from codecplatform.discriminators.base import Discriminator, MultiDiscriminator
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.diagnostics import decision_threshold, discriminator_scores, equilibrium_loss
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, HingeGANLoss, RelativeFeatureMatchingLoss
@@ -77,11 +78,6 @@ class GeneratorOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)
 
 
-def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """Adam, lr 3e-4, betas (0.5, 0.9) (EnCodec)."""
-    return torch.optim.Adam(params, lr=3e-4, betas=(0.5, 0.9))
-
-
 class GANStep(nn.Module):
     """The discriminators, losses and counters of adversarial training, and the step that uses them.
 
@@ -95,17 +91,20 @@ class GANStep(nn.Module):
         feature_loss: feature-matching loss (default relative L1, EnCodec).
         balancer: when set, the losses that depend only on x_hat are balanced (EnCodec); the
             generator's own losses are added with their plain weights.
-        generator_optimizer, discriminator_optimizer: optimizer factories (default Adam, lr 3e-4,
-            betas (0.5, 0.9)).
+        generator_optimizer, discriminator_optimizer: optimizer factories (None: the module's
+            ``default_optimizer``, see :meth:`configure_optimizers`).
         generator_scheduler, discriminator_scheduler: stepped once per batch.
         discriminator_schedule: start step, period and probability of discriminator updates.
         generator_grad_clip, discriminator_grad_clip: max gradient norms (None: no clipping).
-        max_batches: stop training after this many batches (None: the trainer decides).
         discriminator_copies: keys of one copy each of ``discriminators`` (identical initial
             weights); each batch names the copy it trains (:meth:`step`). None: one set.
 
-    State (buffers): ``batch_counter`` (batches trained, the schedules' clock) and
-    ``skipped_steps`` (2,) (non-finite generator, discriminator steps).
+    State (buffer): ``skipped_steps`` (2,) (non-finite generator, discriminator steps); the
+    schedules' clock is the module's ``batch_counter``.
+
+    Raises:
+        ValueError: a reconstruction loss named ``adv``/``feat``, a loss without a weight, a negative
+            weight, a clip <= 0, or an empty ``discriminator_copies``.
     """
 
     def __init__(
@@ -123,7 +122,6 @@ class GANStep(nn.Module):
         discriminator_schedule: DiscriminatorSchedule | None = None,
         generator_grad_clip: float | None = None,
         discriminator_grad_clip: float | None = None,
-        max_batches: int | None = None,
         discriminator_copies: list[str] | None = None,
     ):
         super().__init__()
@@ -142,8 +140,6 @@ class GANStep(nn.Module):
         ):
             if clip is not None and clip <= 0:
                 raise ValueError(f"{name} must be > 0 or null, got {clip}")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
         if discriminator_copies is not None and not discriminator_copies:
             raise ValueError("discriminator_copies: give at least one key, or None for one discriminator set")
 
@@ -164,16 +160,15 @@ class GANStep(nn.Module):
         self.scheduler_factories = (generator_scheduler, discriminator_scheduler)
         self.discriminator_schedule = discriminator_schedule or DiscriminatorSchedule()
         self.grad_clip = (generator_grad_clip, discriminator_grad_clip)
-        self.max_batches = max_batches
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("skipped_steps", torch.zeros(2, dtype=torch.long))  # generator, discriminator
         self.grad_norms = [torch.tensor(0.0), torch.tensor(0.0)]  # of the last step of each optimizer
 
     # -- set-up --------------------------------------------------------------------------------
-    def configure_optimizers(self, generator_parameters: Iterable[nn.Parameter]) -> Any:
+    def configure_optimizers(self, module: TrainingModule, generator_parameters: Iterable[nn.Parameter]) -> Any:
         """``LightningModule.configure_optimizers``'s answer: [generator, discriminator] optimizers
-        and their schedulers (interval "step"; :meth:`step` steps them once per batch)."""
-        g_factory, d_factory = (factory or default_optimizer for factory in self.optimizer_factories)
+        (an unset factory: ``module.default_optimizer``) and their schedulers (interval "step";
+        :meth:`step` steps them once per batch)."""
+        g_factory, d_factory = (factory or module.default_optimizer for factory in self.optimizer_factories)
         g_opt = g_factory(generator_parameters)
         d_opt = d_factory(self.discriminator.parameters())
         schedulers = []
@@ -195,19 +190,19 @@ class GANStep(nn.Module):
     # -- the step ------------------------------------------------------------------------------
     def step(
         self,
-        module: LightningModule,
+        module: TrainingModule,
         x: Tensor,
         generated: GeneratorOutput,
         discriminator_key: str | None = None,
     ) -> dict[str, Tensor]:
         """One G/D step of ``module`` (manual optimization, optimizers from
         :meth:`configure_optimizers`) on real audio ``x`` (B, C, T) and ``generated.x_hat``
-        (B, C, T), still attached to the generator's graph. Steps the schedulers, advances the
-        batch counter and returns the values to log (step tensors, no host sync); log them with
-        :meth:`log` after adding the module's own."""
+        (B, C, T), still attached to the generator's graph, at batch ``module.batch_counter``. Steps
+        the schedulers and returns the values to log (step tensors, no host sync); the module adds
+        its own and calls ``module.end_batch``."""
         if generated.x_hat.shape != x.shape:
             raise ValueError(f"x_hat {tuple(generated.x_hat.shape)} and x {tuple(x.shape)} differ in shape")
-        step = int(self.batch_counter)
+        step = int(module.batch_counter)
         g_opt, d_opt = module.optimizers()
         x_hat = generated.x_hat.float()
         discriminator = self.select_discriminator(discriminator_key)
@@ -253,7 +248,6 @@ class GANStep(nn.Module):
 
         for config in module.trainer.lr_scheduler_configs:
             config.scheduler.step()
-        self.batch_counter += 1
 
         logs.update({f"train/g/{name}": value.detach() for name, value in {**losses, **own}.items()})
         logs["train/g/grad_norm"] = self.grad_norms[GENERATOR]
@@ -263,16 +257,7 @@ class GANStep(nn.Module):
         logs["train/skipped_steps/discriminator"] = self.skipped_steps[DISCRIMINATOR].float()
         return logs
 
-    def log(self, module: LightningModule, logs: dict[str, Tensor], batch_size: int) -> None:
-        """Log a step's values and ``batches`` (progress bar); stop the trainer at ``max_batches``."""
-        module.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
-        module.log(
-            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size
-        )
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            module.trainer.should_stop = True
-
-    def log_reconstruction(self, module: LightningModule, stage: str, x: Tensor, x_hat: Tensor) -> None:
+    def log_reconstruction(self, module: TrainingModule, stage: str, x: Tensor, x_hat: Tensor) -> None:
         """Evaluation: log each reconstruction loss of ``x_hat`` against ``x`` as ``<stage>/g/<name>``
         (epoch means, synchronized over ranks)."""
         for name, loss in self.reconstruction_losses.items():
@@ -290,7 +275,7 @@ class GANStep(nn.Module):
             raise ValueError(f"loss_weights names no loss: {unknown}; the losses are {sorted(known)}")
 
     # -- hooks the module forwards -------------------------------------------------------------
-    def on_before_optimizer_step(self, module: LightningModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, module: TrainingModule, optimizer: torch.optim.Optimizer) -> None:
         """Inside ``optimizer.step()``, after AMP unscaling: non-finite check, then clipping."""
         which = GENERATOR if optimizer is module.optimizers()[GENERATOR].optimizer else DISCRIMINATOR
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -309,12 +294,3 @@ class GANStep(nn.Module):
         clip = self.grad_clip[which]
         if clip is not None:
             module.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-
-
-def any_rank_empty(module: LightningModule, x: Tensor) -> bool:
-    """Whether the batch ``x`` of any rank is empty. All ranks then skip the batch together: one rank
-    skipping alone would leave the others waiting in the gradient all-reduce forever."""
-    size = torch.tensor(x.shape[0], device=x.device)
-    if module._trainer is not None and module.trainer.world_size > 1:
-        size = module.all_gather(size).min()
-    return int(size) == 0

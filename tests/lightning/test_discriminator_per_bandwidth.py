@@ -39,17 +39,17 @@ class Recorder(Callback):
         self.calls: dict[str, int] = {}
 
     def on_train_start(self, trainer, pl_module):
-        for key, copy in pl_module.discriminator.items():
+        for key, copy in pl_module.gan.discriminator.items():
             copy.register_forward_hook(lambda m, a, o, key=key: self.calls.__setitem__(key, self.calls[key] + 1))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.before = {k: [p.detach().clone() for p in d.parameters()] for k, d in pl_module.discriminator.items()}
-        self.calls.update({k: 0 for k in pl_module.discriminator})
+        self.before = {k: [p.detach().clone() for p in d.parameters()] for k, d in pl_module.gan.discriminator.items()}
+        self.calls.update({k: 0 for k in pl_module.gan.discriminator})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         changed = {
             k
-            for k, d in pl_module.discriminator.items()
+            for k, d in pl_module.gan.discriminator.items()
             if any(not torch.equal(a, b) for a, b in zip(self.before[k], d.parameters()))
         }
         d_opt = pl_module.optimizers()[1].optimizer
@@ -60,11 +60,11 @@ class Recorder(Callback):
                 "changed": changed,
                 "called": {k for k, v in self.calls.items() if v},
                 "with_grad": {
-                    k for k, d in pl_module.discriminator.items() if any(p.grad is not None for p in d.parameters())
+                    k for k, d in pl_module.gan.discriminator.items() if any(p.grad is not None for p in d.parameters())
                 },
                 "adam_steps": {
                     k: sorted({int(d_opt.state[p]["step"]) for p in d.parameters() if p in d_opt.state})
-                    for k, d in pl_module.discriminator.items()
+                    for k, d in pl_module.gan.discriminator.items()
                 },
             }
         )
@@ -72,9 +72,9 @@ class Recorder(Callback):
 
 def test_one_copy_per_bandwidth_with_the_same_start():
     module = per_bandwidth_module()
-    assert set(module.discriminator) == {"nq1", "nq2"}
-    assert all(isinstance(d, MultiDiscriminator) for d in module.discriminator.values())
-    one, two = (list(d.parameters()) for d in module.discriminator.values())
+    assert set(module.gan.discriminator) == {"nq1", "nq2"}
+    assert all(isinstance(d, MultiDiscriminator) for d in module.gan.discriminator.values())
+    one, two = (list(d.parameters()) for d in module.gan.discriminator.values())
     assert all(torch.equal(a, b) and a is not b for a, b in zip(one, two))
     d_opt = module.configure_optimizers()[0][1]
     assert sum(len(g["params"]) for g in d_opt.param_groups) == len(one) + len(two)  # one optimizer, all copies
@@ -126,8 +126,8 @@ def test_two_ranks_pick_the_same_copies_and_end_identical(ddp_fits):
         generator = torch.Generator().manual_seed(int(uniform_from(0, step, "quantizer") * 2**62))
         drawn.add(int(PerBatchChoice().sample(4, [1, 2], generator)[0]))
     moved = {
-        key.split(".")[1]
+        key.split(".")[2]
         for key, value in rank0["after"].items()
-        if key.startswith("discriminator.") and not torch.equal(value, rank0["before"][key])
+        if key.startswith("gan.discriminator.") and not torch.equal(value, rank0["before"][key])
     }
     assert moved == {f"nq{k}" for k in drawn}

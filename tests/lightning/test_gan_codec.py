@@ -119,16 +119,16 @@ def count_gradient_events(module: torch.nn.Module) -> list[int]:
 def test_one_batch_steps_both_optimizers_and_keeps_gradients_apart():
     torch.manual_seed(0)
     module = tiny_module()
-    g_before, d_before = snapshot(module.codec), snapshot(module.discriminator)
-    d_param_count = len(list(module.discriminator.parameters()))
+    g_before, d_before = snapshot(module.codec), snapshot(module.gan.discriminator)
+    d_param_count = len(list(module.gan.discriminator.parameters()))
     g_param_count = len(list(module.codec.parameters()))
-    d_events, g_events = count_gradient_events(module.discriminator), count_gradient_events(module.codec)
+    d_events, g_events = count_gradient_events(module.gan.discriminator), count_gradient_events(module.codec)
     trainer = fit(module, batches=1)
 
-    assert changed(g_before, module.codec) and changed(d_before, module.discriminator)
+    assert changed(g_before, module.codec) and changed(d_before, module.gan.discriminator)
     g_opt, d_opt = (o.optimizer for o in module.optimizers())
     assert all(g_opt.state[p]["step"] == 1 for p in module.codec.parameters() if p in g_opt.state)
-    assert all(d_opt.state[p]["step"] == 1 for p in module.discriminator.parameters())
+    assert all(d_opt.state[p]["step"] == 1 for p in module.gan.discriminator.parameters())
     # each discriminator parameter received a gradient once (its own step), never from the
     # generator loss; each generator parameter once (its step), never from the discriminator loss
     assert d_events[0] == d_param_count
@@ -168,13 +168,13 @@ def test_nan_generator_loss_skips_the_step_and_keeps_weights():
         loss_weights={"time": 1.0, "bad": 1.0, "adv": 1.0, "feat": 1.0, "commit": 1.0},
     )
     params_before = {k: v.clone() for k, v in module.codec.named_parameters()}
-    d_before = snapshot(module.discriminator)
+    d_before = snapshot(module.gan.discriminator)
     fit(module, batches=1)
     for name, p in module.codec.named_parameters():
         assert torch.equal(p, params_before[name]), f"{name} changed after a non-finite step"
         assert torch.isfinite(p).all()
-    assert module.skipped_steps.tolist() == [1, 0]
-    assert changed(d_before, module.discriminator)  # the discriminator step was fine
+    assert module.gan.skipped_steps.tolist() == [1, 0]
+    assert changed(d_before, module.gan.discriminator)  # the discriminator step was fine
 
 
 def test_nan_discriminator_loss_skips_only_the_discriminator():
@@ -185,12 +185,12 @@ def test_nan_discriminator_loss_skips_only_the_discriminator():
 
     torch.manual_seed(0)
     module = tiny_module(gan_loss=NaNHinge())
-    d_before = snapshot(module.discriminator)
+    d_before = snapshot(module.gan.discriminator)
     g_before = snapshot(module.codec)
     fit(module, batches=1)
-    assert not changed(d_before, module.discriminator)
+    assert not changed(d_before, module.gan.discriminator)
     assert changed(g_before, module.codec)
-    assert module.skipped_steps.tolist() == [0, 1]
+    assert module.gan.skipped_steps.tolist() == [0, 1]
 
 
 def test_gradient_clipping_bounds_the_update():
@@ -201,13 +201,13 @@ def test_gradient_clipping_bounds_the_update():
         generator_optimizer=sgd, discriminator_optimizer=sgd, generator_grad_clip=clip, discriminator_grad_clip=clip
     )
     g_before = {k: v.clone() for k, v in module.codec.named_parameters()}
-    d_before = {k: v.clone() for k, v in module.discriminator.named_parameters()}
+    d_before = {k: v.clone() for k, v in module.gan.discriminator.named_parameters()}
     fit(module, batches=1)
     g_step = torch.sqrt(sum((p - g_before[k]).pow(2).sum() for k, p in module.codec.named_parameters()))
-    d_step = torch.sqrt(sum((p - d_before[k]).pow(2).sum() for k, p in module.discriminator.named_parameters()))
+    d_step = torch.sqrt(sum((p - d_before[k]).pow(2).sum() for k, p in module.gan.discriminator.named_parameters()))
     assert 0 < g_step <= lr * clip * 1.001
     assert 0 < d_step <= lr * clip * 1.001
-    assert module._grad_norms[0] > clip  # the unclipped norm was larger: clipping acted
+    assert module.gan.grad_norms[0] > clip  # the unclipped norm was larger: clipping acted
 
 
 def test_balancer_path_trains_and_balancer_state_is_in_the_checkpoint():
@@ -216,16 +216,16 @@ def test_balancer_path_trains_and_balancer_state_is_in_the_checkpoint():
     g_before = snapshot(module.codec)
     fit(module, batches=2)
     assert changed(g_before, module.codec)
-    extra = module.balancer.get_extra_state()
+    extra = module.gan.balancer.get_extra_state()
     assert set(extra) == {"time", "mel", "adv", "feat"}
-    assert any(k.startswith("balancer.") for k in module.state_dict())
+    assert any(k.startswith("gan.balancer.") for k in module.state_dict())
 
 
 def test_bf16_mixed_precision_batch_is_finite():
     torch.manual_seed(0)
     module = tiny_module(balancer=Balancer())
     fit(module, batches=2, precision="bf16-mixed")
-    assert module.skipped_steps.tolist() == [0, 0]
+    assert module.gan.skipped_steps.tolist() == [0, 0]
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
@@ -305,7 +305,7 @@ def test_16_mixed_clips_unscaled_gradients():
     g_step = torch.sqrt(sum((p - g_before[k]).pow(2).sum() for k, p in module.codec.named_parameters()))
     # Clipping scaled gradients would leave the update 4x too large (the scaler divides after).
     assert 0 < g_step <= lr * clip * 1.001
-    assert module.skipped_steps.tolist() == [0, 0]
+    assert module.gan.skipped_steps.tolist() == [0, 0]
 
 
 def test_16_mixed_overflow_is_skipped_and_counted():
@@ -313,7 +313,7 @@ def test_16_mixed_overflow_is_skipped_and_counted():
     module = tiny_module()
     params_before = {k: v.clone() for k, v in module.codec.named_parameters()}
     scaler = _fit_with_cpu_grad_scaler(module, init_scale=2.0**60)  # guaranteed fp16 overflow
-    assert module.skipped_steps[0] == 1
+    assert module.gan.skipped_steps[0] == 1
     assert scaler.get_scale() < 2.0**60  # the scaler backed off
     for name, p in module.codec.named_parameters():
         assert torch.equal(p, params_before[name])

@@ -1,5 +1,6 @@
 """GANStep reused by a module that is not a codec: a tiny mel -> audio vocoder trains through the same
-G/D step as GANCodecModule and logs under the same keys; GANCodecModule's checkpoint keys stay flat."""
+G/D step as GANCodecModule and logs under the same keys; GANCodecModule's checkpoints hold the step's
+state under ``gan.``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from codecplatform.discriminators.mpd import MultiPeriodDiscriminator
 from codecplatform.dsp.spectral import mel_filterbank, safe_log, stft
-from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
+from codecplatform.lightning.base import TrainingModule
+from codecplatform.lightning.gan_step import GANStep, GeneratorOutput
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.reconstruction import MultiScaleMelLoss
 
@@ -45,7 +47,7 @@ class MelAudio(Dataset):
         return self.mel[i], self.x[i]
 
 
-class TinyVocoder(LightningModule):
+class TinyVocoder(TrainingModule):
     """Two convolutions, mel (B, N_MELS, N) -> audio (B, 1, (N - 1) * HOP), trained with GANStep."""
 
     def __init__(self, discriminator_schedule: DiscriminatorSchedule | None = None):
@@ -63,19 +65,22 @@ class TinyVocoder(LightningModule):
             discriminator_schedule=discriminator_schedule,
         )
 
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": SR}
+
     def configure_optimizers(self) -> Any:
-        return self.gan.configure_optimizers(self.generator.parameters())
+        return self.gan.configure_optimizers(self, self.generator.parameters())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.gan.on_before_optimizer_step(self, optimizer)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor] | None:
         mel, x = batch
-        if any_rank_empty(self, x):
+        if self.skip_empty(x):
             return None
         x_hat = self.generator(mel[..., :-1])  # (B, 1, T)
         logs = self.gan.step(self, x, GeneratorOutput(x_hat))
-        self.gan.log(self, logs, batch_size=x.shape[0])
+        self.end_batch(logs, batch_size=x.shape[0])
         return logs
 
 
@@ -113,7 +118,7 @@ def test_a_vocoder_trains_through_the_same_gan_step_with_the_same_log_keys():
     trainer, record = fit(vocoder, MelAudio(), batches=2)
 
     assert changed(g_before, vocoder.generator) and changed(d_before, vocoder.gan.discriminator)
-    assert int(vocoder.gan.batch_counter) == 2
+    assert int(vocoder.batch_counter) == 2
     assert trainer.global_step == 4  # two optimizer steps per batch
     assert vocoder.gan.skipped_steps.tolist() == [0, 0]
     keys = set(record.steps[-1])
@@ -158,8 +163,8 @@ def test_the_schedule_and_the_checks_apply_to_any_generator():
         GANStep([], {"adv": nn.L1Loss()}, {"adv": 1.0, "feat": 1.0})
     with pytest.raises(ValueError, match="no weight"):
         GANStep([], {"mel": nn.L1Loss()}, {"adv": 1.0, "feat": 1.0})
-    with pytest.raises(ValueError, match="max_batches"):
-        GANStep([], {}, {"adv": 1.0, "feat": 1.0}, max_batches=0)
+    with pytest.raises(ValueError, match="generator_grad_clip"):
+        GANStep([], {}, {"adv": 1.0, "feat": 1.0}, generator_grad_clip=0.0)
 
 
 def test_discriminator_copies_are_selected_by_key():
@@ -178,20 +183,19 @@ def test_discriminator_copies_are_selected_by_key():
         one.select_discriminator("nq1")
 
 
-def test_gan_codec_module_checkpoint_keys_stay_flat_and_load_back():
+def test_gan_codec_module_checkpoint_keys_are_the_modules_and_load_back():
     torch.manual_seed(0)
     module = tiny_module()
     state = module.state_dict()
-    assert "batch_counter" in state and "skipped_steps" in state
-    assert any(k.startswith("discriminator.") for k in state)
-    assert not any(k.startswith(("gan.", "evaluation.")) for k in state)
-    assert {k.split(".")[0] for k in state} == {"codec", "discriminator", "batch_counter", "skipped_steps"}
+    assert {k.split(".")[0] for k in state} == {"codec", "gan", "batch_counter"}
+    assert "gan.skipped_steps" in state and any(k.startswith("gan.discriminator.") for k in state)
 
     state = {k: v.clone() for k, v in state.items()}
     state["batch_counter"] += 7
+    state["gan.skipped_steps"][1] += 2
     other = tiny_module()
     other.load_state_dict(state, strict=True)
-    assert int(other.batch_counter) == 7
+    assert int(other.batch_counter) == 7 and other.gan.skipped_steps.tolist() == [0, 2]
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
-    # a vocoder composes the step under its own name
-    assert any(k.startswith("gan.discriminator.") for k in TinyVocoder().state_dict())
+    # a vocoder composes the step under the same name
+    assert {k.split(".")[0] for k in TinyVocoder().state_dict()} == {"generator", "gan", "batch_counter"}

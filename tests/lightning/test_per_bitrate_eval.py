@@ -130,7 +130,7 @@ def test_every_bitrate_is_evaluated_and_more_codebooks_reconstruct_better(codec,
 
 def test_eval_bandwidths_restrict_and_validation_can_skip_bitrates(codec, data):
     module = module_for(codec, eval_bandwidths=[8.0], per_bitrate_validation=False)
-    assert module.eval_n_q == {"test": [2, 4], "val": [4]}  # the full count is always evaluated
+    assert module.evaluation.eval_n_q == {"test": [2, 4], "val": [4]}  # the full count is always evaluated
     results = run_test(module, data)
     assert "test/8kbps/mel_distance" in results and "test/16kbps/mel_distance" in results
     assert not any(key.startswith("test/4kbps/") for key in results)
@@ -142,7 +142,7 @@ def test_eval_bandwidths_restrict_and_validation_can_skip_bitrates(codec, data):
 
 def test_test_metrics_only_at_test_and_bad_metric_config_is_refused(codec, data):
     module = module_for(codec, test_metrics={"stoi": STOI(SR)}, eval_bandwidths=[16.0])
-    assert "stoi" in module.eval_metrics["test"]["nq4"] and "stoi" not in module.eval_metrics["val"]["nq4"]
+    assert "stoi" in module.evaluation.metrics["test"]["nq4"] and "stoi" not in module.evaluation.metrics["val"]["nq4"]
     results = run_test(module, NoiseAudio(n=2, length=SR))  # STOI needs ~0.4 s of non-silent frames
     assert math.isfinite(results["test/stoi"]) and results["test/stoi"] == results["test/16kbps/stoi"]
     with pytest.raises(ValueError, match="repeats names"):
@@ -164,14 +164,14 @@ def test_metric_states_reduce_across_ranks_like_one_process(codec, data):
         whole._evaluate(x, "test")
         rank0._evaluate(x[:2], "test")
         rank1._evaluate(x[2:], "test")
-    for key, per_metric in whole.eval_metrics["test"].items():
+    for key, per_metric in whole.evaluation.metrics["test"].items():
         for name, metric in per_metric.items():
-            merged = rank0.eval_metrics["test"][key][name]
-            merged.merge_state(rank1.eval_metrics["test"][key][name])
+            merged = rank0.evaluation.metrics["test"][key][name]
+            merged.merge_state(rank1.evaluation.metrics["test"][key][name])
             assert float(merged.compute()) == pytest.approx(float(metric.compute()), rel=1e-5), (key, name)
-    rank0.codebook_usage["test"].merge_state(rank1.codebook_usage["test"])
-    merged_counts = rank0.codebook_usage["test"].compute()["counts"]
-    assert torch.equal(merged_counts, whole.codebook_usage["test"].compute()["counts"])
+    rank0.evaluation.codebook_usage["test"].merge_state(rank1.evaluation.codebook_usage["test"])
+    merged_counts = rank0.evaluation.codebook_usage["test"].compute()["counts"]
+    assert torch.equal(merged_counts, whole.evaluation.codebook_usage["test"].compute()["counts"])
 
 
 def test_table_artifact_is_logged_to_mlflow_and_other_loggers_work(codec, data, tmp_path, empty_mlflow_store):
@@ -225,9 +225,11 @@ def test_codecplatform_test_prints_the_table(make_manifests, in_tmp_dir, capsys)
     )
     printed = capsys.readouterr().out
     codec = cli.model.codec
-    labels = [f"{round(codec.bitrate(k), 3):g}kbps" for k in cli.model.eval_n_q["test"]]
+    labels = [f"{round(codec.bitrate(k), 3):g}kbps" for k in cli.model.evaluation.eval_n_q["test"]]
     assert len(labels) >= 2
-    header = "| metric | " + " | ".join(f"{label} (n_q={k})" for label, k in zip(labels, cli.model.eval_n_q["test"]))
+    header = "| metric | " + " | ".join(
+        f"{label} (n_q={k})" for label, k in zip(labels, cli.model.evaluation.eval_n_q["test"])
+    )
     assert header in printed
     for name in ("mel_distance", "stft_distance", "si_sdr", "stoi", *CODEBOOK_ROWS):
         assert f"| {name} |" in printed, name

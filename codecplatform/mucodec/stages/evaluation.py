@@ -19,18 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 from torchmetrics import Metric
 
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.evaluation import BitrateEvaluator
 from codecplatform.mucodec.bundle import bundle_config
 from codecplatform.mucodec.codec import MuCodec
 
 
-class MuCodecEvalModule(LightningModule):
+class MuCodecEvalModule(TrainingModule):
     """Evaluates ``codec`` with :class:`~codecplatform.lightning.evaluation.BitrateEvaluator`.
 
     Args:
@@ -48,29 +46,19 @@ class MuCodecEvalModule(LightningModule):
         eval_bandwidths: list[float] | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__()
+        super().__init__(max_batches=max_batches)  # the hparams: on_save_checkpoint reads "codec"
         self.automatic_optimization = False
-        modules = ["codec", "metrics", "test_metrics"]
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
         self.codec = codec
         self.evaluation = BitrateEvaluator(codec, metrics, test_metrics, eval_bandwidths)
-        self.max_batches = max_batches
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
 
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        rate = getattr(data, "sample_rate", None)
-        if rate is not None and rate != self.codec.sample_rate:
-            raise ValueError(f"data.sample_rate={rate} but MuCodec codes {self.codec.sample_rate} Hz audio")
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.codec.sample_rate}
 
     def configure_optimizers(self) -> Any:
         return None  # nothing to train
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        self.batch_counter += 1
-        self.log("batches", self.batch_counter.float(), on_step=True, prog_bar=True, batch_size=batch.shape[0])
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
+        self.end_batch({}, batch_size=batch.shape[0])
 
     def _audio(self, x: Tensor) -> Tensor:
         if x.shape[1] == 1 and self.codec.channels > 1:

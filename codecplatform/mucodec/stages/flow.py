@@ -32,26 +32,20 @@ crossfades waveforms after its vocoder, and ``crossfade`` works on waveforms ali
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from codecplatform.dsp.spectral import resample
-from codecplatform.lightning.gan_step import any_rank_empty
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.mucodec.flow import CodeSource, FlowMatchingDiT, crossfade
 from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY, MelVAE
 from codecplatform.mucodec.stages.melvae import device_generator
-
-
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    """AdamW, lr 1e-4 (NOT FOUND in the official code, which is inference only)."""
-    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
 
 
 def load_frozen_melvae(
@@ -82,7 +76,7 @@ def load_frozen_melvae(
     return loaded.requires_grad_(False).eval()
 
 
-class FlowModule(LightningModule):
+class FlowModule(TrainingModule):
     """Trains the flow-matching DiT on a frozen Mel-VAE and frozen codes.
 
     Args:
@@ -98,6 +92,9 @@ class FlowModule(LightningModule):
         num_steps, guidance_scale, window_codes, hop_codes: ``codes_to_mel`` defaults (50, 1.5, 1024, 768).
         seed: seeds training draws (batch index based) and evaluation.
     """
+
+    # NOT FOUND in the official code (inference only)
+    default_optimizer = partial(torch.optim.AdamW, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
 
     def __init__(
         self,
@@ -119,11 +116,7 @@ class FlowModule(LightningModule):
         hop_codes: int = 768,
         seed: int = 0,
     ):
-        super().__init__()
-        modules = ["flow", "code_source", "melvae", "optimizer", "scheduler"]
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
+        super().__init__(max_batches=max_batches)
         for name, p in (("prompt_probability", prompt_probability), ("max_prompt_fraction", max_prompt_fraction)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
@@ -131,13 +124,12 @@ class FlowModule(LightningModule):
         self.code_source = code_source.freeze()
         self.melvae = load_frozen_melvae(melvae_checkpoint, melvae)
         self._check_geometry(melvae_checkpoint or "model.init_args.melvae")
-        self.optimizer_factory, self.scheduler_factory = optimizer or _default_optimizer, scheduler
-        self.max_batches, self.sample_posterior, self.seed = max_batches, sample_posterior, seed
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.sample_posterior, self.seed = sample_posterior, seed
         self.prompt_probability, self.max_prompt_fraction = prompt_probability, max_prompt_fraction
         self.eval_num_steps, self.eval_guidance_scale = eval_num_steps, eval_guidance_scale
         self.num_steps, self.guidance_scale = num_steps, guidance_scale
         self.window_codes, self.hop_codes = window_codes, hop_codes
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
 
     def _check_geometry(self, source: str) -> None:
         vae, flow, codes = self.melvae, self.flow, self.code_source
@@ -162,19 +154,12 @@ class FlowModule(LightningModule):
                 raise ValueError(f"{source}: Mel-VAE {what} = {theirs} but model.init_args.{field} = {mine}")
 
     # -- set-up --------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        rate, channels = getattr(data, "sample_rate", None), getattr(data, "channels", None)
-        if rate is not None and rate != self.melvae.sample_rate:
-            raise ValueError(f"data.sample_rate={rate} but the Mel-VAE expects {self.melvae.sample_rate}")
-        if channels is not None and channels not in (1, self.melvae.audio_channels):
-            raise ValueError(f"data.channels={channels} but the Mel-VAE expects {self.melvae.audio_channels} (or 1)")
+    def expected_data(self) -> dict[str, int | tuple[int, ...]]:
+        # mono data is repeated for a stereo Mel-VAE
+        return {"sample_rate": self.melvae.sample_rate, "channels": (1, self.melvae.audio_channels)}
 
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(self.flow.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return [opt], [{"scheduler": self.scheduler_factory(opt), "interval": "step"}]
+        return self.make_optimizer(self.flow.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     def train(self, mode: bool = True) -> FlowModule:
         super().train(mode)
@@ -212,8 +197,7 @@ class FlowModule(LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
         x = batch
-        if any_rank_empty(self, x):
-            warnings.warn(f"skipping batch {int(self.batch_counter)}: a rank's batch was empty", stacklevel=2)
+        if self.skip_empty(x):
             return None
         step = int(self.batch_counter)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -224,13 +208,9 @@ class FlowModule(LightningModule):
         with_prompt = torch.rand(b, generator=generator) < self.prompt_probability
         lengths = (torch.rand(b, generator=generator) * self.max_prompt_fraction * frames).long() * with_prompt
         loss, extra = self.flow.loss(x1, condition, lengths.to(x.device), generator)
-        self.batch_counter += 1
         logs = {"train/flow": loss.detach(), **{f"train/{k}": v for k, v in extra.items()}}
         logs["train/latent_statistics_samples"] = self.melvae.normalizer.count.float()
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=b)
-        self.log("batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
+        self.end_batch(logs, batch_size=b)
         return loss
 
     # -- evaluation ------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ float32, cropped to whole latent frames) -> VAE with a posterior sample -> losse
            compares, e.g. a ``MelPatchDiscriminator``.
 
 Weights: one ``loss_weights`` dict (log keys ``train/g/<name>``). Without discriminators the step is a
-single optimizer step (non-finite gradients skipped and counted, optional clipping). ``batch_counter``
-(a buffer) counts trained batches; ``max_batches`` stops training.
+single optimizer step (non-finite gradients skipped and counted in ``skipped_steps``, optional
+clipping). The VAE is the "generator" in every argument and log key (``generator_optimizer``,
+``train/lr/generator``), with or without discriminators. ``batch_counter`` counts trained batches;
+``max_batches`` stops training.
 
 Validation/test: ``<stage>/mel_distance`` (L1 between the log-mel and its reconstruction from the
 posterior mean; the checkpoint monitor), ``<stage>/kl``.
@@ -24,17 +26,16 @@ stage's ``.ckpt``, which stores ``melvae_config``) through ``melvae_checkpoint``
 
 from __future__ import annotations
 
-import warnings
+from functools import partial
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from codecplatform.discriminators.base import Discriminator
-from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
+from codecplatform.lightning.base import TrainingModule
+from codecplatform.lightning.gan_step import GANStep, GeneratorOutput
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss
 from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY, LogMelL1Loss, MelVAE, gaussian_kl
@@ -42,12 +43,7 @@ from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY, LogMelL1Loss, Me
 MEL, KL = "mel", "kl"
 
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    """Adam, lr 1e-4, betas (0.5, 0.9) (the LDM autoencoder's betas)."""
-    return torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.9))
-
-
-class MelVAEModule(LightningModule):
+class MelVAEModule(TrainingModule):
     """Trains a :class:`~codecplatform.mucodec.melvae.MelVAE`.
 
     Args:
@@ -56,12 +52,16 @@ class MelVAEModule(LightningModule):
         discriminators: None (default) for no adversarial loss; else discriminators of log-mels.
         gan_loss, feature_loss, discriminator_optimizer, discriminator_scheduler,
             discriminator_schedule, discriminator_grad_clip: of the adversarial step (see ``GANStep``).
-        optimizer, scheduler: of the VAE (default Adam 1e-4, betas (0.5, 0.9); scheduler stepped per batch).
-        grad_clip: max gradient norm of the VAE (None: none).
+        generator_optimizer, generator_scheduler: of the VAE (scheduler stepped per batch).
+            Default optimizer (for the discriminators too): Adam 1e-4, betas (0.5, 0.9), the LDM
+            autoencoder's.
+        generator_grad_clip: max gradient norm of the VAE (None: none).
         max_batches: stop after this many batches.
         seed: seeds the posterior samples (batch index based, identical on every rank).
         export_dir: ``MelVAE.save_pretrained`` there at the end of fit (rank zero); None: no export.
     """
+
+    default_optimizer = partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.9))
 
     def __init__(
         self,
@@ -70,39 +70,25 @@ class MelVAEModule(LightningModule):
         discriminators: list[Discriminator] | None = None,
         gan_loss: GANLoss | None = None,
         feature_loss: FeatureMatchingLoss | None = None,
-        optimizer: OptimizerCallable | None = None,
-        scheduler: LRSchedulerCallable | None = None,
+        generator_optimizer: OptimizerCallable | None = None,
+        generator_scheduler: LRSchedulerCallable | None = None,
         discriminator_optimizer: OptimizerCallable | None = None,
         discriminator_scheduler: LRSchedulerCallable | None = None,
         discriminator_schedule: DiscriminatorSchedule | None = None,
-        grad_clip: float | None = None,
+        generator_grad_clip: float | None = None,
         discriminator_grad_clip: float | None = None,
         max_batches: int | None = None,
         seed: int = 0,
         export_dir: str | None = None,
     ):
-        super().__init__()
+        super().__init__(max_batches=max_batches)
         self.automatic_optimization = False
-        modules = [
-            "vae",
-            "discriminators",
-            "gan_loss",
-            "feature_loss",
-            "optimizer",
-            "scheduler",
-            "discriminator_optimizer",
-            "discriminator_scheduler",
-            "discriminator_schedule",
-        ]
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
         self.vae = vae
         self.loss_weights = dict(loss_weights or {MEL: 1.0, KL: 1e-4})
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
-        if grad_clip is not None and grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
-        self.max_batches, self.grad_clip, self.seed, self.export_dir = max_batches, grad_clip, seed, export_dir
-        self.optimizer_factory, self.scheduler_factory = optimizer or _default_optimizer, scheduler
+        if generator_grad_clip is not None and generator_grad_clip <= 0:
+            raise ValueError(f"generator_grad_clip must be > 0 or null, got {generator_grad_clip}")
+        self.generator_grad_clip, self.seed, self.export_dir = generator_grad_clip, seed, export_dir
+        self.generator_optimizer, self.generator_scheduler = generator_optimizer, generator_scheduler
         self.mel_loss = LogMelL1Loss()
         self.gan: GANStep | None = None
         if discriminators:
@@ -112,14 +98,13 @@ class MelVAEModule(LightningModule):
                 self.loss_weights,
                 gan_loss=gan_loss,
                 feature_loss=feature_loss,
-                generator_optimizer=self.optimizer_factory,
+                generator_optimizer=generator_optimizer,
                 discriminator_optimizer=discriminator_optimizer,
-                generator_scheduler=scheduler,
+                generator_scheduler=generator_scheduler,
                 discriminator_scheduler=discriminator_scheduler,
                 discriminator_schedule=discriminator_schedule,
-                generator_grad_clip=grad_clip,
+                generator_grad_clip=generator_grad_clip,
                 discriminator_grad_clip=discriminator_grad_clip,
-                max_batches=max_batches,
             )
         else:
             unknown = sorted(set(self.loss_weights) - {MEL, KL})
@@ -129,33 +114,21 @@ class MelVAEModule(LightningModule):
                     f"loss_weights must name exactly {MEL!r} and {KL!r} without discriminators "
                     f"(unknown: {unknown}, missing: {missing})"
                 )
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
 
     # -- set-up --------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        for field, expected in (("sample_rate", self.vae.sample_rate), ("channels", self.vae.audio_channels)):
-            given = getattr(data, field, None)
-            if given is not None and given != expected:
-                raise ValueError(
-                    f"data.{field}={given} but the Mel-VAE expects {expected} "
-                    f"(model.init_args.vae.init_args.{'audio_channels' if field == 'channels' else field})"
-                )
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.vae.sample_rate, "channels": self.vae.audio_channels}
 
     def configure_optimizers(self) -> Any:
         if self.gan is not None:
-            return self.gan.configure_optimizers(self.vae.parameters())
-        opt = self.optimizer_factory(self.vae.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return [opt], [{"scheduler": self.scheduler_factory(opt), "interval": "step"}]
+            return self.gan.configure_optimizers(self, self.vae.parameters())
+        return self.make_optimizer(self.vae.parameters(), self.generator_optimizer, self.generator_scheduler)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
         x = batch
-        if any_rank_empty(self, x):
-            warnings.warn(f"skipping batch {int(self.batch_counter)}: a rank's batch was empty", stacklevel=2)
+        if self.skip_empty(x):
             return None
         step = int(self.batch_counter)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -165,8 +138,7 @@ class MelVAEModule(LightningModule):
         kl = gaussian_kl(out.mean.float(), out.logvar.float())
         if self.gan is not None:
             logs = self.gan.step(self, mel, GeneratorOutput(out.mel_hat, {KL: kl}))
-            self.batch_counter.copy_(self.gan.batch_counter)
-            self.gan.log(self, logs, batch_size=x.shape[0])
+            self.end_batch(logs, batch_size=x.shape[0])
             return logs
         losses = {MEL: self.mel_loss(mel, out.mel_hat), KL: kl}
         total = sum(self.loss_weights[name] * value for name, value in losses.items())
@@ -176,17 +148,11 @@ class MelVAEModule(LightningModule):
         opt.step()
         for config in self.trainer.lr_scheduler_configs:
             config.scheduler.step()
-        self.batch_counter += 1
         logs = {f"train/g/{name}": value.detach() for name, value in losses.items()}
         logs["train/g/loss"] = total.detach()
         logs["train/lr/generator"] = torch.tensor(opt.param_groups[0]["lr"])
         logs["train/skipped_steps/generator"] = self.skipped_steps.float()
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        self.log(
-            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0]
-        )
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
+        self.end_batch(logs, batch_size=x.shape[0])
         return logs
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -205,8 +171,8 @@ class MelVAEModule(LightningModule):
                 p.grad = None
             self.skipped_steps += 1
             return
-        if self.grad_clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        if self.generator_grad_clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.generator_grad_clip, gradient_clip_algorithm="norm")
 
     # -- evaluation ------------------------------------------------------------------------------
     def _evaluate(self, x: Tensor, stage: str) -> None:

@@ -38,18 +38,17 @@ run draws what the uninterrupted one would have. Optimization is automatic (one 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from codecplatform.dsp.cqt import cqt, cqt_kernels
-from codecplatform.lightning.gan_step import any_rank_empty
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.schedule import uniform_from
 from codecplatform.mucodec.muencoder import (
     MuEncoder,
@@ -85,11 +84,7 @@ def split_batch(batch: Any) -> tuple[Tensor, list[str | None] | None]:
     return batch, None
 
 
-def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
-
-
-class MuEncoderModule(LightningModule):
+class MuEncoderModule(TrainingModule):
     """Trains a :class:`MuEncoder` (stage 1: ``loss_weights: {ce: 1}``; stage 2: ``{ce: 1, mel: 1,
     cqt: 1, ctc: 0.2}``). See the module docstring.
 
@@ -108,6 +103,8 @@ class MuEncoderModule(LightningModule):
         max_batches: stop training after this many batches (None: the trainer decides).
         seed: seeds the masks.
     """
+
+    default_optimizer = partial(torch.optim.AdamW, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
 
     def __init__(
         self,
@@ -129,16 +126,13 @@ class MuEncoderModule(LightningModule):
         max_batches: int | None = None,
         seed: int = 0,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "target", "optimizer", "scheduler"])
+        super().__init__(max_batches=max_batches)
         weights = {"ce": 1.0} if loss_weights is None else dict(loss_weights)
         unknown = sorted(set(weights) - set(LOSSES))
         if unknown:
             raise ValueError(f"loss_weights: unknown losses {unknown}; known: {list(LOSSES)}")
         if weights.get("ce", 0.0) <= 0:
             raise ValueError("loss_weights must give the masked prediction loss 'ce' a weight > 0")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
         span = round(mask_seconds * encoder.sample_rate)
         if span < encoder.samples_per_token or span % encoder.samples_per_token:
             raise ValueError(
@@ -172,16 +166,15 @@ class MuEncoderModule(LightningModule):
         self.muencoder_checkpoint = muencoder_checkpoint
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.max_batches = max_batches
         self.seed = seed
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
 
     # -- set-up ------------------------------------------------------------------------------
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.encoder.sample_rate}  # any channel count: the encoder takes the mono mix
+
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        rate = getattr(data, "sample_rate", None)
-        if rate is not None and rate != self.encoder.sample_rate:
-            raise ValueError(f"data.sample_rate={rate} but the MuEncoder expects {self.encoder.sample_rate}")
         if "ctc" in self.loss_weights and data is not None and getattr(data, "return_text", True) is False:
             raise ValueError(
                 "loss_weights has 'ctc' but the batches carry no text: set data.init_args.return_text: true"
@@ -190,7 +183,7 @@ class MuEncoderModule(LightningModule):
             state = load_muencoder_state(self.muencoder_checkpoint, self.encoder)
             target = {k[len("target.") :]: v for k, v in state.items() if k.startswith("target.")}
             if target:
-                from codecplatform.models.codec import check_codec_state
+                from codecplatform.checkpoints.io import check_codec_state
 
                 check_codec_state(
                     self.target, target, f"target quantizer of muencoder_checkpoint={self.muencoder_checkpoint}"
@@ -199,13 +192,7 @@ class MuEncoderModule(LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = (self.optimizer_factory or default_optimizer)(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        return self.make_optimizer(params, self.optimizer_factory, self.scheduler_factory)
 
     # -- the losses ----------------------------------------------------------------------------
     def _generator(self, step: int, salt: str) -> torch.Generator:
@@ -276,25 +263,14 @@ class MuEncoderModule(LightningModule):
     # -- steps -----------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | None:
         x, texts = split_batch(batch)
-        if any_rank_empty(self, x):
-            warnings.warn(
-                f"skipping batch {int(self.batch_counter)} on every rank: a rank's batch was empty", stacklevel=2
-            )
+        if self.skip_empty(x):
             return None
         values = self.compute(x, texts, self._generator(int(self.batch_counter), "mask"))
         loss = self._total(values)
         logs = {f"train/{PREFIX}/{k}": v for k, v in values.items()}
         logs[f"train/{PREFIX}/loss"] = loss.detach()
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        self.batch_counter += 1
-        self.log(
-            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0]
-        )
+        self.end_batch(logs, batch_size=x.shape[0])
         return {"loss": loss}
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
 
     def _evaluate(self, batch: Any, batch_idx: int, stage: str) -> None:
         x, texts = split_batch(batch)

@@ -24,16 +24,15 @@ without encoding again; the module's ``codec`` is the :class:`MuCodecTokenizer` 
 
 from __future__ import annotations
 
-import warnings
+from functools import partial
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.diagnostics import codebook_perplexities
-from codecplatform.lightning.gan_step import any_rank_empty
 from codecplatform.mucodec.muencoder import load_muencoder_state
 from codecplatform.mucodec.stages.muencoder import split_batch
 from codecplatform.mucodec.tokenizer import MuCodecTokenizer
@@ -42,11 +41,7 @@ LOSSES = ("commit", "codebook", "recon")
 PREFIX = "tokenizer"
 
 
-def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.99))
-
-
-class MuCodecTokenizerModule(LightningModule):
+class MuCodecTokenizerModule(TrainingModule):
     """Trains the quantizer of a :class:`MuCodecTokenizer` (the MuEncoder stays frozen).
 
     Args:
@@ -58,6 +53,8 @@ class MuCodecTokenizerModule(LightningModule):
         max_batches: stop training after this many batches (None: the trainer decides).
     """
 
+    default_optimizer = partial(torch.optim.AdamW, lr=1e-4, betas=(0.8, 0.99))  # DAC's
+
     def __init__(
         self,
         tokenizer: MuCodecTokenizer,
@@ -67,21 +64,16 @@ class MuCodecTokenizerModule(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer", "optimizer", "scheduler"])
+        super().__init__(max_batches=max_batches)
         weights = {"commit": 0.25, "codebook": 1.0, "recon": 1.0} if loss_weights is None else dict(loss_weights)
         unknown = sorted(set(weights) - set(LOSSES))
         if unknown:
             raise ValueError(f"loss_weights: unknown losses {unknown}; known: {list(LOSSES)}")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
         self.tokenizer = tokenizer
         self.loss_weights = {k: float(v) for k, v in weights.items()}
         self.muencoder_checkpoint = muencoder_checkpoint
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.max_batches = max_batches
-        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
 
     @property
     def codec(self) -> MuCodecTokenizer:
@@ -89,22 +81,18 @@ class MuCodecTokenizerModule(LightningModule):
         return self.tokenizer
 
     # -- set-up ------------------------------------------------------------------------------
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.tokenizer.sample_rate}  # any channel count: the encoder takes the mono mix
+
     def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        rate = getattr(data, "sample_rate", None)
-        if rate is not None and rate != self.tokenizer.sample_rate:
-            raise ValueError(f"data.sample_rate={rate} but the MuEncoder expects {self.tokenizer.sample_rate}")
+        super().setup(stage)
         if stage == "fit" and self.muencoder_checkpoint is not None:
             load_muencoder_state(self.muencoder_checkpoint, self.tokenizer.encoder)
 
     def configure_optimizers(self) -> Any:
-        optimizer = (self.optimizer_factory or default_optimizer)(self.tokenizer.quantizer.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        return self.make_optimizer(
+            self.tokenizer.quantizer.parameters(), self.optimizer_factory, self.scheduler_factory
+        )
 
     # -- steps -----------------------------------------------------------------------------------
     def compute(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -122,10 +110,7 @@ class MuCodecTokenizerModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | None:
         x, _ = split_batch(batch)
-        if any_rank_empty(self, x):
-            warnings.warn(
-                f"skipping batch {int(self.batch_counter)} on every rank: a rank's batch was empty", stacklevel=2
-            )
+        if self.skip_empty(x):
             return None
         before = sum(layer.replaced_codes for layer in self.tokenizer.quantizer.layers)
         values, codes = self.compute(x)
@@ -137,16 +122,8 @@ class MuCodecTokenizerModule(LightningModule):
         sizes = self.tokenizer.codebook_sizes
         for k, value in enumerate(codebook_perplexities(codes, None, max(sizes), len(sizes))):
             logs[f"train/codebook/perplexity/{k}"] = value
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        self.batch_counter += 1
-        self.log(
-            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0]
-        )
+        self.end_batch(logs, batch_size=x.shape[0])
         return {"loss": loss, **logs}
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
-            self.trainer.should_stop = True
 
     def _evaluate(self, batch: Any, stage: str) -> dict[str, Tensor] | None:
         x, _ = split_batch(batch)

@@ -7,7 +7,7 @@ Mel-VAE's mel, the last centered frame dropped: N = T / hop frames) -> ``HifiGan
 generator step with HiFi-GAN's losses and weights: ``mel`` 45 (L1 of log-mels, ``LogMelL1Loss``),
 ``feat`` 2 (L1 feature matching summed over layers and sub-discriminators), ``adv`` 1 (least squares,
 summed over sub-discriminators). Log keys: GANStep's (``train/g/mel``, ``train/g/adv``,
-``train/g/feat``, ``train/d/*``, ``batches``).
+``train/g/feat``, ``train/d/*``) and ``batches``.
 
 Validation/test: ``<stage>/mel_distance`` (L1 of log-mels of x and x_hat: the checkpoint monitor) and
 GANStep's ``<stage>/g/mel``.
@@ -18,17 +18,16 @@ Checkpoints store ``vocoder_config`` (``HifiGanVocoder.from_checkpoint`` rebuild
 
 from __future__ import annotations
 
-import warnings
+from functools import partial
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from codecplatform.discriminators.base import Discriminator
-from codecplatform.lightning.gan_step import GANStep, GeneratorOutput, any_rank_empty
+from codecplatform.lightning.base import TrainingModule
+from codecplatform.lightning.gan_step import GANStep, GeneratorOutput
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss, L1FeatureMatchingLoss, LeastSquaresGANLoss
 from codecplatform.mucodec.vocoder import CHECKPOINT_CONFIG_KEY, HifiGanVocoder, LogMelL1Loss
@@ -37,12 +36,7 @@ MEL = "mel"
 HIFIGAN_WEIGHTS = {MEL: 45.0, "feat": 2.0, "adv": 1.0}
 
 
-def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    """AdamW, lr 1e-4, betas (0.8, 0.99) (AudioLDM's HiFi-GAN; HiFi-GAN V1 uses 2e-4)."""
-    return torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.99))
-
-
-class HifiGanVocoderModule(LightningModule):
+class HifiGanVocoderModule(TrainingModule):
     """Trains a :class:`~codecplatform.mucodec.vocoder.HifiGanVocoder` with MPD + MSD.
 
     Args:
@@ -51,11 +45,15 @@ class HifiGanVocoderModule(LightningModule):
         loss_weights: ``mel``, ``feat``, ``adv`` (default HiFi-GAN's 45, 2, 1).
         gan_loss: default least squares summed over sub-discriminators (HiFi-GAN).
         feature_loss: default L1 summed over layers and sub-discriminators (HiFi-GAN).
-        optimizer, discriminator_optimizer: default AdamW 1e-4, betas (0.8, 0.99).
-        scheduler, discriminator_scheduler: stepped once per batch.
-        discriminator_schedule, grad_clip, discriminator_grad_clip, max_batches: see ``GANStep``.
+        generator_optimizer, discriminator_optimizer: default AdamW 1e-4, betas (0.8, 0.99).
+        generator_scheduler, discriminator_scheduler: stepped once per batch.
+        discriminator_schedule, generator_grad_clip, discriminator_grad_clip: see ``GANStep``.
+        max_batches: stop after this many batches (None: the trainer decides).
         export_dir: ``HifiGanVocoder.save_pretrained`` there at the end of fit (rank zero).
     """
+
+    # AudioLDM's HiFi-GAN (HiFi-GAN V1 uses lr 2e-4), for the vocoder and the discriminators alike
+    default_optimizer = partial(torch.optim.AdamW, lr=1e-4, betas=(0.8, 0.99))
 
     def __init__(
         self,
@@ -64,30 +62,18 @@ class HifiGanVocoderModule(LightningModule):
         loss_weights: dict[str, float] | None = None,
         gan_loss: GANLoss | None = None,
         feature_loss: FeatureMatchingLoss | None = None,
-        optimizer: OptimizerCallable | None = None,
-        scheduler: LRSchedulerCallable | None = None,
+        generator_optimizer: OptimizerCallable | None = None,
+        generator_scheduler: LRSchedulerCallable | None = None,
         discriminator_optimizer: OptimizerCallable | None = None,
         discriminator_scheduler: LRSchedulerCallable | None = None,
         discriminator_schedule: DiscriminatorSchedule | None = None,
-        grad_clip: float | None = None,
+        generator_grad_clip: float | None = None,
         discriminator_grad_clip: float | None = None,
         max_batches: int | None = None,
         export_dir: str | None = None,
     ):
-        super().__init__()
+        super().__init__(max_batches=max_batches)
         self.automatic_optimization = False
-        modules = [
-            "vocoder",
-            "discriminators",
-            "gan_loss",
-            "feature_loss",
-            "optimizer",
-            "scheduler",
-            "discriminator_optimizer",
-            "discriminator_scheduler",
-            "discriminator_schedule",
-        ]
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else modules)
         self.vocoder = vocoder
         self.export_dir = export_dir
         self.loss_weights = dict(HIFIGAN_WEIGHTS if loss_weights is None else loss_weights)
@@ -98,32 +84,21 @@ class HifiGanVocoderModule(LightningModule):
             self.loss_weights,
             gan_loss=gan_loss or LeastSquaresGANLoss(reduction="sum"),
             feature_loss=feature_loss or L1FeatureMatchingLoss(reduction="sum"),
-            generator_optimizer=optimizer or default_optimizer,
-            discriminator_optimizer=discriminator_optimizer or default_optimizer,
-            generator_scheduler=scheduler,
+            generator_optimizer=generator_optimizer,
+            discriminator_optimizer=discriminator_optimizer,
+            generator_scheduler=generator_scheduler,
             discriminator_scheduler=discriminator_scheduler,
             discriminator_schedule=discriminator_schedule,
-            generator_grad_clip=grad_clip,
+            generator_grad_clip=generator_grad_clip,
             discriminator_grad_clip=discriminator_grad_clip,
-            max_batches=max_batches,
         )
 
-    @property
-    def batch_counter(self) -> Tensor:
-        return self.gan.batch_counter
-
     # -- set-up --------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        rate = getattr(data, "sample_rate", None)
-        if rate is not None and rate != self.vocoder.sample_rate:
-            raise ValueError(
-                f"data.sample_rate={rate} but the vocoder expects {self.vocoder.sample_rate} "
-                "(model.init_args.vocoder.init_args.sample_rate)"
-            )
+    def expected_data(self) -> dict[str, int]:
+        return {"sample_rate": self.vocoder.sample_rate}  # any channel count: each is vocoded on its own
 
     def configure_optimizers(self) -> Any:
-        return self.gan.configure_optimizers(self.vocoder.parameters())
+        return self.gan.configure_optimizers(self, self.vocoder.parameters())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.gan.on_before_optimizer_step(self, optimizer)
@@ -146,12 +121,11 @@ class HifiGanVocoderModule(LightningModule):
     # -- steps -----------------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor] | None:
         x = batch
-        if any_rank_empty(self, x):
-            warnings.warn(f"skipping batch {int(self.batch_counter)}: a rank's batch was empty", stacklevel=2)
+        if self.skip_empty(x):
             return None
         x = self.crop(x.float())
         logs = self.gan.step(self, x, GeneratorOutput(self.generate(x)))
-        self.gan.log(self, logs, batch_size=x.shape[0])
+        self.end_batch(logs, batch_size=x.shape[0])
         return logs
 
     def _evaluate(self, x: Tensor, stage: str) -> None:

@@ -1,0 +1,156 @@
+"""TrainingModule: the set-up every LightningModule of the platform shares.
+
+Every training module (GAN codecs, the code LM, the MuCodec stages) needs the same five things, and
+they live here once:
+
+  hyperparameters  built by LightningCLI, ``hparams`` are the module's whole config (what
+                   ``Codec.from_checkpoint`` and the stage bundles rebuild models from); built in
+                   Python, only the arguments that are plain data (None, bool, numbers, strings,
+                   paths, lists and string-keyed dicts of them) are kept: modules, optimizer
+                   factories and metrics are objects, not config.
+  data check       ``setup`` compares the data module's attributes (``sample_rate``,
+                   ``channels``, ...) with :meth:`TrainingModule.expected_data` and raises
+                   ValueError on a mismatch, before any batch runs.
+  empty batches    :meth:`TrainingModule.skip_empty`: a batch is skipped on every rank when any
+                   rank's batch is empty (all its files were bad); one rank skipping alone would
+                   leave the others waiting in the gradient all-reduce.
+  batch counter    ``batch_counter`` (buffer, in checkpoints) counts trained batches: the clock of
+                   schedules and seeded draws (``trainer.global_step`` counts optimizer steps, two
+                   per batch under GAN training). :meth:`TrainingModule.end_batch` advances it, logs
+                   ``batches`` (progress bar) and stops the trainer at ``max_batches``.
+  optimizer        :meth:`TrainingModule.make_optimizer`: the given factory, or the class's
+                   ``default_optimizer`` (Adam, lr 3e-4, betas (0.5, 0.9), EnCodec; a subclass sets
+                   its paper's), with an optional scheduler stepped every batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins import HyperparametersMixin
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities.parsing import collect_init_args
+from torch import Tensor, nn
+
+
+class TrainingModule(LightningModule):
+    """Base of the platform's LightningModules (see the module docstring for what it owns).
+
+    A subclass calls ``super().__init__(max_batches=max_batches)`` first in its ``__init__`` (the
+    hyperparameters are read from its arguments at that moment), implements :meth:`expected_data`,
+    calls :meth:`skip_empty` at the top of ``training_step`` and :meth:`end_batch` once per trained
+    batch. A subclass that overrides ``setup`` calls ``super().setup(stage)``.
+
+    Args:
+        max_batches: stop training after this many batches (None: the trainer decides); >= 1.
+
+    Raises:
+        ValueError: ``max_batches`` < 1.
+    """
+
+    #: the optimizer of an unset optimizer argument (EnCodec's); subclasses set their paper's
+    default_optimizer: OptimizerCallable = partial(torch.optim.Adam, lr=3e-4, betas=(0.5, 0.9))
+
+    def __init__(self, max_batches: int | None = None):
+        super().__init__()
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
+        self.max_batches = max_batches
+        self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
+        frame = inspect.currentframe().f_back  # the subclass's __init__
+        if _given_hyperparameters.get() is not None:  # LightningCLI: its config is the hparams
+            self.save_hyperparameters(frame=frame)
+        else:
+            arguments: dict[str, Any] = {}
+            for values in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+                arguments.update(values)
+            objects = [name for name, value in arguments.items() if not is_config_value(value)]
+            self.save_hyperparameters(ignore=objects, frame=frame)
+
+    # -- data ----------------------------------------------------------------------------------
+    def expected_data(self) -> dict[str, int | tuple[int, ...]]:
+        """Data-module attribute -> the value (or the values) the model takes, e.g.
+        ``{"sample_rate": 24000, "channels": (1, 2)}``; checked in ``setup``."""
+        raise NotImplementedError(f"{type(self).__name__} must say which data it takes (expected_data)")
+
+    def setup(self, stage: str) -> None:
+        """Check the data module against :meth:`expected_data` (a missing attribute is not checked)."""
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for name, expected in self.expected_data().items():
+            allowed = (expected,) if isinstance(expected, int) else tuple(expected)
+            given = getattr(data, name, None)
+            if given is not None and given not in allowed:
+                wanted = " or ".join(str(value) for value in allowed)
+                raise ValueError(
+                    f"data.{name}={given} but {type(self).__name__} expects {name}={wanted}: "
+                    f"set data.init_args.{name} to match the model"
+                )
+
+    def skip_empty(self, x: Tensor) -> bool:
+        """Whether to skip the batch ``x`` (B, ...): True, with a warning, when the batch of any rank
+        is empty (B = 0); every rank gets the same answer (one all-gather under DDP)."""
+        if not any_rank_empty(self, x):
+            return False
+        warnings.warn(
+            f"skipping batch {int(self.batch_counter)} on every rank: a rank's batch was empty "
+            "(all its files were bad)",
+            stacklevel=3,
+        )
+        return True
+
+    # -- the batch counter ---------------------------------------------------------------------
+    def end_batch(self, logs: dict[str, Tensor], batch_size: int) -> None:
+        """After a trained batch: log ``logs`` (per step), advance ``batch_counter``, log it as
+        ``batches`` (progress bar) and stop the trainer once it reaches ``max_batches``. Without a
+        trainer (a step called by hand) only the counter moves."""
+        self.batch_counter += 1
+        if self._trainer is None:
+            return
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log(
+            "batches", self.batch_counter.float(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size
+        )
+        if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
+            self.trainer.should_stop = True
+
+    # -- optimizer -----------------------------------------------------------------------------
+    def make_optimizer(
+        self,
+        parameters: Iterable[nn.Parameter],
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> Any:
+        """``configure_optimizers``'s answer for one optimizer over ``parameters``: ``optimizer``
+        (None: ``default_optimizer``) and, when given, ``scheduler`` stepped every batch."""
+        built = (optimizer or self.default_optimizer)(parameters)
+        if scheduler is None:
+            return built
+        return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler(built), "interval": "step"}}
+
+
+def any_rank_empty(module: LightningModule, x: Tensor) -> bool:
+    """Whether the batch ``x`` (B, ...) of any rank is empty (B = 0); the same answer on every rank."""
+    size = torch.tensor(x.shape[0], device=x.device)
+    if module._trainer is not None and module.trainer.world_size > 1:
+        size = module.all_gather(size).min()
+    return int(size) == 0
+
+
+def is_config_value(value: Any) -> bool:
+    """Whether ``value`` is plain config data: None, bool, int, float, str, a path, or a list, tuple
+    or string-keyed dict of such values."""
+    if value is None or isinstance(value, (bool, int, float, str, os.PathLike)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_config_value(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and is_config_value(item) for key, item in value.items())
+    return False
