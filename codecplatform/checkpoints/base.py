@@ -6,7 +6,7 @@ experiment YAML is read at run time) and converts a weights file into a checkpoi
 
     {"codec_config": {class_path, init_args}, "state_dict": {"codec.<key>": tensor}, "source", "family", "variant"}
 
-A new family is one subclass plus its entry in :data:`codecplatform.checkpoints.IMPORTERS`
+A new family is one subclass plus its entry in :data:`codecplatform.checkpoints.cli.IMPORTERS`
 (``codecplatform import-checkpoint --family`` also takes the class path of any subclass).
 """
 

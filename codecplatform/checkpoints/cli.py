@@ -8,7 +8,7 @@
 For DAC ``--variant`` may be left out when the file carries ``DAC.save``'s metadata (it names the
 architecture); a variant that contradicts the metadata is an error. Prints the parameter count
 and the written path; exit status 2 for a missing source file or an unknown family/variant.
-``--family`` is a name of :data:`codecplatform.checkpoints.IMPORTERS` or the class path of a
+``--family`` is a name of :data:`IMPORTERS` or the class path of a
 :class:`~codecplatform.checkpoints.base.CheckpointImporter` subclass.
 
 Use the result in a notebook::
@@ -30,11 +30,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 from pathlib import Path
 
-from codecplatform.checkpoints import IMPORTERS, importer_class
+from codecplatform.checkpoints.base import CheckpointImporter
+from codecplatform.checkpoints.dac import DACImporter
+from codecplatform.checkpoints.encodec import EncodecImporter
 
 USAGE_ERROR = 2
+
+IMPORTERS: dict[str, type[CheckpointImporter]] = {cls.family: cls for cls in (DACImporter, EncodecImporter)}
+
+
+def importer_class(name: str) -> type[CheckpointImporter]:
+    """The importer for ``name``: a family of :data:`IMPORTERS` (any case) or the class path
+    (``package.module.Class``) of a :class:`CheckpointImporter` subclass. ValueError otherwise."""
+    if name.lower() in IMPORTERS:
+        return IMPORTERS[name.lower()]
+    module, _, attribute = name.rpartition(".")
+    cls = None
+    if module:
+        try:
+            cls = getattr(import_module(module), attribute, None)
+        except ImportError:
+            cls = None
+    if cls is None:
+        raise ValueError(
+            f"unknown family {name!r}: choose one of {', '.join(IMPORTERS)} or a CheckpointImporter class path"
+        )
+    if not (isinstance(cls, type) and issubclass(cls, CheckpointImporter)):
+        raise ValueError(f"{name} is not a CheckpointImporter subclass")
+    return cls
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--family",
         required=True,
-        help=f"one of {', '.join(IMPORTERS)}, or the class path of a codecplatform.checkpoints.CheckpointImporter",
+        help=f"one of {', '.join(IMPORTERS)}, or the class path of a codecplatform.checkpoints.base.CheckpointImporter",
     )
     variants = "; ".join(
         f"{name}: {'|'.join(cls.variants)}" + (" (default: from the file)" if cls.variant_from_file else "")

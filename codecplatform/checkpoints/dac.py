@@ -48,8 +48,9 @@ import torch
 from torch import Tensor
 
 from codecplatform.checkpoints.base import CheckpointImporter
+from codecplatform.checkpoints.io import check_codec_state
 from codecplatform.checkpoints.keymap import load_weights_file, rename_state_dict
-from codecplatform.models.codec import Codec, check_codec_state
+from codecplatform.models.codec import Codec
 
 DACVariant = Literal["44khz", "24khz", "16khz"]
 VARIANTS: tuple[str, ...] = ("44khz", "24khz", "16khz")

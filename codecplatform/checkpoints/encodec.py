@@ -45,9 +45,10 @@ import torch
 from torch import Tensor
 
 from codecplatform.checkpoints.base import CheckpointImporter
+from codecplatform.checkpoints.io import check_codec_state, key_list
 from codecplatform.checkpoints.keymap import load_weights_file, rename_state_dict
 from codecplatform.config import merge_config
-from codecplatform.models.codec import Codec, check_codec_state, key_list
+from codecplatform.models.codec import Codec
 from codecplatform.nn.conv import StreamableConvTranspose1d
 
 EncodecVariant = Literal["24khz", "48khz"]

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from codecplatform.models.codec import key_list
+from codecplatform.checkpoints.io import key_list, read_checkpoint
 
 
-def load_weights_file(source: str | Path, family: str) -> Any:
-    """The content of an official ``family`` weights file, read with ``torch.load(weights_only=True)``
-    (tensors and plain data only: a file that needs arbitrary code is refused). Errors name the file."""
-    source = Path(source)
-    if not source.is_file():
-        raise FileNotFoundError(f"{family} weights file not found: {source}")
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{source} holds more than tensors and plain data (refused by torch.load(weights_only=True)): {error}"
-        ) from error
+def load_weights_file(source: str | Path, family: str) -> dict[str, Any]:
+    """The content of an official ``family`` weights file, through :func:`read_checkpoint`
+    (tensors and plain data only: a file that needs arbitrary code is refused). Errors are one
+    line and name the file: missing (also a FileNotFoundError), refused, unreadable, not a dict."""
+    return read_checkpoint(source, f"{family} weights file", missing=f"{family} weights file not found: {source}")
 
 
 def rename_state_dict(

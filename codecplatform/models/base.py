@@ -14,6 +14,7 @@ them to stream with carried state, to use its own segments, or to add context ar
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from codecplatform.checkpoints.io import load_codec_state
 from codecplatform.types import EncodedAudio
 
 
@@ -223,13 +225,41 @@ class AudioCodec(nn.Module):
         The checkpoint carries the codec's config (``codec_config``) and the training module's
         state dict, whose ``codec.`` entries are the codec's trained weights and, with generator
         EMA, whose ``codec_ema.`` entries are their exponential moving average (see
-        :func:`codecplatform.models.codec.load_codec_state`). ``weights``: ``"auto"`` (default)
+        :func:`codecplatform.checkpoints.io.load_codec_state`). ``weights``: ``"auto"`` (default)
         the EMA weights when the checkpoint has them (as the training run evaluated), else the
         trained ones; ``"raw"`` the trained ones; ``"ema"`` the EMA weights or an error.
         """
-        from codecplatform.models.codec import load_codec_state
-
         config, state = load_codec_state(path, map_location, weights)
         codec = cls.from_config(config)
         codec.load_state_dict(state)
         return codec.eval()
+
+
+def grad_off_method(method: Callable) -> Callable:
+    """Run a coding method of an :class:`AudioCodec` in ``self.grad_off()`` (inference mode once
+    prepared, else no_grad): coding never builds an autograd graph."""
+
+    @functools.wraps(method)
+    def wrapper(self: AudioCodec, *args: Any, **kwargs: Any) -> Any:
+        with self.grad_off():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def grad_off_generator(method: Callable) -> Callable:
+    """:func:`grad_off_method` for a generator method: each step runs in the context, the caller's
+    code between the items does not (it may train on what it is given)."""
+
+    @functools.wraps(method)
+    def wrapper(self: AudioCodec, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items = method(self, *args, **kwargs)
+        while True:
+            with self.grad_off():
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+            yield item
+
+    return wrapper

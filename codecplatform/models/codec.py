@@ -1,57 +1,30 @@
-"""Codec = encoder -> quantizer -> decoder, usable without Lightning (notebooks, inference)."""
+"""Codec = encoder -> quantizer -> decoder, usable without Lightning (notebooks, inference).
+
+Chunked file coding is mixed in from :mod:`codecplatform.models.chunking`, streaming state lives in
+:mod:`codecplatform.models.stream`, checkpoint reading in :mod:`codecplatform.checkpoints.io`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import pickle
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from codecplatform.generators.base import Decoder, Encoder
-from codecplatform.models.base import AudioCodec
+from codecplatform.models.base import AudioCodec, grad_off_method
+from codecplatform.models.chunking import ChunkedCoding, linear_overlap_add
+from codecplatform.models.stream import CodecStream
 from codecplatform.nn.conv import fold_weight_norm
-from codecplatform.nn.streaming import StreamingModule, streaming, streams_exactly
+from codecplatform.nn.streaming import StreamingModule, streaming
 from codecplatform.quantizers.base import Quantizer
 from codecplatform.types import CodecOutput, EncodedAudio, check_audio
 
 
-def _grad_off(method: Callable) -> Callable:
-    """Run a coding method in ``self.grad_off()`` (inference mode once prepared, else no_grad)."""
-
-    @functools.wraps(method)
-    def wrapper(self: AudioCodec, *args: Any, **kwargs: Any) -> Any:
-        with self.grad_off():
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
-def _grad_off_generator(method: Callable) -> Callable:
-    """:func:`_grad_off` for a generator method: each step runs in the context, the caller's
-    code between the items does not."""
-
-    @functools.wraps(method)
-    def wrapper(self: AudioCodec, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        items = method(self, *args, **kwargs)
-        while True:
-            with self.grad_off():
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return
-            yield item
-
-    return wrapper
-
-
-class Codec(AudioCodec):
+class Codec(ChunkedCoding, AudioCodec):
     """A neural audio codec: (B, C, T) audio <-> (B, K, T') codes.
 
     Args:
@@ -187,7 +160,7 @@ class Codec(AudioCodec):
         offsets = range(0, max(length, 1), self.segment_stride)
         return [(offset, min(self.segment_length, length - offset)) for offset in offsets]
 
-    @_grad_off
+    @grad_off_method
     def encode(self, x: Tensor, bandwidth: float | None = None, n_q: int | None = None) -> EncodedAudio:
         """(B, C, T) audio -> EncodedAudio, K codebooks from ``bandwidth`` (kbps) or ``n_q``
         (default: all codebooks).
@@ -214,7 +187,7 @@ class Codec(AudioCodec):
             length=x.shape[-1],
         )
 
-    @_grad_off
+    @grad_off_method
     def decode(self, encoded: EncodedAudio | Tensor, codebooks: Sequence[int] | None = None) -> Tensor:
         """EncodedAudio (or bare codes (B, K, T') of an unsegmented codec) -> audio (B, C, T).
 
@@ -268,160 +241,6 @@ class Codec(AudioCodec):
         if self.segment_stride is None:
             return outputs[0][..., : encoded.length]
         return linear_overlap_add(outputs, self.segment_stride)[..., : encoded.length]
-
-    # -- chunked file coding ---------------------------------------------------------------------
-    # How a long signal is cut so that chunked coding equals whole-signal coding as far as possible:
-    # * segmented codecs (``segment_seconds``, EnCodec 48 kHz): the codec's own segments are the
-    #   chunks; decoded segments are overlap-added incrementally with the same triangular weights:
-    #   equal to ``encode``/``decode`` on the whole.
-    # * streamable codecs (causal convolutions, EnCodec 24 kHz): encoder and decoder stream
-    #   (:mod:`codecplatform.nn.streaming`), carrying their state across chunks; equal to whole-signal
-    #   coding except the last frame, whose missing samples are zeros here (the whole signal pads
-    #   them by reflection inside each convolution).
-    # * other codecs (DAC): each chunk is coded with ``context_frames`` of neighbouring frames on
-    #   both sides, which are dropped; equal to whole-signal coding once the context covers the
-    #   networks' receptive field.
-    # Signals no longer than one chunk are coded whole. Codecs that normalize without segments get
-    # their scale from a first pass over the signal.
-    _PROBE_FRAMES = 64  # streaming probes: longer than any layer's start-up need (reflect padding)
-
-    @_grad_off
-    def encode_chunked(
-        self,
-        read: Callable[[int, int], Tensor],
-        length: int,
-        n_q: int,
-        chunk_samples: int,
-        context_frames: int,
-        device: torch.device | str = "cpu",
-    ) -> EncodedAudio:
-        """Encode the ``length``-sample signal ``read(start, stop) -> (C, stop - start)`` chunk by
-        chunk -> EncodedAudio(codes (1, n_q, T') on CPU, scale (1, S, 1) or None, length), as
-        ``encode`` gives on the whole signal (see the comment above for how chunks join).
-        ``chunk_samples`` must be a multiple of ``hop_length``."""
-        hop = self.hop_length
-        if chunk_samples < hop or chunk_samples % hop:
-            raise ValueError(f"chunk_samples must be a positive multiple of the hop {hop}, got {chunk_samples}")
-        n_q = self.resolve_n_q(n_q=n_q)
-        load = lambda start, stop: read(start, stop)[None].to(device)  # noqa: E731  (1, C, n)
-        if self.segment_length is not None:
-            codes, scales = [], []
-            for offset, size in self.segments(length):
-                x, scale = self.normalize_input(load(offset, offset + size))
-                codes.append(self.quantizer.encode(self.encoder(x), n_q).cpu())  # (1, K, ceil(size / hop))
-                if scale is not None:
-                    scales.append(scale.cpu())
-            return EncodedAudio(torch.cat(codes, dim=-1), torch.cat(scales, dim=1) if scales else None, length)
-        if length <= chunk_samples:
-            return self.encode(load(0, length), n_q=n_q).to("cpu")
-
-        scale = _chunked_scale(read, length, chunk_samples).to(device) if self.normalize else None
-        prepare = (lambda x: x) if scale is None else (lambda x: x / scale)  # noqa: E731
-        n_frames = math.ceil(length / hop)
-        probe = min(n_frames, self._PROBE_FRAMES)
-        codes = []
-        flush = self.encoder_lookahead
-        zeros = torch.zeros(1, self.channels, probe * hop, device=device)
-        if streams_exactly(self.encoder, zeros, probe, flush):
-            with streaming(self.encoder):
-                for start, stop in _chunks(length, chunk_samples):
-                    x = prepare(load(start, stop))
-                    if stop == length:  # complete the last frame, then the look-ahead, with zeros
-                        x = F.pad(x, (0, -length % hop + flush))
-                    z = self.encoder(x)
-                    if z.shape[-1]:
-                        codes.append(self.quantizer.encode(z, n_q).cpu())
-        else:
-            for f0, f1 in _chunks(n_frames, chunk_samples // hop):
-                a, b = max(0, f0 - context_frames), min(n_frames, f1 + context_frames)
-                z = self.encoder(prepare(load(a * hop, min(length, b * hop))))  # (1, D, b - a)
-                codes.append(self.quantizer.encode(z[..., f0 - a : f1 - a], n_q).cpu())
-        all_codes = torch.cat(codes, dim=-1)
-        if all_codes.shape[-1] != n_frames:
-            raise RuntimeError(f"chunked encoding gave {all_codes.shape[-1]} frames, expected {n_frames}")
-        return EncodedAudio(all_codes, None if scale is None else scale.cpu(), length)
-
-    @_grad_off_generator
-    def decode_chunked(
-        self,
-        encoded: EncodedAudio,
-        chunk_frames: int,
-        context_frames: int,
-        device: torch.device | str = "cpu",
-        codebooks: Sequence[int] | None = None,
-    ) -> Iterator[Tensor]:
-        """Decode EncodedAudio (codes (1, K, T')) chunk by chunk: yields consecutive (C, n) CPU
-        blocks that join into ``decode(encoded, codebooks)[0]`` (see the comment above)."""
-        codes, length, hop = encoded.codes, encoded.length, self.hop_length
-        n_frames = codes.shape[-1]
-        scales = None if encoded.scale is None else encoded.scale.to(device)
-        keep = None if codebooks is None else self.codebook_mask(codebooks, codes.shape[1])
-        synthesize = lambda c: self.decoder(self.quantizer.decode(c.to(device), keep))  # noqa: E731  (1, C, frames * hop)
-
-        if self.segment_length is not None:
-            yield from self._decode_segments(codes, scales, length, synthesize)
-            return
-        if n_frames <= chunk_frames:
-            yield self.decode(EncodedAudio(codes.to(device), scales, length), codebooks)[0].cpu()
-            return
-        emitted = 0
-        probe = torch.zeros(1, codes.shape[1], min(n_frames, self._PROBE_FRAMES), dtype=torch.long, device=device)
-        flush = self.decoder_lookahead
-        if streams_exactly(self.decoder, self.quantizer.decode(probe), probe.shape[-1] * hop, flush):
-            with streaming(self.decoder):
-                for f0, f1 in _chunks(n_frames, chunk_frames):
-                    latent = self.quantizer.decode(codes[..., f0:f1].to(device), keep)  # (1, D, frames)
-                    if f1 == n_frames and flush:  # the decoder's look-ahead: zero latent frames
-                        latent = F.pad(latent, (0, flush))
-                    y = self.decoder(latent)[0]
-                    y = y if scales is None else y * scales[0]
-                    n = min(y.shape[-1], length - emitted)
-                    emitted += n
-                    yield y[:, :n].cpu()
-        else:
-            for f0, f1 in _chunks(n_frames, chunk_frames):
-                a, b = max(0, f0 - context_frames), min(n_frames, f1 + context_frames)
-                y = synthesize(codes[..., a:b])[0, :, (f0 - a) * hop : (f1 - a) * hop]
-                y = y if scales is None else y * scales[0]
-                n = min(y.shape[-1], length - emitted)
-                emitted += n
-                yield y[:, :n].cpu()
-        if emitted != length:
-            raise RuntimeError(f"chunked decoding gave {emitted} samples, expected {length}")
-
-    def _decode_segments(
-        self, codes: Tensor, scales: Tensor | None, length: int, synthesize: Callable[[Tensor], Tensor]
-    ) -> Iterator[Tensor]:
-        """Segment-by-segment decoding of a segmented codec, overlap-added incrementally: yields
-        (C, n) CPU blocks equal to ``decode`` of the whole."""
-        segments = self.segments(length)
-        frames = [math.ceil(size / self.hop_length) for _, size in segments]
-        if sum(frames) != codes.shape[-1]:
-            raise ValueError(f"codes have {codes.shape[-1]} frames, {len(segments)} segment(s) need {sum(frames)}")
-        stride = self.segment_stride
-        weight, out, weights, position, f = None, None, None, 0, 0  # out/weights start at `position`
-        for s, ((offset, _), count) in enumerate(zip(segments, frames)):
-            y = synthesize(codes[..., f : f + count])[0]  # (C, count * hop)
-            f += count
-            if scales is not None:
-                y = y * scales[0, s]
-            if weight is None:
-                weight = overlap_weights(y.shape[-1], y)
-                out, weights = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
-            if y.shape[-1] > weight.shape[-1]:
-                raise ValueError(f"segment {s} decodes to {y.shape[-1]} samples, more than the first one")
-            end = offset + y.shape[-1]
-            grow = end - position - out.shape[-1]
-            if grow > 0:
-                out, weights = F.pad(out, (0, grow)), F.pad(weights, (0, grow))
-            lo = offset - position
-            out[:, lo : lo + y.shape[-1]] += weight[: y.shape[-1]] * y
-            weights[lo : lo + y.shape[-1]] += weight[: y.shape[-1]]
-            final = min(length, offset + stride if s + 1 < len(segments) else end)
-            if final > position:
-                n = final - position
-                yield (out[:, :n] / weights[:n]).cpu()
-                out, weights, position = out[:, n:], weights[n:], final
 
     # -- inference speed and streaming -----------------------------------------------------------
     def prepare_for_inference(self) -> Codec:
@@ -530,197 +349,3 @@ def _activations_in_place(module: torch.nn.Module) -> int:
                 layer.inplace = True
                 changed += 1
     return changed
-
-
-class CodecStream:
-    """The stream of :meth:`Codec.stream`: ``encode`` audio chunks of any length to the code
-    frames they complete, ``decode`` code frames to their audio, ``flush_*`` at the end (the
-    look-ahead of the encoder / decoder, zeros). Encoder and decoder streams are independent
-    (a sender and a receiver). Every call runs in ``codec.grad_off()``."""
-
-    def __init__(self, codec: Codec, n_q: int) -> None:
-        self.codec, self.n_q = codec, n_q
-        self.samples_in = 0  # audio samples given to encode
-        self.frames_in = 0  # code frames given to decode
-
-    def encode(self, chunk: Tensor) -> Tensor:
-        """(B, C, n) audio -> (B, K, m) codes of the frames this chunk completes (m may be 0)."""
-        codec = self.codec
-        with codec.grad_off():
-            self.samples_in += chunk.shape[-1]
-            z = codec.encoder(chunk)
-            if not z.shape[-1]:
-                return torch.zeros(chunk.shape[0], self.n_q, 0, dtype=torch.long, device=chunk.device)
-            return codec.quantizer.encode(z, self.n_q)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """(B, K, m) codes -> (B, C, samples) audio that these frames complete."""
-        codec = self.codec
-        with codec.grad_off():
-            self.frames_in += codes.shape[-1]
-            if not codes.shape[-1]:
-                return torch.zeros(codes.shape[0], codec.channels, 0, device=codes.device)
-            return codec.decoder(codec.quantizer.decode(codes))
-
-    def flush_encoder(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
-        """Complete the last frame and the encoder's look-ahead with zeros -> the last codes."""
-        pad = -self.samples_in % self.codec.hop_length + self.codec.encoder_lookahead
-        return self.encode(torch.zeros(batch, self.codec.channels, pad, device=device))
-
-    def flush_decoder(self, batch: int = 1, device: torch.device | str = "cpu") -> Tensor:
-        """Feed the decoder's look-ahead (zero latent frames) -> the last samples."""
-        codec = self.codec
-        flush = codec.decoder_lookahead
-        with codec.grad_off():
-            if not flush:
-                return torch.zeros(batch, codec.channels, 0, device=device)
-            return codec.decoder(torch.zeros(batch, codec.quantizer.dimension, flush, device=device))
-
-
-def load_codec_state(
-    path: str | Path, map_location: str | torch.device = "cpu", weights: str = "auto"
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(codec config, codec state dict) of a training checkpoint or an imported one.
-
-    Both hold ``codec_config`` (``{class_path, init_args}``) and a ``state_dict`` whose
-    ``codec.`` entries are the codec's trained (raw) weights. A training run with generator EMA
-    (``GANCodecModule(generator_ema=...)``) also stores ``codec_ema.`` entries (the EMA of every
-    weight and codebook) and ``ema_updates`` (how many updates they average). ``weights`` picks:
-
-    - ``"auto"``: the EMA weights when present and updated at least once (what that run
-      validated and tested with), else the raw ones;
-    - ``"raw"``: the ``codec.`` entries;
-    - ``"ema"``: the ``codec_ema.`` entries, or ValueError when the checkpoint has none.
-
-    The prefix is removed here.
-
-    The file is read with ``torch.load(weights_only=True)``: tensors and plain data only, so a
-    file that would build other objects (and could run code while unpickling) is refused, not
-    run. Checkpoints of ``codecplatform fit`` (hyperparameters as plain config data, callback,
-    optimizer, scheduler, loop and data-module states) and of ``import-checkpoint`` need nothing
-    beyond that. ValueError ``"<path> is not a codec checkpoint: ..."`` for a file torch cannot
-    read or refuses.
-    """
-    if weights not in ("auto", "raw", "ema"):
-        raise ValueError(f"weights must be 'auto', 'raw' or 'ema', got {weights!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise
-    except pickle.UnpicklingError as error:  # weights_only refused an object, or not a pickle at all
-        raise ValueError(
-            f"{path} is not a codec checkpoint: torch.load(weights_only=True) refuses it "
-            f"({_load_error_detail(error)}): it is not tensors and plain data only, so it is not loaded"
-        ) from error
-    except Exception as error:  # noqa: BLE001  (text, empty, truncated, a zip of something else: any failure)
-        raise ValueError(
-            f"{path} is not a codec checkpoint: torch.load cannot read it "
-            f"({type(error).__name__}: {_load_error_detail(error)})"
-        ) from error
-    config = checkpoint.get("codec_config") if isinstance(checkpoint, dict) else None
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"{path} holds no codec config ('codec_config'): was it written by `codecplatform fit` "
-            "or `codecplatform import-checkpoint`?"
-        )
-    full = checkpoint.get("state_dict")
-    if not isinstance(full, dict):
-        raise ValueError(f"{path} holds no state dict ('state_dict') of tensors")
-    has_ema = any(k.startswith("codec_ema.") for k in full)
-    if weights == "ema" and not has_ema:
-        raise ValueError(f"{path} holds no generator EMA weights ('codec_ema.'): load weights='raw'")
-    updates = full.get("ema_updates")
-    updated = updates is None or int(updates) > 0
-    prefix = "codec_ema." if weights == "ema" or (weights == "auto" and has_ema and updated) else "codec."
-    state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
-    return config, state
-
-
-def _load_error_detail(error: BaseException, limit: int = 200) -> str:
-    """The informative part of a ``torch.load`` error on one line (its boilerplate dropped)."""
-    boilerplate = ("Weights only load failed", "Check the documentation of torch.load")
-    lines = [line.strip() for line in str(error).splitlines()]
-    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in lines if not line.startswith(boilerplate)]
-    lines = [line for line in lines if line and not line.startswith("Please file an issue")]
-    detail = " ".join(" ".join(lines).split()) or ("unexpected end of file" if isinstance(error, EOFError) else "")
-    detail = detail or type(error).__name__
-    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
-
-
-def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) of consecutive chunks of ``size`` covering ``total``."""
-    for start in range(0, total, size):
-        yield start, min(total, start + size)
-
-
-def _chunked_scale(read: Callable[[int, int], Tensor], length: int, chunk: int) -> Tensor:
-    """The (1, 1, 1) input scale ``Codec.normalize_input`` computes on the whole signal, from a
-    pass over chunks: RMS over time of the channel mean, + 1e-8."""
-    total = 0.0
-    for start, stop in _chunks(length, chunk):
-        mono = read(start, stop).double().mean(dim=0)
-        total += float(mono.pow(2).sum())
-    return torch.tensor(math.sqrt(total / length) + 1e-8, dtype=torch.float32).view(1, 1, 1)
-
-
-def overlap_weights(n: int, like: Tensor) -> Tensor:
-    """The triangle (n,) that weights a segment of ``n`` samples in :func:`linear_overlap_add`
-    (dtype and device of ``like``), > 0 everywhere."""
-    t = torch.arange(1, n + 1, device=like.device, dtype=like.dtype) / (n + 1)
-    return 0.5 - (t - 0.5).abs()
-
-
-def linear_overlap_add(frames: list[Tensor], stride: int) -> Tensor:
-    """Overlap-add segments (B, C, T_s) placed every ``stride`` samples -> (B, C, total).
-
-    Each segment is weighted by a triangle peaking at its middle (the first segment's length
-    sets the triangle; shorter segments use its start) and every output sample is divided by
-    the sum of the weights covering it: a sample covered once is unchanged, two overlapping
-    segments cross-fade linearly. ``total = stride * (S - 1) + T_last``. (EnCodec's
-    ``_linear_overlap_add``.)
-    """
-    n = frames[0].shape[-1]
-    weight = overlap_weights(n, frames[0])  # (n,) > 0
-    total = stride * (len(frames) - 1) + frames[-1].shape[-1]
-    out = frames[0].new_zeros(*frames[0].shape[:-1], total)
-    weight_sum = frames[0].new_zeros(total)
-    for s, frame in enumerate(frames):
-        size = frame.shape[-1]
-        if size > n:
-            raise ValueError(f"segment {s} has {size} samples, more than the first one ({n})")
-        out[..., s * stride : s * stride + size] += weight[:size] * frame
-        weight_sum[s * stride : s * stride + size] += weight[:size]
-    if bool((weight_sum <= 0).any()):
-        raise ValueError(f"stride {stride} leaves gaps between segments of {n} samples")
-    return out / weight_sum
-
-
-def key_list(keys: list[str], limit: int = 12) -> str:
-    """The first ``limit`` of ``keys``, comma-separated, and how many more (for error messages)."""
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def check_codec_state(codec: torch.nn.Module, state: dict[str, Tensor], what: str = "state dict") -> None:
-    """Raise ValueError naming missing and unexpected keys and shape mismatches of ``state``
-    against ``codec``'s own state dict (what a strict ``load_state_dict`` would refuse)."""
-    own = codec.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {key_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {key_list(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {key_list(shapes)}")
-    if problems:
-        raise ValueError(f"the {what} does not fit this codec (different architecture): " + "; ".join(problems))

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from codecplatform.checkpoints.io import check_codec_state, read_checkpoint
 from codecplatform.dsp.spectral import resample
 from codecplatform.models.base import AudioCodec
-from codecplatform.models.codec import check_codec_state
 from codecplatform.mucodec.flow import FlowMatchingDiT, crossfade
 from codecplatform.mucodec.melvae import MelVAE
 from codecplatform.mucodec.tokenizer import MuCodecTokenizer
@@ -52,13 +52,13 @@ FIELD = "model.init_args.codec.init_args"
 
 
 def _load_checkpoint(path: str, field: str) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{field}={path}: no such file (train that stage first)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{field}={path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict", checkpoint), dict):
+    """The stage checkpoint given as ``field`` (:func:`~codecplatform.checkpoints.io.read_checkpoint`:
+    tensors and plain data only); ValueError naming ``field`` and the file when it is missing,
+    refused, unreadable or holds no state dict."""
+    checkpoint = read_checkpoint(
+        path, f"MuCodec stage checkpoint ({field})", missing=f"{field}={path}: no such file (train that stage first)"
+    )
+    if not isinstance(checkpoint.get("state_dict", checkpoint), dict):
         raise ValueError(f"{field}={path}: holds no state dict")
     return checkpoint
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +53,7 @@ from torch import Tensor, nn
 from transformers import Wav2Vec2ConformerConfig
 from transformers.models.wav2vec2_conformer.modeling_wav2vec2_conformer import Wav2Vec2ConformerEncoder
 
+from codecplatform.checkpoints.io import check_codec_state, read_checkpoint
 from codecplatform.dsp.spectral import mel_filterbank, stft
 
 MEL_MEAN = 6.768444971712967  # official stat table, "melspec_2048_mean"
@@ -359,18 +359,16 @@ def load_muencoder_state(
     ``path`` is a training checkpoint of a MuEncoder stage (keys ``encoder.*``) or of the
     tokenizer (``tokenizer.encoder.*``), or a bare MuEncoder state dict. Errors name ``field``
     and the file: FileNotFoundError when it is missing, ValueError when it holds no MuEncoder
-    weights or weights of another geometry (keys and shapes listed).
+    weights or weights of another geometry (keys and shapes listed), or when
+    :func:`~codecplatform.checkpoints.io.read_checkpoint` refuses or cannot read it.
     """
-    from codecplatform.models.codec import check_codec_state
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{field}: checkpoint {path} does not exist (train the MuEncoder stage first)")
-    try:
-        checkpoint: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{field}: {path} is not a readable checkpoint ({err})") from err
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(
+        path,
+        f"MuEncoder checkpoint ({field})",
+        missing=f"{field}: checkpoint {path} does not exist (train the MuEncoder stage first)",
+    )
+    state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):
         raise ValueError(f"{field}: {path} holds no state dict")
     own = encoder.state_dict()

@@ -19,8 +19,9 @@ from codecplatform.checkpoints.dac import (
     dac_codec_config_from_kwargs,
     import_dac,
 )
+from codecplatform.checkpoints.io import load_codec_state
 from codecplatform.config import compose_config
-from codecplatform.models.codec import Codec, load_codec_state
+from codecplatform.models.codec import Codec
 from codecplatform.types import EncodedAudio
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

@@ -22,7 +22,8 @@ from codecplatform.checkpoints.encodec import (
 )
 from codecplatform.config import compose_config, merge_config
 from codecplatform.generators.seanet import SEANetDecoder, SEANetEncoder
-from codecplatform.models.codec import Codec, linear_overlap_add
+from codecplatform.models.chunking import linear_overlap_add
+from codecplatform.models.codec import Codec
 from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

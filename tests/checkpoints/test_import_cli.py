@@ -10,9 +10,10 @@ import torch
 from test_dac_parity import TINY_DAC_KWARGS  # same folder: pytest puts it on sys.path
 
 from codecplatform.checkpoints import cli as import_cli
+from codecplatform.checkpoints.io import load_codec_state
 from codecplatform.cli import cli_main
 from codecplatform.lightning.gan_codec import GANCodecModule
-from codecplatform.models.codec import Codec, load_codec_state
+from codecplatform.models.codec import Codec
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -103,7 +104,8 @@ def test_cli_encodec_is_dispatched(tmp_path, capsys, monkeypatch):
 
 def test_family_is_a_name_or_an_importer_class_path(tmp_path, capsys):
     """One mapping (IMPORTERS) names the importers; any CheckpointImporter subclass is taken by class path."""
-    from codecplatform.checkpoints import IMPORTERS, CheckpointImporter, importer_class
+    from codecplatform.checkpoints.base import CheckpointImporter
+    from codecplatform.checkpoints.cli import IMPORTERS, importer_class
     from codecplatform.checkpoints.dac import DACImporter
     from codecplatform.checkpoints.encodec import EncodecImporter
 

@@ -12,8 +12,9 @@ from test_gan_codec import NoiseAudio, fit, tiny_module
 from torch import nn
 from torch.utils.data import DataLoader
 
+from codecplatform.checkpoints.io import load_codec_state
 from codecplatform.lightning.ema import GeneratorEMA, ema_weight, swap_weights_, update_ema_
-from codecplatform.models.codec import Codec, load_codec_state
+from codecplatform.models.codec import Codec
 
 SEANET = {"channels": 1, "dimension": 8, "n_filters": 4, "ratios": [4, 2], "lstm_layers": 1}
 CODEC_CONFIG = {  # test_gan_codec.tiny_codec as a config (the PerBatchChoice dropout only matters in training)

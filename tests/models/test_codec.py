@@ -136,7 +136,7 @@ def test_from_checkpoint_refuses_a_pickle_that_would_run_code(tmp_path):
 
 
 def test_from_checkpoint_names_a_file_that_is_no_checkpoint(tmp_path):
-    from codecplatform.models.codec import load_codec_state
+    from codecplatform.checkpoints.io import load_codec_state
 
     for name, content in (("text.ckpt", b"hello\n"), ("empty.ckpt", b""), ("random.ckpt", bytes(range(256)) * 4)):
         (tmp_path / name).write_bytes(content)
@@ -144,5 +144,5 @@ def test_from_checkpoint_names_a_file_that_is_no_checkpoint(tmp_path):
             load_codec_state(tmp_path / name)
         assert "\n" not in str(error.value)
     torch.save({"codec_config": {"class_path": "x"}, "state_dict": [1, 2]}, tmp_path / "list.ckpt")
-    with pytest.raises(ValueError, match="holds no state dict"):
+    with pytest.raises(ValueError, match="list.ckpt is not a codec checkpoint: its 'state_dict' is a list, not a dict"):
         load_codec_state(tmp_path / "list.ckpt")
