@@ -132,6 +132,7 @@ def worker(args: argparse.Namespace) -> None:
     import lightning as L
     from lightning.pytorch import Callback, LightningModule
 
+    from codecplatform.checkpoints.io import read_checkpoint
     from codecplatform.config import instantiate, merge_config
 
     torch.manual_seed(args.seed)
@@ -142,7 +143,7 @@ def worker(args: argparse.Namespace) -> None:
     sample_rate, batch_size = int(data_args["sample_rate"]), int(data_args["batch_size"])
     segment = int(float(data_args["segment_seconds"]) * sample_rate)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    audio = torch.load(args.audio)
+    audio = read_checkpoint(args.audio, "pre-decoded audio", required={"train": torch.Tensor, "test": torch.Tensor})
     train = audio["train"].float() / 32767.0  # (C, T)
     sets = {split: windows(audio[split], sample_rate, args.window_seconds).to(device) for split in ("test", "train")}
     n_q = int(module.codec.n_q)

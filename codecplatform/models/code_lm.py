@@ -34,7 +34,6 @@ from an empty cache, so a batch evaluation and a step-by-step one agree up to fl
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from codecplatform.checkpoints.io import read_checkpoint
 
 
 def sin_embedding(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -281,28 +282,9 @@ class CodeLM(nn.Module):
         """Load the LM of a ``CodeLMModule`` training checkpoint (``lm_config`` + ``lm.*`` weights)
         or of a file ``{"lm_config": ..., "state_dict": {...}}``; read with ``weights_only=True``
         (tensors and plain data only: a file that would build other objects is refused, not run).
-        ValueError ``"<path> is not a code LM checkpoint: ..."`` for a file that is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"code LM checkpoint not found: {path}")
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except OSError:
-            raise
-        except pickle.UnpicklingError as error:  # weights_only refused an object, or not a pickle at all
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(
-                f"{path} is not a code LM checkpoint: torch.load(weights_only=True) refuses it ({detail[:200]}): "
-                "it is not tensors and plain data only, so it is not loaded"
-            ) from error
-        except Exception as error:  # noqa: BLE001  (text, empty, truncated, a zip of something else)
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ValueError(
-                f"{path} is not a code LM checkpoint: torch.load cannot read it "
-                f"({type(error).__name__}: {detail[:200]})"
-            ) from error
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("lm_config"), dict):
-            raise ValueError(f"{path} is not a code LM checkpoint: it has no 'lm_config'")
+        ValueError ``"<path> is not a code LM checkpoint: ..."`` for a file that is not one
+        (:func:`~codecplatform.checkpoints.io.read_checkpoint`)."""
+        checkpoint = read_checkpoint(path, "code LM checkpoint", map_location, required={"lm_config": dict})
         state = checkpoint.get("state_dict", {})
         if not isinstance(state, dict):
             raise ValueError(f"{path} is not a code LM checkpoint: its 'state_dict' is not a dict of tensors")

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from diffusers import Transformer2DModel
 from torch import Tensor, nn
 
+from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.dsp.spectral import log_mel_spectrogram, mel_filterbank
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, T, F), t (B,)) -> velocity (B, C, T, F)
@@ -221,7 +221,8 @@ class TokenizerCodeSource(CodeSource):
     ``codecplatform.mucodec.tokenizer.MuCodecTokenizer`` built from its YAML geometry.
 
     ``checkpoint``: a tokenizer stage ``.ckpt`` (state under ``tokenizer.``) or a plain state dict of
-    the tokenizer, loaded strictly; None keeps the given (random) weights (tests only).
+    the tokenizer, loaded strictly (read by :func:`~codecplatform.checkpoints.io.read_checkpoint`:
+    tensors and plain data only); None keeps the given (random) weights (tests only).
     """
 
     def __init__(self, tokenizer: nn.Module, checkpoint: str | None = None):
@@ -230,11 +231,11 @@ class TokenizerCodeSource(CodeSource):
             if not hasattr(tokenizer, attr):
                 raise TypeError(f"tokenizer {type(tokenizer).__name__} has no {attr!r}: not a tokenizer")
         if checkpoint is not None:
-            if not Path(checkpoint).is_file():
-                raise FileNotFoundError(
-                    f"code_source.init_args.checkpoint={checkpoint}: no such file (train the tokenizer first)"
-                )
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain data only
+            state = read_checkpoint(
+                checkpoint,
+                "tokenizer checkpoint (code_source.init_args.checkpoint)",
+                missing=f"code_source.init_args.checkpoint={checkpoint}: no such file (train the tokenizer first)",
+            )
             state = state.get("state_dict", state)
             sub = {k[len("tokenizer.") :]: v for k, v in state.items() if k.startswith("tokenizer.")} or state
             tokenizer.load_state_dict(sub, strict=True)

@@ -39,6 +39,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.discriminators.base import Discriminator
 from codecplatform.dsp.spectral import log_mel_spectrogram, mel_filterbank
 from codecplatform.types import DiscriminatorOutput
@@ -361,18 +362,16 @@ class MelVAE(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> MelVAE:
         """A save_pretrained directory, or a Lightning checkpoint of the Mel-VAE stage (state under
-        ``vae.``) or of the flow stage (state under ``melvae.``), which store ``melvae_config``."""
+        ``vae.``) or of the flow stage (state under ``melvae.``), which store ``melvae_config``; read
+        by :func:`~codecplatform.checkpoints.io.read_checkpoint` (tensors and plain data only).
+        ValueError naming the file when it is missing, refused or not such a checkpoint."""
         path = Path(path)
         if path.is_dir():
             return cls.from_pretrained(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Mel-VAE checkpoint not found: {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
-        config = checkpoint.get(CHECKPOINT_CONFIG_KEY)
-        if config is None:
-            raise ValueError(
-                f"{path}: no {CHECKPOINT_CONFIG_KEY!r} in the checkpoint; not a Mel-VAE or flow stage checkpoint"
-            )
+        checkpoint = read_checkpoint(
+            path, "Mel-VAE or flow stage checkpoint", required={CHECKPOINT_CONFIG_KEY: dict, "state_dict": dict}
+        )
+        config = checkpoint[CHECKPOINT_CONFIG_KEY]
         state = checkpoint["state_dict"]
         for prefix in ("vae.", "melvae."):
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
+from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.dsp.spectral import log_mel_spectrogram, mel_filterbank
 
 CONFIG_FILE = "vocoder.json"
@@ -231,16 +232,16 @@ class HifiGanVocoder(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> HifiGanVocoder:
-        """A save_pretrained directory or a vocoder stage ``.ckpt`` (``vocoder_config``, ``vocoder.*``)."""
+        """A save_pretrained directory or a vocoder stage ``.ckpt`` (``vocoder_config``, ``vocoder.*``),
+        read by :func:`~codecplatform.checkpoints.io.read_checkpoint` (tensors and plain data only).
+        ValueError naming the file when it is missing, refused or not a vocoder stage checkpoint."""
         path = Path(path)
         if path.is_dir():
             return cls.from_pretrained(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"vocoder checkpoint not found: {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        config = checkpoint.get(CHECKPOINT_CONFIG_KEY) if isinstance(checkpoint, dict) else None
-        if config is None:
-            raise ValueError(f"{path}: no {CHECKPOINT_CONFIG_KEY!r} in the checkpoint; not a vocoder stage checkpoint")
+        checkpoint = read_checkpoint(
+            path, "vocoder stage checkpoint", required={CHECKPOINT_CONFIG_KEY: dict, "state_dict": dict}
+        )
+        config = checkpoint[CHECKPOINT_CONFIG_KEY]
         state = {k[len("vocoder.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("vocoder.")}
         if not state:
             raise ValueError(f"{path}: no vocoder weights (keys starting with 'vocoder.')")

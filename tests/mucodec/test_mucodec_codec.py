@@ -20,7 +20,7 @@ from codecplatform.mucodec.codec import MuCodec
 from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY
 from codecplatform.mucodec.vocoder import HifiGanVocoder
 
-EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def tiny_config(variant: str = "1x16384") -> dict:
