@@ -258,7 +258,7 @@ def test_tokenizer_code_source_wraps_and_loads_a_tokenizer(tmp_path):
 def test_real_dit_has_742m_parameters(capsys):
     from pathlib import Path
 
-    config = compose_config(Path(__file__).resolve().parents[3] / "experiments" / "mucodec" / "flow.yaml")
+    config = compose_config(Path(__file__).resolve().parents[2] / "experiments" / "mucodec" / "flow.yaml")
     with torch.device("meta"):
         flow = instantiate(config["model"]["init_args"]["flow"], FlowMatchingDiT)
     dit = sum(p.numel() for p in flow.transformer.parameters())
