@@ -1,4 +1,4 @@
-"""MuCodec end to end, behind the codec interface (:class:`~codecplatform.models.base.AudioCodec`).
+"""MuCodec (Xu et al. 2024) end to end, behind the codec interface (:class:`~codecplatform.models.base.AudioCodec`).
 
     encode: audio (B, C, T) at ``sample_rate`` (48 kHz; or any rate given as ``sample_rate=``), C = 1 or 2
             -> resampled to the tokenizer's rate (24 kHz), mono mix inside the MuEncoder
@@ -16,15 +16,10 @@ the full bitrate (``bandwidths``), and fewer codebooks or a codebook ablation ar
 The diffusion decode is random; it draws its noise from a generator seeded with ``seed`` at every
 ``decode`` call, so decoding the same codes twice gives the same audio.
 
-Built from the stage checkpoints (chained by paths in ``experiments/mucodec/codec_*.yaml``):
-``tokenizer_checkpoint`` (tokenizer stage ``.ckpt``: MuEncoder + RVQ under ``tokenizer.``),
-``flow_checkpoint`` (flow stage ``.ckpt``: the DiT under ``flow.``, the frozen Mel-VAE with its latent
-statistics under ``melvae.`` + ``melvae_config``), ``vocoder_checkpoint`` (vocoder stage ``.ckpt`` or
-its ``save_pretrained`` directory). The architectures come from the YAML (``tokenizer``, ``flow``,
-``vocoder``; ``melvae`` optional: the flow checkpoint's by default) and every file must fit them: a
-missing file or another geometry is an error naming the field and the file. Or from one bundled
-file (:mod:`codecplatform.mucodec.bundle`): ``AudioCodec.from_checkpoint(bundle.ckpt)``; its
-config sets ``require_checkpoints: false`` and the weights come from its state dict.
+Built from the stage checkpoints named in ``experiments/mucodec/codec_*.yaml`` (weights under
+``tokenizer.``, ``flow.`` + ``melvae.``, ``vocoder.``; a vocoder may also be a ``save_pretrained``
+directory), architectures from the YAML; a missing file or another geometry is a ValueError naming
+the field and the file. Or from one bundled file (:mod:`codecplatform.mucodec.bundle`).
 """
 
 from __future__ import annotations

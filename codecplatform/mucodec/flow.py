@@ -1,5 +1,7 @@
 """MuCodec's flow-matching DiT: codes -> normalized Mel-VAE latents (rectified flow, Euler sampler).
 
+Follows the official code (Xu et al. 2024; xuyaoxun/MuCodec).
+
 Shapes (real config: 32 latent channels = stereo x 16, 32 bins, 12.5 Hz latents, 25 Hz codes):
 
     codes       (B, K, Tc)                 K codebooks at the code rate (25 Hz)
@@ -28,9 +30,8 @@ Long audio (official ``code2sound``): windows of 1024 codes (40.96 s) with hop 7
 the first takes the previous window's last (1024 - 768) / 2 = 128 latent frames as its prompt; the
 windows are decoded on their own and crossfaded linearly over the overlap (:func:`crossfade`).
 
-Codes come from a :class:`CodeSource` (frozen audio -> codes): the MuEncoder + tokenizer in the real
-system; :class:`RandomProjectionCodeSource` (a frozen BEST-RQ-style random-projection quantizer of a
-log-mel, no training needed) stands in for tests and until a tokenizer checkpoint is plugged in.
+Codes come from a :class:`CodeSource`: the MuEncoder + tokenizer, or for tests
+:class:`RandomProjectionCodeSource` (a frozen random-projection quantizer of a log-mel).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""MuCodec's Mel-VAE: a diffusers ``AutoencoderKL`` over log-mel spectrograms (AudioLDM 48 kHz geometry).
+"""MuCodec's Mel-VAE (Xu et al. 2024; xuyaoxun/MuCodec): a diffusers ``AutoencoderKL`` over log-mel
+spectrograms (AudioLDM 48 kHz geometry).
 
 Shapes (defaults: 48 kHz, hop 480 -> 100 Hz mel, 256 bins, x8 down -> 12.5 Hz x 32 bins):
 

@@ -1,47 +1,28 @@
-"""MuEncoder: MuCodec's music feature extractor (mel front end, 2-D conv subsampling, Conformer).
+"""MuEncoder: MuCodec's music feature extractor, audio (B, C, T) at 24 kHz -> (B, T', 1024) at 25 Hz.
 
-Facts from the official code (xuyaoxun/MuCodec, ``muq_dev/muq_fairseq/models/muq/``: ``model/muq.py``,
-``modules/{features,conv,random_quantizer}.py``, ``model/w2v2_config.json``; ``model.py`` for the
-input) and ``shared/SPECS.md``:
+Follows the official code (Xu et al. 2024, "MuCodec: Ultra Low-Bitrate Music Codec"; xuyaoxun/MuCodec,
+``muq_dev/muq_fairseq/models/muq/``: ``model/muq.py``, ``modules/{features,conv,random_quantizer}.py``,
+``model/w2v2_config.json``; ``model.py:preprocess_audio`` for the input):
 
-* Input: 24 kHz mono. Stereo is the mean of L and R, each first peak-limited to 0.9 (divided by
-  ``peak / 0.9`` when its peak is above 0.9, per example and channel; ``model.py:preprocess_audio``).
-* Mel: torchaudio ``MelSpectrogram(24000, n_fft=2048, hop_length=240, n_mels=128)`` defaults (Hann
-  2048, centred reflect padding, power 2, HTK scale, no area normalization), then
-  ``AmplitudeToDB()`` (``10 log10(max(x, 1e-10))``), the last frame dropped (T // 240 frames),
-  normalized with the fixed statistics ``melspec_2048`` of the official stat table (mean
-  6.768444971712967, std 18.417922652295623). Here: ``dsp.stft`` + ``dsp.mel_filterbank``.
-* Conv subsampling (``Conv2dSubsampling``): two ``Res2d`` blocks on (B, 1, 128 mels, N frames),
-  each conv 3x3 padding 1 + BatchNorm, ReLU between and after the residual sum, the shortcut a
-  strided 3x3 conv + BatchNorm; stride 2 in frequency and time in both blocks (4 x in each),
-  conv_dim 512; then (B, 512, 32, N/4) -> (B, N/4, 512 * 32) -> Linear -> 1024. 100 Hz -> 25 Hz.
-* Conformer: transformers ``Wav2Vec2ConformerEncoder`` with the official ``w2v2_config.json``
-  (hidden 1024, 16 heads, FFN 4096, depthwise kernel 31, rotary positions (base 10000), swish,
-  dropout 0.1 everywhere, layer norm eps 1e-5) and 12 blocks (``encoder_depth=12``).
+* Input: mean of L and R, each first peak-limited to 0.9 per example.
+* Mel: torchaudio ``MelSpectrogram(24000, n_fft=2048, hop_length=240, n_mels=128)`` defaults +
+  ``AmplitudeToDB()``, last frame dropped, normalized by the official ``melspec_2048`` statistics.
+* Two ``Res2d`` blocks (stride 2 in frequency and time) -> Linear(512 * 32, 1024): 100 Hz -> 25 Hz.
+* Conformer: transformers ``Wav2Vec2ConformerEncoder`` with the official ``w2v2_config.json``, 12 blocks.
 
-Hidden states and the feature layer. The official model asks the encoder for
-``output_hidden_states`` and gets 13 tensors (the "13 layers" of the paper): index 0 is the
-Conformer input (after the encoder's input dropout), index i (1..11) the output of block i, index
-12 the final LayerNorm of block 12's output. MuCodec takes ``layer_results[layer_num - 1]`` with
-``layer_num = 7`` ("the 7th layer"): index 6, the output of the 6th block. Here ``feature_layer``
-is that 1-based number (1..13): ``feature_layer = L`` selects ``hidden_states[L - 1]``, so 7 ->
-output of block 6 (default), 3 -> block 2 (more acoustic), 11 -> block 10 (more semantic).
-transformers 5 no longer returns hidden states from the bare encoder, so :meth:`MuEncoder.run`
-walks its blocks itself (input dropout, rotary table, blocks, final LayerNorm: the encoder's own
-forward without an attention mask), and stops after the last block the caller needs.
+Feature layer: the official model takes ``layer_results[layer_num - 1]`` with ``layer_num = 7`` from
+the 13 hidden states (index 0 = Conformer input, i = output of block i, 12 = final LayerNorm).
+``feature_layer = L`` selects ``hidden_states[L - 1]``: 7 -> block 6 (default), 3 more acoustic,
+11 more semantic. transformers 5 returns no hidden states from the bare encoder, so
+:meth:`MuEncoder.run` walks the blocks itself.
 
-One deviation: transformers' encoder also builds a grouped convolutional position embedding
-(``pos_conv_embed``, 8.4M parameters at 1024) that its forward never uses with rotary positions.
-It is deleted here (DDP would otherwise need ``find_unused_parameters``), so the parameter count is
-that of the official model minus those unused weights.
+Deviation: transformers' unused convolutional position embedding (``pos_conv_embed``, 8.4M
+parameters) is deleted, so DDP needs no ``find_unused_parameters``.
 
-BEST-RQ target quantizer (``RandomProjectionQuantizer``): the official input is 4 consecutive
-normalized mel frames stacked (``"b f (t s) -> b t (s f)"``, s = 4): 512 values per 25 Hz token,
-projected by a Xavier-normal (512, 16) matrix and looked up by cosine similarity in a (4096, 16)
-N(0, 1) codebook; both frozen buffers drawn from ``torch.manual_seed(142)`` in that order (here
-from a private generator with the same seed: the same numbers, no global seeding).
+BEST-RQ target (``RandomProjectionQuantizer``): 4 stacked mel frames (512 values per token) ->
+Xavier (512, 16) projection -> cosine lookup in a (4096, 16) N(0, 1) codebook, both drawn from seed
+142 (official ``torch.manual_seed(142)``) by a private generator.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """MuCodec's tokenizer: RVQ over frozen MuEncoder features at 25 Hz.
 
-Official (xuyaoxun/MuCodec ``model.py``, ``libs/rvq/descript_quantize3.py``): the MuEncoder's
+Official (Xu et al. 2024; xuyaoxun/MuCodec ``model.py``, ``libs/rvq/descript_quantize3.py``): the MuEncoder's
 ``layer_results[6]`` (feature layer 7, see :mod:`codecplatform.mucodec.muencoder`) of the
 mono mix, (B, 1024, T'), goes through DAC's factorized residual VQ (input 1024, codebook dim 32,
 weight-normed 1x1 projections, L2-normalized lookup, no quantizer dropout) with stale-code
@@ -8,11 +8,8 @@ replacement after 200 unused steps; ``from_codes`` gives the quantized features 
 condition the flow-matching model. Low rate: 1 x 16384 codes (25 Hz x 14 bits = 0.35 kbps); high
 rate: 4 x 10000 (4 x 25 x log2(10000) = 1.33 kbps).
 
-Here: ``FactorizedResidualVectorQuantizer(stale_tolerance=200)`` (the platform's one residual loop).
-:class:`MuCodecTokenizer` exposes what the codebook callbacks and the later stages need:
-``sample_rate``, ``frame_rate``, ``codebook_sizes``, ``n_q``, ``encode(x, n_q) -> EncodedAudio`` and
-``decode(codes) -> (B, 1024, T')`` features (not audio: MuCodec's audio comes from the flow model,
-the Mel-VAE decoder and the vocoder).
+Here: ``FactorizedResidualVectorQuantizer(stale_tolerance=200)``. ``decode`` returns features, not
+audio: MuCodec's audio comes from the flow model, the Mel-VAE decoder and the vocoder.
 """
 
 from __future__ import annotations

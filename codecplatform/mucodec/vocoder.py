@@ -1,6 +1,7 @@
 """MuCodec's vocoder: HiFi-GAN (transformers ``SpeechT5HifiGan``) from the Mel-VAE's log-mel to 48 kHz audio.
 
-Geometry (AudioLDM 48 kHz ``hifigan_48k``, what MuCodec's ``tools/get_melvaehifigan48k.py`` builds):
+Geometry (AudioLDM 48 kHz ``hifigan_48k``, what MuCodec's ``tools/get_melvaehifigan48k.py`` builds;
+Xu et al. 2024, xuyaoxun/MuCodec):
 256 mel bins in, upsample rates [6, 5, 4, 2, 2] (x480 = the mel hop), kernels [12, 10, 8, 4, 4],
 1536 initial channels, resblock type 1 with kernels [3, 7, 11, 15], dilations [1, 3, 5] each,
 LeakyReLU 0.1 (0.01 before ``conv_post``, transformers' default), tanh; ``normalize_before=False``
@@ -16,11 +17,6 @@ Shapes:
     mel    (B, C, N, n_mels)         time major, as the Mel-VAE's (``mel(x)``: N = 1 + T // hop)
     output (B, C, N * hop)           the generator gives N * hop + 16 samples (transformers' padding of
                                      the kernel-10 / rate-5 upsampler adds one sample there): cropped
-
-Files: :meth:`HifiGanVocoder.save_pretrained` writes transformers' own ``config.json`` +
-``model.safetensors`` (weight norm folded in) and ``vocoder.json`` (the mel parameters);
-:meth:`HifiGanVocoder.from_pretrained` reads them back; :meth:`HifiGanVocoder.from_checkpoint` also
-reads a vocoder stage ``.ckpt`` (``vocoder_config`` + ``vocoder.*`` weights).
 """
 
 from __future__ import annotations
