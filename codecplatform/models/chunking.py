@@ -225,7 +225,7 @@ def linear_overlap_add(frames: list[Tensor], stride: int) -> Tensor:
     sets the triangle; shorter segments use its start) and every output sample is divided by
     the sum of the weights covering it: a sample covered once is unchanged, two overlapping
     segments cross-fade linearly. ``total = stride * (S - 1) + T_last``. (EnCodec's
-    ``_linear_overlap_add``.)
+    ``_linear_overlap_add``, facebookresearch/encodec ``encodec/utils.py``.)
     """
     n = frames[0].shape[-1]
     weight = overlap_weights(n, frames[0])  # (n,) > 0

@@ -1,4 +1,5 @@
-"""The code language model of EnCodec's entropy coding (paper section 3.3; ``encodec/model.py`` LMModel).
+"""The code language model of EnCodec's entropy coding (Défossez et al. 2022, arXiv:2210.13438,
+section 3.3; facebookresearch/encodec ``encodec/model.py`` LMModel).
 
 A small causal Transformer over code frames predicts the distribution of every codebook of frame
 t from the frames before t, all codebooks at once (the mutual information between the codebooks of
