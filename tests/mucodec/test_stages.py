@@ -90,6 +90,9 @@ def test_melvae_with_the_adversarial_option(make_manifests, in_tmp_dir):
     assert int(cli.model.batch_counter) == 1
     metrics = finite_metrics(cli)
     assert {"train/g/adv", "train/g/feat", "train/g/kl", "train/d/loss", "val/mel_distance"} <= set(metrics)
+    # no discriminator_optimizer given: the Mel-VAE's default, the LDM autoencoder's Adam for both networks
+    _, d_opt = cli.trainer.optimizers
+    assert type(d_opt) is torch.optim.Adam and d_opt.defaults["lr"] == 1e-4 and d_opt.defaults["betas"] == (0.5, 0.9)
 
 
 def test_flow_trains_on_a_random_tiny_vae_without_stage_files(make_manifests, in_tmp_dir):
