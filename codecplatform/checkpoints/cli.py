@@ -15,15 +15,7 @@ Use the result in a notebook::
 
     codec = Codec.from_checkpoint("dac_44khz.ckpt")
 
-Fine-tune from it: train the same experiment and start the codec from the imported weights
-(the discriminators start fresh; the codec config of the experiment must describe the imported
-architecture, which is checked strictly when fitting starts)::
-
-    codecplatform fit --config experiments/dac/44khz.yaml \\
-        --model.init_args.init_codec_from=dac_44khz.ckpt [--model.init_args.generator_optimizer.init_args.lr=1e-5 ...]
-
-``init_codec_from`` is read in ``setup("fit")``; resuming an interrupted fine-tuning with
-``--ckpt_path`` restores that checkpoint's weights on top, as usual.
+Fine-tune from it with ``--model.init_args.init_codec_from=dac_44khz.ckpt`` (docs/training.md).
 """
 
 from __future__ import annotations

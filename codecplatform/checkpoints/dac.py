@@ -1,4 +1,5 @@
-"""Import of official DAC weights (descriptinc/descript-audio-codec) into a :class:`Codec`.
+"""Import of official DAC weights (Kumar et al. 2023, "High-Fidelity Audio Compression with Improved
+RVQGAN"; descriptinc/descript-audio-codec) into a :class:`Codec`.
 
     from codecplatform.checkpoints.dac import import_dac
     import_dac("weights_44khz_8kbps_0.0.1.pth", "44khz", "dac_44khz.ckpt")

@@ -1,4 +1,5 @@
-"""Import of official EnCodec weights (facebookresearch/encodec) into a :class:`Codec`.
+"""Import of official EnCodec weights (Défossez et al. 2022, arXiv:2210.13438; facebookresearch/encodec)
+into a :class:`Codec`.
 
     from codecplatform.checkpoints.encodec import import_encodec
     import_encodec("encodec_24khz-d7cc33bc.th", "24khz", "encodec_24khz.ckpt")
