@@ -11,9 +11,12 @@ onnxruntime on audio of two lengths (not the tracing length, so the dynamic axis
 prints the largest differences from PyTorch: codes (fraction equal) and audio (max abs difference,
 decoding the same codes). Exit status 1 when they disagree beyond ``--tolerance``.
 
-Weight norm is folded before export (:meth:`Codec.prepare_for_inference`). Codecs that normalize
-their input or code fixed segments (EnCodec 48 kHz) are refused: their scale and overlap-add are
-outside the networks; export the per-segment networks yourself if you need them.
+Weight norm is folded before export (:meth:`Codec.prepare_for_inference`). Exported: EnCodec
+(24 kHz) and DAC. Refused with a one-line error (exit status 2): codecs that normalize their input
+or code fixed segments (EnCodec 48 kHz: scale and overlap-add are outside the networks), and codecs
+with an FFT inside a graph, which the TorchScript ONNX exporter cannot write (no ``aten::fft_rfft``):
+MUFFIN (band-limited residual stages) and SpectroStream (STFT front end). MuCodec is not an
+encoder/quantizer/decoder codec. See docs/training.md, "Exporting to ONNX".
 """
 
 from __future__ import annotations
@@ -52,6 +55,27 @@ class DecoderGraph(nn.Module):
 
     def forward(self, codes: Tensor) -> Tensor:
         return self.codec.decoder(self.codec.quantizer.decode(codes))
+
+
+def unexportable(codec: Any) -> str | None:
+    """Why ``codec`` cannot be exported, in one line; None when it can."""
+    from codecplatform.generators.spectrostream import STFTAnalysis, STFTSynthesis
+    from codecplatform.quantizers.band_limit import BandLimit
+
+    if codec.normalize or codec.segment_length is not None:
+        return "codecs that normalize their input or code fixed segments are not exported"
+    modules = list(codec.modules())
+    if any(isinstance(m, BandLimit) for m in modules):
+        return (
+            "MUFFIN is not exported: its band-limited quantizer stages take an FFT (torch.fft.rfft), "
+            "which the ONNX exporter cannot write"
+        )
+    if any(isinstance(m, (STFTAnalysis, STFTSynthesis)) for m in modules):
+        return (
+            "SpectroStream is not exported: its STFT front and back ends take an FFT (torch.fft.rfft) "
+            "of frames unfolded from a dynamic length, which the ONNX exporter cannot write"
+        )
+    return None
 
 
 def export_onnx(codec: Any, out_dir: str | Path, n_q: int, frames: int = 50, opset: int = 18) -> dict[str, Path]:
@@ -147,15 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         codec = AudioCodec.from_checkpoint(checkpoint)
         if not isinstance(codec, Codec):
             raise ValueError(f"only encoder/quantizer/decoder codecs export, not {type(codec).__name__}")
-        if codec.normalize or codec.segment_length is not None:
-            raise ValueError("codecs that normalize their input or code fixed segments are not exported")
+        reason = unexportable(codec)
+        if reason is not None:
+            raise ValueError(reason)
         n_q = codec.resolve_n_q(args.bandwidth, args.n_q)
     except ValueError as error:
         print(f"codecplatform export: {error}", file=sys.stderr)
         return USAGE_ERROR
     codec.prepare_for_inference()
     began = time.perf_counter()
-    paths = export_onnx(codec, args.out_dir, n_q, opset=args.opset)
+    try:
+        paths = export_onnx(codec, args.out_dir, n_q, opset=args.opset)
+    except torch.onnx.OnnxExporterError as error:  # a family not yet listed in unexportable()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"codecplatform export: the ONNX exporter refused this codec: {first}", file=sys.stderr)
+        return USAGE_ERROR
     exported = time.perf_counter() - began
     report = check_onnx(codec, paths, n_q)
     ok = min(report["codes_equal"]) >= 0.999 and max(report["audio_max_abs_diff"]) <= args.tolerance
