@@ -1,5 +1,6 @@
 """`codecplatform export --format onnx` on tiny models (the written graphs run with onnxruntime
-here, against PyTorch; the families it refuses), and the fast start of the light subcommands: they never import Lightning."""
+here, against PyTorch; the families it refuses), and the fast start of the light subcommands:
+they never import Lightning."""
 
 from __future__ import annotations
 

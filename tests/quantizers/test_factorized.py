@@ -1,6 +1,8 @@
 """DAC's factorized, L2-normalized RVQ: cosine lookup, which side each loss trains, the
 straight-through gradient of the stack, official loss reduction, per-example counts and bypass
-(n_q = 0), codes round-trip, learning on fixed data, the shared residual loop, parameter count."""
+(n_q = 0), codes round-trip, learning on fixed data, the shared residual loop, parameter count;
+training steps (values, codes, losses, gradients, quantizer dropout) against the installed
+official ``dac.nn.quantize.ResidualVectorQuantize`` with the same weights."""
 
 import pytest
 import torch
@@ -294,32 +296,120 @@ def test_residual_stack_reproduces_the_ema_stack_exactly():
     assert torch.equal(commit, expected.losses["commit"])
 
 
-def test_matches_the_official_loop_values_and_gradients():
-    """Official loop (written from dac/nn/quantize.py's description): every layer runs on the
-    whole batch, residual -= z_q_i unmasked, z_q += z_q_i * mask, loss += (loss_b * mask).mean()."""
-    torch.manual_seed(0)
-    rvq = FactorizedResidualVectorQuantizer(dimension=6, n_q=3, codebook_size=8, codebook_dim=2)
-    rvq.train()
-    z = torch.randn(4, 6, 5, requires_grad=True)
-    n_q = torch.tensor([3, 1, 2, 3])
-    params = [z, *rvq.parameters()]
+# -- against the installed official code (descript-audio-codec, dac.nn.quantize) ----------------
+def official_rvq(ours: FactorizedResidualVectorQuantizer, quantizer_dropout: float = 0.0):
+    """dac.nn.quantize.ResidualVectorQuantize with ``ours``'s weights (weight norm's g and v, biases,
+    codebooks) and (official, ours) parameter pairs."""
+    from dac.nn.quantize import ResidualVectorQuantize
 
-    z_q, residual, commit, codebook = 0.0, z, 0.0, 0.0
-    for i, layer in enumerate(rvq.layers):
-        z_e = layer.in_proj(residual)
-        e_k = layer.embed(layer.lookup(z_e))
-        z_q_i = layer.out_proj(z_e + (e_k - z_e).detach())
-        mask = (n_q > i).float()
-        z_q = z_q + z_q_i * mask[:, None, None]
-        residual = residual - z_q_i
-        commit = commit + ((z_e - e_k.detach()).pow(2).mean(dim=(1, 2)) * mask).mean()
-        codebook = codebook + ((e_k - z_e.detach()).pow(2).mean(dim=(1, 2)) * mask).mean()
-    upstream = torch.randn_like(z)
-    reference = (z_q * upstream).sum() + 0.25 * commit + codebook
+    dims = ours.codebook_dims
+    official = ResidualVectorQuantize(
+        input_dim=ours.dimension,
+        n_codebooks=ours.n_q,
+        codebook_size=ours.codebook_sizes[0],
+        codebook_dim=list(dims),
+        quantizer_dropout=quantizer_dropout,
+    )
+    pairs = []
+    for theirs, mine in zip(official.quantizers, ours.layers):
+        for proj in ("in_proj", "out_proj"):
+            a, b = getattr(theirs, proj), getattr(mine, proj)
+            pairs += [
+                (a.weight_g, b.parametrizations.weight.original0),
+                (a.weight_v, b.parametrizations.weight.original1),
+                (a.bias, b.bias),
+            ]
+        pairs.append((theirs.codebook.weight, mine.codebook.weight))
+    with torch.no_grad():
+        for a, b in pairs:
+            a.copy_(b)
+    assert len(pairs) == len(list(official.parameters())) == len(list(ours.parameters()))
+    return official, pairs
 
-    out = rvq(z, n_q)
-    ours = (out.z_q * upstream).sum() + 0.25 * out.losses["commit"] + out.losses["codebook"]
+
+def assert_same_training_step(ours, official, pairs, z, n_q):
+    """One training forward of each (ours with counts ``n_q``), then values and gradients."""
+    z_ours = z.clone().requires_grad_(True)
+    z_theirs = z.clone().requires_grad_(True)
+    out = ours(z_ours, n_q)
+    z_q, codes, _, commit, codebook = official(z_theirs)
     assert torch.allclose(out.z_q, z_q, atol=1e-6)
-    assert torch.allclose(out.losses["commit"], commit) and torch.allclose(out.losses["codebook"], codebook)
-    for a, b in zip(grads(ours, params), grads(reference, params)):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(out.losses["commit"], commit, atol=1e-7)
+    assert torch.allclose(out.losses["codebook"], codebook, atol=1e-7)
+    assert out.losses["commit"] > 0 and out.losses["codebook"] > 0
+    # codes: every code an example uses (official codes of dropped-out stages are never used)
+    used = torch.arange(ours.n_q)[None, :] < n_q[:, None]  # (B, K)
+    assert out.codes.shape[1] == int(n_q.max())
+    assert torch.equal(out.codes[used[:, : out.codes.shape[1]]], codes[used])
+    upstream = torch.randn_like(z)
+    loss_ours = (out.z_q * upstream).sum() + 0.25 * out.losses["commit"] + out.losses["codebook"]
+    loss_theirs = (z_q * upstream).sum() + 0.25 * commit + codebook
+    mine = grads(loss_ours, [z_ours] + [b for _, b in pairs])
+    theirs = grads(loss_theirs, [z_theirs] + [a for a, _ in pairs])
+    for g_mine, g_theirs in zip(mine, theirs):
+        g_mine = torch.zeros_like(g_theirs) if g_mine is None else g_mine
+        assert torch.allclose(g_mine, g_theirs, atol=1e-5)
+
+
+def test_training_step_matches_installed_dac_quantizer():
+    """Training mode, every codebook: z_q, codes, commitment and codebook losses and the
+    gradients of input and of every parameter equal dac.nn.quantize.ResidualVectorQuantize's."""
+    torch.manual_seed(0)
+    ours = FactorizedResidualVectorQuantizer(dimension=6, n_q=4, codebook_size=8, codebook_dim=[2, 3, 2, 4]).train()
+    with torch.no_grad():  # nonzero biases, so that copying them is checked too
+        for layer in ours.layers:
+            layer.in_proj.bias.normal_(0, 0.1)
+            layer.out_proj.bias.normal_(0, 0.1)
+    official, pairs = official_rvq(ours)
+    official.train()
+    z = torch.randn(5, 6, 7)
+    assert_same_training_step(ours, official, pairs, z, torch.full((5,), 4))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quantizer_dropout_matches_installed_dac_quantizer(seed):
+    """DAC's quantizer dropout (quantizer_dropout=0.5) draws the counts inside forward on the
+    global RNG: torch.randint(1, n + 1, (B,)) for the first int(B * 0.5) examples, the rest use
+    every codebook. Replaying that draw with the same seed gives the counts; ours, given those
+    counts, matches values and gradients (a wrong replay would not)."""
+    torch.manual_seed(10 + seed)
+    ours = FactorizedResidualVectorQuantizer(dimension=6, n_q=4, codebook_size=8, codebook_dim=2).train()
+    official, pairs = official_rvq(ours, quantizer_dropout=0.5)
+    official.train()
+    batch = 8
+    z = torch.randn(batch, 6, 5)
+    torch.manual_seed(seed)
+    drawn = torch.randint(1, ours.n_q + 1, (batch,))
+    n_q = torch.full((batch,), ours.n_q)
+    n_q[: batch // 2] = drawn[: batch // 2]
+    assert int(n_q.min()) < ours.n_q  # some example really drops codebooks
+    torch.manual_seed(seed)  # official forward draws the same numbers
+    assert_same_training_step(ours, official, pairs, z, n_q)
+
+
+def test_dropout_policy_gives_each_example_dacs_count_distribution():
+    """PerExampleDropout(0.5) over 1..n against DAC's rule: per example the same distribution
+    (count n with probability 1/2 + 1/(2n), each smaller count 1/(2n)). Known difference: DAC
+    drops exactly int(B / 2) examples per batch, the first ones; ours drops each example with
+    probability 1/2 (the same marginal, a binomial number per batch)."""
+    n, batch, draws = 4, 8, 4000
+    generator = torch.Generator().manual_seed(0)
+    policy = PerExampleDropout(p=0.5)
+    ours = torch.stack([policy.sample(batch, list(range(1, n + 1)), generator) for _ in range(draws)])  # (draws, B)
+    torch.manual_seed(0)
+    theirs = torch.full((draws, batch), n)
+    theirs[:, : batch // 2] = torch.randint(1, n + 1, (draws, batch // 2))  # dac's rule, as in its forward
+    expected = torch.tensor([1 / (2 * n)] * (n - 1) + [0.5 + 1 / (2 * n)])
+    for counts in (ours, theirs):
+        frequency = torch.bincount(counts.flatten(), minlength=n + 1)[1:].float() / counts.numel()
+        assert torch.allclose(frequency, expected, atol=0.015), frequency
+    assert int(ours.min()) >= 1 and int(ours.max()) == n  # never a bypass (count 0)
+    assert ((theirs < n).sum(1) <= batch // 2).all()
+
+
+def test_parameter_count_equals_installed_dac_quantizer():
+    from dac.nn.quantize import ResidualVectorQuantize
+
+    ours = FactorizedResidualVectorQuantizer(dimension=1024, n_q=9, codebook_size=1024, codebook_dim=8)
+    official = ResidualVectorQuantize(input_dim=1024, n_codebooks=9, codebook_size=1024, codebook_dim=8)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in official.parameters())
