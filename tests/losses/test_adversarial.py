@@ -132,8 +132,10 @@ def test_least_squares_sum_equals_dac_gan_loss():
     torch.testing.assert_close(mean_d * n_sub, d_official, rtol=1e-5, atol=0)
 
 
-# audiocraft's definitions, written down from audiocraft/adversarial/losses.py (AdversarialLoss with
-# normalize=True, hinge criteria, FeatureMatchingLoss(L1Loss(), normalize=True)).
+# audiocraft's definitions, transcribed from facebookresearch/audiocraft audiocraft/adversarial/losses.py
+# (AdversarialLoss.train_adv and forward with normalize=True, hinge_fake/real_loss, hinge_loss, hinge2_loss,
+# FeatureMatchingLoss(L1Loss(), normalize=True), as audiocraft/solvers/builders.py builds them), checked line
+# by line against commit 896ec7c47f5e5d1e5aa1e4b260c4405328bf009d (and run against that source: equal).
 def audiocraft_train_adv(logits_fake: list[torch.Tensor], logits_real: list[torch.Tensor]) -> torch.Tensor:
     loss = torch.tensor(0.0)
     for fake, real in zip(logits_fake, logits_real):

@@ -110,8 +110,12 @@ def test_stft_loss_matches_hand_computation(audio):
     torch.testing.assert_close(loss(audio, x_hat), expected, rtol=1e-4, atol=1e-6)
 
 
-# audiocraft's definition, written down from audiocraft/losses/specloss.py (MelSpectrogramWrapper,
-# MultiScaleMelSpectrogramLoss) and audiocraft/modules/conv.py (pad_for_conv1d).
+# audiocraft's definition, transcribed from facebookresearch/audiocraft audiocraft/losses/specloss.py
+# (MelSpectrogramWrapper, MultiScaleMelSpectrogramLoss) and audiocraft/modules/conv.py (pad_for_conv1d,
+# padding_total 0), checked line by line against commit 896ec7c47f5e5d1e5aa1e4b260c4405328bf009d (and run
+# against that source: equal to the last bit). Defaults here are config/solver/compression/default.yaml's
+# msspec (f_min 64, normalized, no alphas), not the class's; (B, C, T) input only (the official also
+# accepts (B, T)).
 def audiocraft_mel_wrapper(sample_rate, n_fft, hop_length, n_mels, f_min, f_max, log, normalized, floor_level):
     hop_length = int(hop_length)
     mel_transform = torchaudio.transforms.MelSpectrogram(
