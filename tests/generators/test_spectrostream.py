@@ -179,19 +179,20 @@ def real_codec() -> Codec:
     return Codec.from_config(config["model"]["init_args"]["codec"]).eval()
 
 
-def test_real_config_parameter_counts_match_the_official_model(real_codec):
-    """The official 48 kHz stereo config: encoder ~9.3M, decoder ~35.7M parameters, codebooks
-    16.8M (64 x 1024 x 256, EMA buffers here)."""
+def test_real_config_parameter_counts(real_codec):
+    """48 kHz stereo config. Codebooks: the paper's geometry (64 quantizers x 1024 entries x 256,
+    arXiv 2508.05207 section 2), EMA buffers here. Encoder ~9.3M and decoder ~35.7M are SNAPSHOTS (this
+    config's own counts, rounded): the paper states per-module sizes, but no copy of its numbers was
+    available to check against, and the official code (magenta/magenta-realtime) was not counted."""
     counts = real_codec.num_parameters()
     codebooks = sum(b.numel() for n, b in real_codec.quantizer.named_buffers() if n.endswith(".embed"))
     print(
-        f"\nspectrostream/48khz_stereo.yaml: encoder {counts['encoder']:,} (official 9.3M) decoder "
-        f"{counts['decoder']:,} (official 35.7M) codebooks {codebooks:,} (official 16.8M) codec {counts['total']:,}"
+        f"\nspectrostream/48khz_stereo.yaml: encoder {counts['encoder']:,} decoder {counts['decoder']:,} "
+        f"codebooks {codebooks:,} codec {counts['total']:,}"
     )
-    assert abs(counts["encoder"] / 9.3e6 - 1) < 0.10
-    assert abs(counts["decoder"] / 35.7e6 - 1) < 0.10
-    assert codebooks == 64 * 1024 * 256
-    assert abs(codebooks / 16.8e6 - 1) < 0.01
+    assert round(counts["encoder"] / 1e5) == 93  # snapshot: 9,257,024 when written
+    assert round(counts["decoder"] / 1e5) == 357  # snapshot: 35,698,946 when written
+    assert codebooks == 64 * 1024 * 256  # the paper's geometry
     assert counts["quantizer"] == 0  # EMA codebooks learn without gradient
 
 

@@ -265,5 +265,10 @@ def test_real_dit_has_742m_parameters(capsys):
     total = sum(p.numel() for p in flow.parameters())
     with capsys.disabled():
         print(f"\nflow DiT: {dit:,} parameters; with code embeddings and condition projection: {total:,}")
+    # Official: xuyaoxun/MuCodec@128f91be models/transformer_2d_flow.py Transformer2DModel built from
+    # configs/models/transformer2D.json and counted: 742,381,328. Its timestep embedder reads a 512-d
+    # sinusoid (stock diffusers, ours: 256): 256 x 1584 (inner dim 22 x 72) more weights, the whole difference.
+    assert dit + 256 * 1584 == 742_381_328
     assert dit == 741_975_824
+    # snapshot of our own conditioning layout (code embedding, projection, empty embedding), not the official's
     assert total == dit + 16384 * 1024 + (1024 * 512 + 512) + 32 * 32

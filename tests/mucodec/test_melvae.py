@@ -44,7 +44,12 @@ def test_real_geometry_is_12_5_hz_by_32_bins(capsys):
             f"(encoder {sum(p.numel() for p in vae.vae.encoder.parameters()):,}, "
             f"decoder {sum(p.numel() for p in vae.vae.decoder.parameters()):,})"
         )
-    assert n_params == 223_535_569
+    # Official: xuyaoxun/MuCodec@128f91be tools/get_melvaehifigan48k.py, AutoencoderKL built from
+    # build_pretrained_models' config and counted: encoder 90,010,272, decoder 133,523,969; 413,817,458 in
+    # all, with quant_conv/post_quant_conv (1,328) and the 190,281,889 of the vocoder it holds (ours: apart).
+    assert sum(p.numel() for p in vae.vae.encoder.parameters()) == 90_010_272
+    assert sum(p.numel() for p in vae.vae.decoder.parameters()) == 133_523_969
+    assert n_params == 413_817_458 - 190_281_889 == 223_535_569
     assert (vae.latent_rate, vae.latent_bins, vae.stacked_channels) == (12.5, 32, 32)
     mel = vae.mel(torch.zeros(1, 2, 2 * 48000))  # real mel on CPU: 201 frames, cropped to 200
     assert mel.shape == (1, 2, 200, 256)

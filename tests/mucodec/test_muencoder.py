@@ -169,5 +169,10 @@ def test_real_size_parameter_count(capsys):
     with capsys.disabled():
         official = total + 8_389_760
         print(f"\nMuEncoder (real): {total:,} parameters {parts}; official incl. unused pos_conv_embed: {official:,}")
-    assert parts == {"subsample": 9_455_616, "proj": 16_778_240, "conformer": 290_109_440}
-    assert total == 316_343_296
+    # Official: xuyaoxun/MuCodec@128f91be muq_dev/.../model/muq.py, MuQ() with its defaults and
+    # w2v2_config.json, built and counted: conv (Conv2dSubsampling: our subsample + proj) 26,233,856;
+    # conformer 298,499,200, of which pos_conv_embed 8,389,760; stage 1's head 4,198,400 and cls_token 1,024.
+    assert parts["subsample"] + parts["proj"] == 26_233_856
+    assert parts["conformer"] + 8_389_760 == 298_499_200
+    assert parts == {"subsample": 9_455_616, "proj": 16_778_240, "conformer": 290_109_440}  # the split: snapshot
+    assert total == 26_233_856 + 298_499_200 - 8_389_760 == 316_343_296

@@ -16,8 +16,10 @@ from codecplatform.mucodec.melvae import MelVAE
 from codecplatform.mucodec.vocoder import HifiGanVocoder
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-REAL_VOCODER = 190_281_889  # weight norm folded in (the saved / inference model)
-WEIGHT_NORM_GAINS = 40_225  # one gain per output channel of every conv (dim 0) while training
+# Official counts: xuyaoxun/MuCodec@128f91be tools/get_melvaehifigan48k.py, Generator_old built from
+# get_vocoder_config_48k() and counted: 190,322,114 with weight norm, 190,281,889 after its remove_weight_norm().
+REAL_VOCODER = 190_281_889  # official; weight norm folded in (the saved / inference model)
+WEIGHT_NORM_GAINS = 40_225  # official 190,322,114 - 190,281,889: one gain per conv output channel while training
 
 
 def test_vocoder_stage_trains_and_exports(make_manifests, in_tmp_dir, latest_checkpoint):
