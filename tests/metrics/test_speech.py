@@ -60,8 +60,10 @@ def test_speaker_similarity_with_a_tiny_wavlm(tmp_path):
     assert -1.0 <= float(metric.compute()) < 1.0
 
 
-def test_wer_with_a_tiny_whisper_without_tokenizer(tmp_path):
-    """No Whisper tokenizer can be built offline here: the minimal path scores token ids as words."""
+@pytest.fixture(scope="module")
+def tiny_whisper_dir(tmp_path_factory):
+    """A random 2-layer Whisper without tokenizer. init_std 1.0 (not the default 0.02) makes its
+    greedy transcripts depend on the audio (with the default every input decodes to the same ids)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     torch.manual_seed(0)
@@ -83,13 +85,53 @@ def test_wer_with_a_tiny_whisper_without_tokenizer(tmp_path):
         decoder_start_token_id=1,
         begin_suppress_tokens=None,
         suppress_tokens=None,
+        init_std=1.0,
     )
-    WhisperForConditionalGeneration(config).save_pretrained(tmp_path / "whisper")
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(tmp_path / "whisper")
+    directory = tmp_path_factory.mktemp("asr") / "whisper"
+    WhisperForConditionalGeneration(config).save_pretrained(directory)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+    return directory
+
+
+def tiny_wer(directory) -> WordErrorRate:
     with pytest.warns(UserWarning, match="token ids"):
-        metric = WordErrorRate(24000, asr_model_dir=str(tmp_path / "whisper"), max_new_tokens=4)
-    x = torch.randn(1, 1, 24000) * 0.1
+        return WordErrorRate(24000, asr_model_dir=str(directory), max_new_tokens=4)
+
+
+def test_wer_with_a_tiny_whisper_without_tokenizer(tiny_whisper_dir):
+    """No Whisper tokenizer can be built offline here: the minimal path scores token ids as words.
+    The metric equals the word edit distance of the model's own transcripts, and is > 0 where they differ."""
+    from codecplatform.metrics.speech import _mono_16k
+
+    metric = tiny_wer(tiny_whisper_dir)
+    x = torch.randn(1, 1, 24000, generator=torch.Generator().manual_seed(1)) * 0.1
     metric.update(x, x)
     assert float(metric.compute()) == 0.0  # the same audio, the same transcript
-    metric.update(torch.zeros(1, 1, 24000), x)
-    assert 0.0 <= float(metric.compute())
+    metric.reset()
+    t = torch.arange(24000) / 24000
+    others = [torch.zeros(1, 1, 24000), 0.5 * torch.sin(2 * torch.pi * 440 * t).view(1, 1, -1)]
+    errors = words = 0
+    (reference,) = metric.transcribe(_mono_16k(x, 24000))
+    for x_hat in others:
+        (hypothesis,) = metric.transcribe(_mono_16k(x_hat, 24000))
+        assert hypothesis != reference  # clearly different audio, different transcripts
+        errors += word_edit_distance(reference.split(), hypothesis.split())
+        words += len(reference.split())
+        metric.update(x_hat, x)
+    assert errors > 0
+    assert float(metric.compute()) == pytest.approx(errors / words)
+
+
+def test_wer_counts_edits_against_the_transcript_of_x(tiny_whisper_dir):
+    """Known transcripts (the ASR model replaced): x is the reference, x_hat the hypothesis, and
+    errors and reference words are summed over updates: (1 insertion + 1 substitution) / (3 + 2)."""
+    metric = tiny_wer(tiny_whisper_dir)
+    transcripts = {0.0: "the cat sat", 0.1: "the cat sat down", 0.2: "a b", 0.3: "x b"}
+    metric.transcribe = lambda audio: [transcripts[round(float(a.median()), 1)] for a in audio]  # (B, T) 16 kHz
+    full = lambda value: torch.full((1, 1, 24000), value)  # noqa: E731
+    metric.update(full(0.1), full(0.0))  # hypothesis "the cat sat down" against "the cat sat"
+    metric.update(full(0.3), full(0.2))  # hypothesis "x b" against "a b"
+    assert float(metric.compute()) == pytest.approx(2 / 5)  # swapped roles would give 2 / 6
+    metric.reset()
+    metric.update(full(0.0), full(0.0))
+    assert float(metric.compute()) == 0.0
