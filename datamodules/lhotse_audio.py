@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lhotse import CutSet
 from lhotse.dataset import SimpleCutSampler
 from torch.utils.data import DataLoader
@@ -368,6 +369,9 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # the workers' base seed from a generator of its own, not the global one: a new iterator
+            # (each epoch) then leaves the global random state alone, which a resume restores
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _stream_sampler(self, world_size: int, rank: int) -> BalancedStreamSampler:

@@ -21,17 +21,25 @@ they live here once:
   optimizer        :meth:`TrainingModule.make_optimizer`: the given factory, or the class's
                    ``default_optimizer`` (Adam, lr 3e-4, betas (0.5, 0.9), EnCodec; a subclass sets
                    its paper's), with an optional scheduler stepped every batch.
+  random states    checkpoints hold the global random states (torch, CUDA, numpy, Python;
+                   ``rng_states``, rank zero's), set back at the first training batch of a resumed
+                   fit: draws from the global generator (dead-code replacement, MUFFIN's search
+                   dropout) repeat the uninterrupted run's. Lightning saves none, and re-seeding
+                   (``seed_everything``) restarts the stream. A subclass overriding
+                   ``on_save_checkpoint``/``on_load_checkpoint`` calls ``super()``'s.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import random
 import warnings
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -65,6 +73,7 @@ class TrainingModule(LightningModule):
             raise ValueError(f"max_batches must be >= 1 or null, got {max_batches}")
         self.max_batches = max_batches
         self.register_buffer("batch_counter", torch.zeros((), dtype=torch.long))
+        self._pending_rng_states: dict[str, Any] | None = None  # from a checkpoint, set at the next batch
         frame = inspect.currentframe().f_back  # the subclass's __init__
         if _given_hyperparameters.get() is not None:  # LightningCLI: its config is the hparams
             self.save_hyperparameters(frame=frame)
@@ -121,6 +130,21 @@ class TrainingModule(LightningModule):
         if self.max_batches is not None and int(self.batch_counter) >= self.max_batches:
             self.trainer.should_stop = True
 
+    # -- random states -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the global random states (``rng_states``; see the module docstring)."""
+        checkpoint[RNG_STATES_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the checkpoint's random states for the next training batch: restoring them here
+        would be undone by what runs before it (the data loader's iterator draws a seed)."""
+        self._pending_rng_states = checkpoint.get(RNG_STATES_KEY)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        states, self._pending_rng_states = self._pending_rng_states, None
+        if states is not None:
+            set_rng_states(states)
+
     # -- optimizer -----------------------------------------------------------------------------
     def make_optimizer(
         self,
@@ -134,6 +158,34 @@ class TrainingModule(LightningModule):
         if scheduler is None:
             return built
         return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler(built), "interval": "step"}}
+
+
+RNG_STATES_KEY = "rng_states"
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states of torch, CUDA (each device), numpy and Python, in types that
+    ``torch.load(weights_only=True)`` reads (tensors, ints, strings, tuples)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": (version, tuple(state), python_gauss),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Set what :func:`rng_states` returned; CUDA states only on as many devices as were saved."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("torch.cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, python_gauss = states["python"]
+    random.setstate((version, tuple(state), python_gauss))
 
 
 def any_rank_empty(module: LightningModule, x: Tensor) -> bool:

@@ -182,6 +182,7 @@ class CodeLMModule(TrainingModule):
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["lm_config"] = self.lm.config()
         checkpoint["codec_checkpoint"] = self.codec_checkpoint
 

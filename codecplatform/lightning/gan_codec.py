@@ -355,6 +355,7 @@ class GANCodecModule(TrainingModule):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         config = self.hparams.get("codec")
         if isinstance(config, dict):
             checkpoint["codec_config"] = config
@@ -369,6 +370,7 @@ class GANCodecModule(TrainingModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints of runs with and without generator EMA load into either: EMA turned on
         starts from the checkpoint's raw codec weights (no update yet); turned off drops it."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
             return

@@ -49,7 +49,11 @@ class RecordingDataModule(LhotseAudioDataModule):
             raise ValueError("RecordingDataModule needs num_workers: 0")
         self.train_ids: deque = deque()
         return DataLoader(
-            _IdNotingDataset(loader.dataset, self.train_ids), sampler=loader.sampler, batch_size=None, num_workers=0
+            _IdNotingDataset(loader.dataset, self.train_ids),
+            sampler=loader.sampler,
+            batch_size=None,
+            num_workers=0,
+            generator=loader.generator,
         )
 
 

@@ -4,10 +4,14 @@
 - two `experiments/launch/torchrun.sh` processes on 127.0.0.1 as two "nodes" (``--nnodes=2``);
 - a run killed (SIGKILL) after its last.ckpt was written, resumed with ``--ckpt_path``.
 
+The tiny EnCodec trains with its family's generator EMA, discriminator per bandwidth and balancer,
+plus schedulers on both optimizers and every codebook entry replaced at every step (global random
+draws, broadcast from rank zero).
+
 Each rank records the cut ids and content hash of every training batch (``ddp_helpers``): ranks
 see disjoint cuts within an epoch and the same number of batches, end with identical weights and
 codebooks, only rank zero logs to MLflow, and a resumed run trains on exactly the batches the
-uninterrupted run trained on, rank by rank.
+uninterrupted run trained on, rank by rank, and ends in its checkpoint (tests/checkpoint_diff.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_diff import assert_same_training_state
 from ddp_helpers import read_batches
 from mlflow.tracking import MlflowClient
 from synthetic_audio import write_tones
@@ -33,6 +38,7 @@ EXPERIMENTS = ROOT / "experiments"
 BIN = Path(sys.executable).parent
 MAX_BATCHES = 4  # 7 train files x 2 windows / (2 per batch x 2 ranks) = 3 batches per epoch: crosses one epoch end
 HANG_AT = 2  # the killed run stops (and is killed) at the start of this batch: last.ckpt holds batch 1's end
+SCHEDULER = json.dumps({"class_path": "torch.optim.lr_scheduler.ExponentialLR", "init_args": {"gamma": 0.9}})
 
 
 def free_port() -> int:
@@ -62,6 +68,9 @@ def fit_args(manifests: dict[str, Path], out: Path, hang_at: int | None = None, 
         "--trainer.strategy=ddp_find_unused_parameters_true",
         "--trainer.log_every_n_steps=1",
         "--trainer.val_check_interval=2",  # validation (and last.ckpt) after batches 2 and 4
+        f"--model.init_args.generator_scheduler={SCHEDULER}",
+        f"--model.init_args.discriminator_scheduler={SCHEDULER}",
+        "--model.init_args.codec.init_args.quantizer.init_args.threshold_ema_dead_code=1000",
         f"--trainer.callbacks+={json.dumps(recorder)}",
         *([] if mlflow else ["--trainer.logger=false"]),
     ]
@@ -256,3 +265,20 @@ def test_killed_run_resumes_with_the_same_batches(corpus, reference, killed_run)
         assert before == expected[rank][:hang_at]
         assert after == expected[rank][hang_at:], f"rank {rank} resumed at another sampler position"
     assert_identical_state(resumed)
+    # the whole training state (rank zero's checkpoint: weights, EMA, D copies, both optimizers and
+    # schedulers, loops, sampler, random states) equals the uninterrupted run's, bit for bit
+    state = assert_same_training_state(
+        final_checkpoint(workdir), final_checkpoint(reference), expect=["codec_ema.", "gan.discriminator.nq1."]
+    )
+    assert [s["last_epoch"] for s in state["lr_schedulers"]] == [MAX_BATCHES] * 2
+
+
+def final_checkpoint(workdir: Path) -> Path:
+    """The checkpoint of the end of the fit (batch MAX_BATCHES) under ``workdir``."""
+    ends = [
+        path
+        for path in workdir.glob("**/*.ckpt")
+        if int(torch.load(path, weights_only=True)["state_dict"]["batch_counter"]) == MAX_BATCHES
+    ]
+    assert ends, f"no checkpoint of batch {MAX_BATCHES} under {workdir}"
+    return ends[0]

@@ -86,6 +86,7 @@ class MuCodecEvalModule(TrainingModule):
         return self.codec.decode(self.codec.encode(x))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         config = self.hparams.get("codec")
         if isinstance(config, dict):  # built by the CLI: the bundle config (no stage paths needed)
             checkpoint["codec_config"] = bundle_config(config, self.codec)

@@ -276,5 +276,6 @@ class FlowModule(TrainingModule):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # the frozen Mel-VAE (with the statistics collected here) can be read back from this file
         checkpoint[CHECKPOINT_CONFIG_KEY] = self.melvae.config()

@@ -207,6 +207,7 @@ class MelVAEModule(TrainingModule):
 
     # -- checkpoints, export ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_CONFIG_KEY] = self.vae.config()  # MelVAE.from_checkpoint rebuilds from it
 
     def on_fit_end(self) -> None:

@@ -148,6 +148,7 @@ class HifiGanVocoderModule(TrainingModule):
 
     # -- checkpoints, export ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_CONFIG_KEY] = self.vocoder.config()
 
     def on_fit_end(self) -> None:
