@@ -50,7 +50,11 @@ class MelAudio(Dataset):
 class TinyVocoder(TrainingModule):
     """Two convolutions, mel (B, N_MELS, N) -> audio (B, 1, (N - 1) * HOP), trained with GANStep."""
 
-    def __init__(self, discriminator_schedule: DiscriminatorSchedule | None = None):
+    def __init__(
+        self,
+        discriminator_schedule: DiscriminatorSchedule | None = None,
+        loss_weights: dict[str, float] | None = None,
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.generator = nn.Sequential(
@@ -61,7 +65,7 @@ class TinyVocoder(TrainingModule):
         self.gan = GANStep(
             discriminators=[MultiPeriodDiscriminator(periods=[2, 3], channels=[4, 8])],
             reconstruction_losses={"mel": MultiScaleMelLoss(SR, window_lengths=[64, 128], n_mels=[16, 16])},
-            loss_weights={"mel": 1.0, "adv": 1.0, "feat": 2.0},
+            loss_weights=loss_weights or {"mel": 1.0, "adv": 1.0, "feat": 2.0},
             discriminator_schedule=discriminator_schedule,
         )
 
@@ -149,6 +153,23 @@ def test_a_vocoder_trains_through_the_same_gan_step_with_the_same_log_keys():
     extra = {k for k in codec_keys - shared if not k.startswith("train/d/msstft")}
     assert "train/codebook/perplexity/0" in extra  # one key per codebook the batch used
     assert {k for k in extra if not k.startswith("train/codebook/")} == {"train/g/time", "train/g/commit", "train/n_q"}
+
+
+@pytest.mark.parametrize(
+    ("weights", "moves"),
+    [
+        ({"mel": 0.0, "adv": 1.0, "feat": 0.0}, True),
+        ({"mel": 0.0, "adv": 0.0, "feat": 1.0}, True),
+        ({"mel": 1.0, "adv": 0.0, "feat": 0.0}, True),
+        ({"mel": 0.0, "adv": 0.0, "feat": 0.0}, False),
+    ],
+)
+def test_each_weighted_loss_alone_moves_the_generator(weights, moves):
+    torch.manual_seed(0)
+    vocoder = TinyVocoder(loss_weights=weights)
+    before = snapshot(vocoder.generator)
+    fit(vocoder, MelAudio(), batches=1)
+    assert changed(before, vocoder.generator) == moves
 
 
 def test_the_schedule_and_the_checks_apply_to_any_generator():

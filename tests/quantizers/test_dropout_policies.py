@@ -4,7 +4,7 @@ determinism given a generator, argument validation."""
 import pytest
 import torch
 
-from codecplatform.quantizers.dropout import BiasedRangeDropout
+from codecplatform.quantizers.dropout import BiasedRangeDropout, PerBatchChoice, PerExampleDropout
 
 SPECTROSTREAM = dict(ranges=[(1, 16), (17, 32), (33, 64)], weights=[4.0, 2.0, 1.0])
 ALL_64 = list(range(1, 65))
@@ -21,6 +21,20 @@ def test_deterministic_given_a_generator():
     assert torch.equal(a, policy.sample(64, ALL_64, gen(7)))
     assert not torch.equal(a, policy.sample(64, ALL_64, gen(8)))
     assert a.dtype == torch.long and a.shape == (64,)
+
+
+@pytest.mark.parametrize("policy", [PerBatchChoice(), PerExampleDropout(p=0.5)], ids=type)
+def test_every_policy_draws_from_its_generator_only(policy):
+    """Every DDP rank seeds the same generator from the batch index: the draw must not depend on the
+    global random state, or ranks train different codebook counts."""
+    choices = [1, 2, 4, 8]
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        draws.append([policy.sample(16, choices, gen(seed)) for seed in range(8)])
+    for a, b in zip(*draws):
+        assert torch.equal(a, b)
+    assert len({tuple(d.tolist()) for d in draws[0]}) > 1  # the seed matters
 
 
 def test_levels_follow_the_per_level_weights():
