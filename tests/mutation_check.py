@@ -135,6 +135,20 @@ MUTATIONS = (
         "            self.streams[name].position = 0",
         ("tests/datamodules/test_sampling.py",),
     ),
+    Mutation(
+        "random_states_not_restored",  # a resumed run replaces dead codes with other vectors
+        "codecplatform/lightning/base.py",
+        "        if states is not None:\n            set_rng_states(states)",
+        "        pass",
+        ("tests/lightning/test_resume_state.py",),
+    ),
+    Mutation(
+        "generator_ema_never_updated",  # evaluation runs with the initial weights
+        "codecplatform/lightning/gan_codec.py",
+        "        update_ema_(self.codec_ema, self.codec, weight)",
+        "        pass",
+        ("tests/lightning/test_generator_ema.py",),
+    ),
 )
 
 
