@@ -427,7 +427,8 @@ class CompressedAudio:
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same suffix); on success it replaces ``path``,
-    on any exception it is deleted, so ``path`` is either complete or untouched."""
+    on any exception it is deleted, so ``path`` is either complete or untouched. The file gets the
+    mode of any new file (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
@@ -435,6 +436,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0o022)  # reading the umask means setting it: set straight back
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -149,14 +149,36 @@ def _context_frames(codec: AudioCodec, seconds: float) -> int:
 
 
 def choose_n_q(codec: AudioCodec, bandwidth: float | None, n_q: int | None) -> int:
-    """Codebook count for ``--bandwidth`` (kbps: the largest count that fits, the codec's own rule
-    :meth:`AudioCodec.n_q_for_bandwidth`) or ``--n_q`` (1..n_q); default all codebooks. ValueError
-    names the operating points."""
+    """Codebook count for ``--bandwidth`` (kbps: exactly one of the model's operating points,
+    :meth:`AudioCodec.operating_points`; another rate is refused, not rounded down) or ``--n_q``
+    (1..n_q); default all codebooks. ValueError names the operating points."""
+    points = codec.operating_points()
+    listed = ", ".join(f"{bw:.3g}" for bw in points)
+    if bandwidth is not None and bandwidth > 0:
+        closest = min(points, key=lambda point: abs(point - bandwidth))
+        if abs(closest - bandwidth) <= 0.005 * closest:  # as listed (3 digits: 86.13 Hz x 10 bits = 0.861)
+            return points[closest]
+        raise ValueError(f"--bandwidth {bandwidth:g} kbps is not one of this model's bandwidths: {listed} kbps")
     try:
         return codec.resolve_n_q(bandwidth=bandwidth, n_q=n_q)
     except ValueError as error:
-        listed = ", ".join(f"{bw:.3g}" for bw in codec.operating_points())
         raise ValueError(f"{error} (this model's bandwidths: {listed} kbps)") from error
+
+
+def conversion_note(source_rate: int, source_channels: int, sample_rate: int, channels: int) -> str:
+    """What ``encode`` did to the input: ``"input 16000 Hz, 2 ch: resampled 16000 -> 24000 Hz,
+    2 channels averaged to mono"`` (the rules of :class:`AudioReader`), or ``"...: no conversion"``."""
+    steps = []
+    if source_rate != sample_rate:
+        steps.append(f"resampled {source_rate} -> {sample_rate} Hz")
+    if source_channels != channels:
+        if source_channels == 1:
+            steps.append(f"mono repeated to {channels} channels")
+        elif channels == 1:
+            steps.append(f"{source_channels} channels averaged to mono")
+        else:
+            steps.append(f"first {channels} of {source_channels} channels kept")
+    return f"input {source_rate} Hz, {source_channels} ch: " + (", ".join(steps) or "no conversion")
 
 
 def encode_file(
@@ -420,6 +442,18 @@ def _codebook_list(text: str | None) -> list[int] | None:
         raise ValueError(f"--codebooks must be comma-separated codebook indices such as 0,1, got {text!r}") from None
 
 
+def decoded_note(header: Header, codebooks: Sequence[int] | None) -> str:
+    """What ``decode`` used: ``"8 codebooks, 6 kbps nominal"``, or with ``--codebooks 0``
+    ``"codebook 0 of the file's 8: 0.75 kbps nominal"`` (the rate of the codebooks decoded)."""
+    total = f"{header.nominal_bitrate / 1000:.3g} kbps"
+    if codebooks is None:
+        return f"{header.n_q} codebooks, {total} nominal"
+    chosen = sorted(set(int(c) for c in codebooks))
+    bits = header.frame_rate * sum(math.log2(header.codebook_sizes[c]) for c in chosen)
+    which = ("codebook " if len(chosen) == 1 else "codebooks ") + ",".join(map(str, chosen))
+    return f"{which} of the file's {header.n_q} ({total}): {bits / 1000:.3g} kbps nominal"
+
+
 def _fail(prog: str, message: object, status: int = FAILURE) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return status
@@ -480,8 +514,10 @@ def encode_main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - began
     nominal = header.nominal_bitrate * header.duration / 8
     coding = "" if entropy is None else f", entropy-coded with {lm_path}"
+    info = sf.info(str(source))
     print(
-        f"encoded {source} ({header.duration:.2f} s at {header.sample_rate} Hz, {header.channels} ch) "
+        f"encoded {source} ({header.duration:.2f} s at {header.sample_rate} Hz, {header.channels} ch; "
+        f"{conversion_note(info.samplerate, info.channels, header.sample_rate, header.channels)}) "
         f"with {n_q} codebooks ({header.nominal_bitrate / 1000:.3g} kbps nominal{coding}) in {seconds:.2f} s"
     )
     payload = header.payload_length
@@ -561,10 +597,7 @@ def decode_main(argv: list[str] | None = None) -> int:
         return _fail(prog, error)
     seconds = time.perf_counter() - began
     coding = "" if lm_path is None else f", entropy-coded: {header.payload_length:,} bytes decoded with {lm_path}"
-    print(
-        f"decoded {source} ({header.duration:.2f} s, {header.n_q} codebooks, "
-        f"{header.nominal_bitrate / 1000:.3g} kbps nominal{coding}) in {seconds:.2f} s"
-    )
+    print(f"decoded {source} ({header.duration:.2f} s, {decoded_note(header, codebooks)}{coding}) in {seconds:.2f} s")
     note = f"; {clipped:,} samples clipped to [-1, 1]" if clipped else ""
     print(f"wrote {out}: {header.sample_rate} Hz, {header.channels} ch, {args.subtype}{note}")
     return 0

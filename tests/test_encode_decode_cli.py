@@ -242,6 +242,38 @@ def test_encode_resamples_and_maps_channels(checkpoints, tmp_path: Path) -> None
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (24000, 1, header.length, "PCM_16")
 
 
+def test_encode_reports_the_input_and_its_conversion(checkpoints, tmp_path: Path, capsys) -> None:
+    checkpoint = checkpoints["encodec24"]  # mono 24 kHz
+    write_audio(tmp_path / "in.wav", 16000, 2, 0.3)
+    assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoint) == 0
+    out = capsys.readouterr().out
+    assert "at 24000 Hz, 1 ch; input 16000 Hz, 2 ch: resampled 16000 -> 24000 Hz, 2 channels averaged to mono)" in out
+    write_audio(tmp_path / "same.wav", 24000, 1, 0.3)
+    assert run("encode", tmp_path / "same.wav", tmp_path / "b.cpc", "--checkpoint", checkpoint) == 0
+    assert "input 24000 Hz, 1 ch: no conversion)" in capsys.readouterr().out
+    write_audio(tmp_path / "mono.wav", 48000, 1, 0.2)
+    assert run("encode", tmp_path / "mono.wav", tmp_path / "c.cpc", "--checkpoint", checkpoints["encodec48"]) == 0
+    assert "input 48000 Hz, 1 ch: mono repeated to 2 channels)" in capsys.readouterr().out
+
+
+def test_outputs_follow_the_umask(checkpoints, tmp_path: Path) -> None:
+    """.cpc and decoded files are ordinary files: mode 0666 less the umask (not mkstemp's 0600)."""
+    import os
+
+    write_audio(tmp_path / "in.wav", 24000, 1, 0.2)
+    previous = os.umask(0o022)
+    try:
+        for umask in (0o022, 0o002):
+            os.umask(umask)
+            cpc, wav = tmp_path / f"{umask:o}.cpc", tmp_path / f"{umask:o}.wav"
+            assert run("encode", tmp_path / "in.wav", cpc, "--checkpoint", checkpoints["encodec24"]) == 0
+            assert run("decode", cpc, wav) == 0
+            assert cpc.stat().st_mode & 0o777 == 0o666 & ~umask
+            assert wav.stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(previous)
+
+
 # ------------------------------------------------------------------------------------ bandwidth
 def test_bandwidth_picks_codebooks_and_size(checkpoints, tmp_path: Path, capsys) -> None:
     checkpoint = str(checkpoints["encodec24"])
@@ -259,16 +291,29 @@ def test_bandwidth_picks_codebooks_and_size(checkpoints, tmp_path: Path, capsys)
     assert sizes[12] < sizes[24] < sizes[48]
     assert run("encode", tmp_path / "in.wav", tmp_path / "n.cpc", "--checkpoint", checkpoint, "--n_q", "2") == 0
     assert read_compressed(tmp_path / "n.cpc").header.n_q == 2
-    # the codec's own rule (Codec.n_q_for_bandwidth): the largest count that fits
-    assert run("encode", tmp_path / "in.wav", tmp_path / "b.cpc", "--checkpoint", checkpoint, "--bandwidth", "30") == 0
-    assert read_compressed(tmp_path / "b.cpc").header.n_q == 2
     capsys.readouterr()
-    status = run("encode", tmp_path / "in.wav", tmp_path / "x.cpc", "--checkpoint", checkpoint, "--bandwidth", "60")
-    assert status == 2
-    err = capsys.readouterr().err
-    assert "bandwidth 60.0 kbps exceeds this codec's maximum of 48 kbps" in err
-    assert "this model's bandwidths: 12, 24, 48 kbps" in err
-    assert not (tmp_path / "x.cpc").exists()
+    # a rate the model does not have is refused in one line naming the ones it has (not rounded down)
+    for bandwidth in ("30", "60", "5"):
+        out = tmp_path / "x.cpc"
+        status = run("encode", tmp_path / "in.wav", out, "--checkpoint", checkpoint, "--bandwidth", bandwidth)
+        assert status == 2
+        assert error_lines(capsys.readouterr().err) == [
+            f"codecplatform encode: error: --bandwidth {bandwidth} kbps is not one of this model's "
+            "bandwidths: 12, 24, 48 kbps"
+        ]
+        assert not out.exists()
+
+
+def test_bandwidth_as_listed_is_accepted(checkpoints, tmp_path: Path, capsys) -> None:
+    """A model without ``bandwidths`` runs at every codebook count; a rate typed as the error lists
+    it (3 significant digits) is that operating point."""
+    from codecplatform.inference import choose_n_q
+
+    codec = Codec.from_checkpoint(checkpoints["dac"])
+    for kbps, count in codec.operating_points().items():
+        assert choose_n_q(codec, float(f"{kbps:.3g}"), None) == count
+    with pytest.raises(ValueError, match="is not one of this model's bandwidths"):
+        choose_n_q(codec, 1.5 * min(codec.operating_points()), None)
 
 
 @pytest.mark.parametrize("name", ["encodec24", "muffin", "spectrostream"])
@@ -279,10 +324,17 @@ def test_decode_a_subset_of_codebooks(name: str, checkpoints, tmp_path: Path, ca
     assert run("encode", tmp_path / "in.wav", tmp_path / "a.cpc", "--checkpoint", checkpoints[name]) == 0
     compressed = read_compressed(tmp_path / "a.cpc")
     encoded = codec.encode(torch.from_numpy(audio.T.copy())[None], n_q=compressed.header.n_q)
+    n_q, bits = compressed.header.n_q, math.log2(compressed.header.codebook_sizes[0])
+    capsys.readouterr()
     for subset in ([0], [1], [0, 2]):
         out = tmp_path / f"{subset}.wav"
         flag = ",".join(map(str, subset))
         assert run("decode", tmp_path / "a.cpc", out, "--subtype", "FLOAT", "--codebooks", flag) == 0
+        # the report names what was decoded: these codebooks and their rate, not the file's
+        kbps = len(subset) * bits * compressed.header.frame_rate / 1000
+        which = ("codebook " if len(subset) == 1 else "codebooks ") + flag
+        report = capsys.readouterr().out
+        assert f"{which} of the file's {n_q} (" in report and f"): {kbps:.3g} kbps nominal" in report
         decoded, _ = sf.read(out, dtype="float32", always_2d=True)
         np.testing.assert_allclose(decoded, codec.decode(encoded, codebooks=subset)[0].numpy().T, atol=1e-5, rtol=0)
     capsys.readouterr()
