@@ -81,6 +81,19 @@ def bitrate_label(kbps: float) -> str:
     return f"{round(kbps, 3):g}kbps"
 
 
+def evaluation_step(module: LightningModule) -> int | None:
+    """The step at which a ``validate`` or ``test`` run logs its metrics: the last training step of the
+    checkpoint it evaluates, ``batch_counter - 1`` (where the fit logged that batch and the validation
+    after it; 0 for an untrained module). None during ``fit`` (Lightning's own step is already that)
+    and for a module without a ``batch_counter``. Without it, Lightning logs a later stage at step 0,
+    since ``validate``/``test`` do not restore the fit loop."""
+    trainer = module.trainer
+    counter = getattr(module, "batch_counter", None)
+    if trainer.state.fn not in ("validate", "test") or not isinstance(counter, Tensor):
+        return None
+    return max(int(counter) - 1, 0)
+
+
 def format_table(data: dict[str, Any]) -> str:
     """Markdown table, metrics x bitrates, of :meth:`BitrateEvaluator.table_json`'s output."""
     heads = [f"{c['label']} (n_q={c['n_q']})" for c in data["columns"]]
@@ -89,6 +102,20 @@ def format_table(data: dict[str, Any]) -> str:
         cells = ["nan" if not math.isfinite(v) else f"{v:.4g}" for v in values]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def replaced_figures_notice(logger: MLFlowLogger, stage: str, step: int | None) -> str | None:
+    """One line when ``logger``'s run already holds a ``<stage>`` table (an earlier ``test``, or the
+    fit's last validation for ``validate``): the new figures replace it. None for a run without one."""
+    client, run_id = logger.experiment, logger.run_id
+    path = f"tables/{stage}_per_bitrate.json"
+    if path not in {item.path for item in client.list_artifacts(run_id, "tables")}:
+        return None
+    at = "" if step is None else f" at step {step}"
+    return (
+        f"note: MLflow run {run_id} already has {stage} figures; these replace them "
+        f"({path} and .md overwritten, each {stage}/* metric gets a newer value{at}, shown as its latest)"
+    )
 
 
 class BitrateEvaluator(nn.Module):
@@ -222,6 +249,9 @@ class BitrateEvaluator(nn.Module):
                 logs[f"{stage}/{label}/{name}"] = value
             if full in row:
                 logs[f"{stage}/{name}"] = row[full]
+        step = evaluation_step(module)
+        if step is not None:
+            logs["step"] = float(step)  # Lightning logs the epoch's metrics at a logged "step"
         # values are already reduced over ranks (identical everywhere); sync_dist averages equal numbers
         module.log_dict({k: torch.tensor(v) for k, v in logs.items()}, on_step=False, on_epoch=True, sync_dist=True)
         return table
@@ -263,6 +293,10 @@ class BitrateEvaluator(nn.Module):
         text = format_table(data)
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
+                if trainer.state.fn in ("test", "validate"):
+                    notice = replaced_figures_notice(logger, stage, evaluation_step(module))
+                    if notice:
+                        print(notice, flush=True)
                 logger.experiment.log_dict(logger.run_id, data, f"tables/{stage}_per_bitrate.json")
                 logger.experiment.log_text(logger.run_id, text + "\n", f"tables/{stage}_per_bitrate.md")
         if trainer.state.fn in ("test", "validate"):
