@@ -36,6 +36,7 @@ at the full bitrate as columns. This module imports neither Lightning nor torch.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -148,9 +149,20 @@ class Comparison:
         return sorted({run.family for run in self.runs})
 
     def metrics(self, wanted: list[str] | tuple[str, ...] | None = None) -> list[str]:
-        """``wanted`` (default :data:`DEFAULT_METRICS`) restricted to those some run has, in that order."""
+        """``wanted`` in that order, each of which some run must have (CompareError naming an unknown
+        one and its closest match: a typo is not dropped silently); default: those of
+        :data:`DEFAULT_METRICS` that some run has."""
         present = {name for run in self.runs for name in run.metric_names()}
-        return [name for name in (wanted or DEFAULT_METRICS) if name in present]
+        if not wanted:
+            return [name for name in DEFAULT_METRICS if name in present]
+        for name in wanted:
+            if name not in present:
+                close = difflib.get_close_matches(name, sorted(present), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise CompareError(
+                    f"unknown metric {name!r}{hint}: the compared runs have {', '.join(sorted(present)) or 'none'}"
+                )
+        return list(dict.fromkeys(wanted))
 
     def has_effective(self) -> bool:
         return any(p.effective_kbps is not None for run in self.runs for p in run.points)

@@ -192,7 +192,15 @@ def test_errors(store, tmp_path, capsys):
     assert status == 1 and "MLflow refused the filter" in err
 
     status, _, err = run_compare(capsys, *common, "--metrics", "pesq")
-    assert status == 1 and "none of the metrics ['pesq']" in err
+    assert status == 1 and "unknown metric 'pesq': the compared runs have " in err and "si_sdr" in err
+    # a typo is refused, naming the closest metric, not dropped (it drew the other metrics only)
+    status, out, err = run_compare(capsys, *common, "--metrics", "si_sdr", "mel_distanse")
+    assert status == 1 and out == ""
+    assert [line for line in err.splitlines() if "skipped run" not in line] == [
+        "codecplatform compare: error: unknown metric 'mel_distanse' (did you mean 'mel_distance'?): "
+        "the compared runs have codebook_efficiency, mel_distance, si_sdr, stft_distance, visqol_audio"
+    ]
+    assert not (tmp_path / "rate_quality.png").exists()
 
     missing = tmp_path / "missing.db"
     status, _, err = run_compare(capsys, "--tracking_uri", f"sqlite:///{missing}", "--out_dir", str(tmp_path))
