@@ -30,9 +30,10 @@ skipped, never fatal. The problem kinds (:data:`PROBLEM_KINDS`):
 
 Each cut carries custom fields for balanced sampling (see :mod:`datamodules.sampling`):
 
-- ``domain``: ``speech``, ``music`` or ``general``; ``--domain auto`` (default) takes the name of
-  the file's top folder under ``audio_dir`` when it is one of these (``corpus/music/x.wav`` ->
-  music), else ``general``; ``--domain music`` tags every file of the call.
+- ``domain``: ``speech``, ``music`` or ``general``; ``--domain auto`` (default) takes the domain
+  word that the file's top folder under ``audio_dir`` contains (``corpus/music/x.wav``,
+  ``corpus/speech16/x.wav``, ``corpus/LibriSpeech/...``), else the one ``audio_dir``'s own name
+  contains, else ``general`` (also for a name with two words); ``--domain music`` tags every file.
 - ``full_band`` (bool) and ``high_band_db``: the share of the power above
   ``full_band_cutoff`` x Nyquist of the reference rate (``--sample_rate``, or the file's own rate
   without it), in dB relative to the power below the reference Nyquist, from the mean power
@@ -405,13 +406,25 @@ def scan_audio_dir(
 
 
 def domain_of(path: Path, audio_dir: Path, domain: str) -> str:
-    """The domain of ``path``: ``domain`` itself, or with ``"auto"`` the top folder's name under
-    ``audio_dir`` when it is one of :data:`DOMAINS` (else ``"general"``)."""
+    """The domain of ``path``: ``domain`` itself, or with ``"auto"`` the domain a folder name holds
+    (:func:`folder_domain`): the file's top folder under ``audio_dir``, else ``audio_dir``'s own
+    name (``--audio_dir data/speech16`` -> speech); ``"general"`` when neither names one."""
     if domain != "auto":
         return domain
     parts = path.relative_to(audio_dir).parts
-    top = parts[0].lower() if len(parts) > 1 else ""
-    return top if top in DOMAINS else "general"
+    for name in (parts[0] if len(parts) > 1 else "", Path(audio_dir).resolve().name):
+        found = folder_domain(name)
+        if found is not None:
+            return found
+    return "general"
+
+
+def folder_domain(name: str) -> str | None:
+    """The domain of :data:`DOMAINS` whose word a folder name contains, case-insensitively
+    (``speech16``, ``LibriSpeech``, ``music_48k``, ``general``); None for none, or for more than one
+    (``speech_and_music``)."""
+    found = [word for word in DOMAINS if word in name.lower()]
+    return found[0] if len(found) == 1 else None
 
 
 def _parse_lrc(text: str) -> list[tuple[float, str]]:
@@ -718,7 +731,10 @@ def prepare_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--channels", type=int, default=None, help="model channels: skip files with fewer")
     parser.add_argument(
-        "--domain", default="auto", choices=["auto", *DOMAINS], help="domain tag (auto: top folder name)"
+        "--domain",
+        default="auto",
+        choices=["auto", *DOMAINS],
+        help="domain tag (auto: the domain word in the top folder's name, else in --audio_dir's)",
     )
     parser.add_argument("--full_band_cutoff", type=float, default=0.85, help="top band start / Nyquist")
     parser.add_argument("--full_band_db", type=float, default=-60.0, help="full-band threshold, dB")
@@ -758,6 +774,7 @@ __all__ = [
     "ProbedFile",
     "build_cuts",
     "domain_of",
+    "folder_domain",
     "export_shar",
     "high_band_db",
     "load_cuts",

@@ -258,6 +258,32 @@ def test_domain_full_band_and_sidecar_supervisions(tmp_path: Path) -> None:
     assert [(Path(p["path"]).name, p["problem"]) for p in problems] == [("other.wav", "low_sample_rate")]
 
 
+def test_domain_from_a_folder_name_holding_the_word(tmp_path: Path) -> None:
+    """A top folder such as ``speech16`` or ``LibriSpeech`` is speech (it was ``general``), and so are
+    the files directly in an ``--audio_dir`` named like that; two domain words name none."""
+    from datamodules.manifests import domain_of, folder_domain
+
+    assert [folder_domain(n) for n in ("speech16", "LibriSpeech", "Music_48k", "general", "sfx")] == [
+        "speech",
+        "speech",
+        "music",
+        "general",
+        None,
+    ]
+    assert folder_domain("speech_and_music") is None
+    corpus = tmp_path / "corpus"
+    assert domain_of(corpus / "speech16" / "a.wav", corpus, "auto") == "speech"
+    assert domain_of(corpus / "musicdb" / "x" / "a.wav", corpus, "auto") == "music"
+    assert domain_of(corpus / "a.wav", corpus, "auto") == "general"
+    assert domain_of(tmp_path / "speech16" / "a.wav", tmp_path / "speech16", "auto") == "speech"
+    assert domain_of(corpus / "speech16" / "a.wav", corpus, "music") == "music"
+    # through prepare
+    (corpus / "speech16").mkdir(parents=True)
+    _write_good(corpus / "speech16" / "talk.wav", seconds=1.0)
+    paths = prepare_manifests(corpus, tmp_path / "m", 0.0, 0.0, min_sample_rate=None)
+    assert [c.custom["domain"] for c in load_cuts(paths["train"])] == ["speech"]
+
+
 def test_shar_export_keeps_cuts_and_audio(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     for i in range(5):
