@@ -1,14 +1,14 @@
 """Train a small code LM for a few minutes on the codes of real music, for the entropy-coding benchmark.
 
     python benchmarks/code_lm_quick.py --codec_checkpoint outputs/<exp>/<run>/checkpoints/best-460.ckpt \\
-        --out outputs/benchmarks/code_lm_quick.ckpt [--audio_dir ../shared/data/music] [--held_out hr3-crossroads]
+        --out outputs/benchmarks/code_lm_quick.ckpt --held_out hr3-crossroads [--audio_dir ../shared/data/music]
         [--minutes 3] [--dim 128 --num_layers 2 --num_heads 4 --ffn_dim 256 --context_seconds 1]
 
 The full recipe is ``codecplatform fit --config experiments/code_lm/encodec_24khz.yaml
 --model.init_args.codec_checkpoint=...`` (CodeLMModule, lhotse data, validation, checkpoints); this
 script is its cheap stand-in for a benchmark figure on a laptop-class CPU: every track of
-``--audio_dir`` except ``--held_out`` is encoded once with the frozen codec (mono mean, resampled
-to the codec's rate), then the LM trains on random windows of those codes for ``--minutes`` of wall
+``--audio_dir`` except ``--held_out`` (a file stem, required: no track is held out by default) is
+encoded once with the frozen codec (mono mean, resampled to the codec's rate), then the LM trains on random windows of those codes for ``--minutes`` of wall
 time with CodeLMModule's recipe (a codebook count drawn per batch among the codec's operating
 points, a random position offset per example, Adam). Prints the cross-entropy on the held-out
 track's codes (bits per symbol and the predicted kbps) and saves the LM as
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codec_checkpoint", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--audio_dir", default=str(DEFAULT_AUDIO))
-    parser.add_argument("--held_out", default="hr3-crossroads", help="track (file stem) kept out of training")
+    parser.add_argument(
+        "--held_out", required=True, help="track (file stem in --audio_dir) kept out of training and measured on"
+    )
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock training time")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--num_heads", type=int, default=4)
