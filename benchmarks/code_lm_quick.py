@@ -8,9 +8,10 @@ The full recipe is ``codecplatform fit --config experiments/code_lm/encodec_24kh
 --model.init_args.codec_checkpoint=...`` (CodeLMModule, lhotse data, validation, checkpoints); this
 script is its cheap stand-in for a benchmark figure on a laptop-class CPU: every track of
 ``--audio_dir`` except ``--held_out`` (a file stem, required: no track is held out by default) is
-encoded once with the frozen codec (mono mean, resampled to the codec's rate), then the LM trains on random windows of those codes for ``--minutes`` of wall
-time with CodeLMModule's recipe (a codebook count drawn per batch among the codec's operating
-points, a random position offset per example, Adam). Prints the cross-entropy on the held-out
+encoded once with the frozen codec (mono mean, resampled to the codec's rate), then the LM trains
+on random windows of those codes for ``--minutes`` of wall time with CodeLMModule's recipe (a
+codebook count drawn per batch among the codec's operating points, a random position offset per
+example, Adam). Prints the cross-entropy on the held-out
 track's codes (bits per symbol and the predicted kbps) and saves the LM as
 ``CodeLM.from_checkpoint`` reads it (:func:`codecplatform.lightning.code_lm.save_lm`).
 """
