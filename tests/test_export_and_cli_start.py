@@ -4,6 +4,7 @@ they never import Lightning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,8 +23,13 @@ EXPERIMENTS = REPO / "experiments"
 
 
 def tiny_checkpoint(path: Path, family: str = "encodec", base: str = "24khz_mono.yaml") -> Path:
-    tiny = compose_config(EXPERIMENTS / "tiny" / f"{family}.yaml")
-    config = merge_config(compose_config(EXPERIMENTS / family / base), tiny)
+    """A checkpoint of ``experiments/<family>/<base>`` with the family's tiny override, or of
+    ``experiments/quickstart.yaml`` as it is (family "quickstart": already small)."""
+    if family == "quickstart":
+        config = compose_config(EXPERIMENTS / "quickstart.yaml")
+    else:
+        tiny = compose_config(EXPERIMENTS / "tiny" / f"{family}.yaml")
+        config = merge_config(compose_config(EXPERIMENTS / family / base), tiny)
     codec_config = config["model"]["init_args"]["codec"]
     torch.manual_seed(0)
     codec = Codec.from_config(codec_config).train()
@@ -34,11 +40,20 @@ def tiny_checkpoint(path: Path, family: str = "encodec", base: str = "24khz_mono
     return path
 
 
-@pytest.mark.parametrize(("family", "base"), [("encodec", "24khz_mono.yaml"), ("dac", "44khz.yaml")])
+@pytest.mark.parametrize(
+    ("family", "base"),
+    [
+        ("encodec", "24khz_mono.yaml"),
+        ("dac", "44khz.yaml"),
+        ("quickstart", ""),  # normalizes its input: the scale travels with the codes
+        ("encodec", "48khz_stereo.yaml"),  # normalized and segmented: the graphs code one segment
+    ],
+)
 def test_onnx_export_matches_pytorch(tmp_path, family, base, capsys):
     """The written encoder.onnx / decoder.onnx, opened here with onnxruntime, against the PyTorch
     codec read from the same checkpoint (weight norm not folded) on fresh audio: batch 2 and a
-    length neither the export's tracing (50 frames) nor its own check (37, 81 frames) uses."""
+    length neither the export's tracing (50 frames) nor its own check (37, 81 frames) uses. A
+    normalizing codec's encoder also outputs the scale (B, 1, 1), which its decoder takes back."""
     import onnxruntime as ort
 
     from codecplatform.cli import cli_main
@@ -52,33 +67,57 @@ def test_onnx_export_matches_pytorch(tmp_path, family, base, capsys):
 
     codec = AudioCodec.from_checkpoint(checkpoint).eval()
     assert info["n_q"] == codec.n_q and info["hop_length"] == codec.hop_length
+    assert info["normalize"] == codec.normalize and info["segment_samples"] == codec.segment_length
     generator = torch.Generator().manual_seed(1234)
     frames = 23
     t = torch.arange(frames * codec.hop_length) / codec.sample_rate
     tone = 0.3 * torch.sin(2 * torch.pi * 330 * t)
     x = tone + 0.05 * torch.randn(2, codec.channels, t.numel(), generator=generator)  # (2, C, T)
+    x[1] *= 4  # another level: a normalizing codec codes both alike and restores each one's scale
     with torch.inference_mode():
-        codes = codec.encode(x, n_q=codec.n_q).codes  # (2, K, 23)
-        audio = codec.decode(codes)  # (2, C, 23 * hop)
-    assert codes.shape == (2, codec.n_q, frames)
+        encoded = codec.encode(x, n_q=codec.n_q)  # (2, K, 23), one segment
+        audio = codec.decode(encoded)  # (2, C, 23 * hop)
+    assert encoded.codes.shape == (2, codec.n_q, frames)
+    codes = encoded.codes
 
     providers = ["CPUExecutionProvider"]
     encoder = ort.InferenceSession(str(out / "encoder.onnx"), providers=providers)
     decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=providers)
-    onnx_codes = encoder.run(["codes"], {"audio": x.numpy()})[0]
+    scaled = codec.normalize
+    assert [o.name for o in encoder.get_outputs()] == ["codes", "scale"][: 1 + scaled]
+    assert [i.name for i in decoder.get_inputs()] == ["codes", "scale"][: 1 + scaled]
+    outputs = encoder.run(None, {"audio": x.numpy()})
+    onnx_codes = outputs[0]
     assert onnx_codes.dtype == np.int64 and onnx_codes.shape == tuple(codes.shape)
     np.testing.assert_array_equal(onnx_codes, codes.numpy())
-    onnx_audio = decoder.run(["audio"], {"codes": codes.numpy()})[0]
+    feed = {"codes": codes.numpy()}
+    if scaled:
+        assert encoded.scale.shape == (2, 1, 1) and outputs[1].shape == (2, 1, 1)
+        np.testing.assert_allclose(outputs[1], encoded.scale.numpy(), rtol=1e-5)
+        assert outputs[1][1, 0, 0] > 3 * outputs[1][0, 0, 0]
+        feed["scale"] = outputs[1]
+    onnx_audio = decoder.run(["audio"], feed)[0]
     assert onnx_audio.shape == tuple(audio.shape)
     np.testing.assert_allclose(onnx_audio, audio.numpy(), rtol=0, atol=1e-4 * max(1.0, float(audio.abs().max())))
     # other codes (every entry of every codebook, drawn at random) through both
     sizes = torch.tensor(codec.codebook_sizes[: codec.n_q]).view(1, -1, 1)
     random_codes = (torch.rand(2, codec.n_q, frames, generator=generator) * sizes).long()
     with torch.inference_mode():
-        expected = codec.decode(random_codes)
-    other = decoder.run(["audio"], {"codes": random_codes.numpy()})[0]
+        expected = codec.decode(dataclasses.replace(encoded, codes=random_codes))
+    other = decoder.run(["audio"], {**feed, "codes": random_codes.numpy()})[0]
     np.testing.assert_allclose(other, expected.numpy(), rtol=0, atol=1e-4 * max(1.0, float(expected.abs().max())))
-    assert np.abs(other - onnx_audio).max() > 1e-3
+    # the decoder graph follows its codes: other codes move the audio far beyond the ONNX error
+    error = max(np.abs(onnx_audio - audio.numpy()).max(), np.abs(other - expected.numpy()).max())
+    assert np.abs(other - onnx_audio).max() > max(100 * error, 1e-3 * np.abs(onnx_audio).max())
+    if codec.segment_length is not None:  # a whole segment, the longest input: the codec's first segment
+        signal = 0.1 * torch.randn(1, codec.channels, 2 * codec.segment_length, generator=generator)
+        with torch.inference_mode():
+            expected = codec.encode(signal, n_q=codec.n_q)
+        assert info["segment_stride"] == codec.segment_stride
+        first = codec.segment_length // codec.hop_length
+        segment_codes, segment_scale = encoder.run(None, {"audio": signal[..., : codec.segment_length].numpy()})
+        np.testing.assert_array_equal(segment_codes, expected.codes[..., :first].numpy())
+        np.testing.assert_allclose(segment_scale, expected.scale[:, :1].numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +125,6 @@ def test_onnx_export_matches_pytorch(tmp_path, family, base, capsys):
     [
         ("muffin", "75hz.yaml", "MUFFIN is not exported: its band-limited quantizer stages take an FFT"),
         ("spectrostream", "48khz_stereo.yaml", "SpectroStream is not exported: its STFT front and back ends"),
-        ("encodec", "48khz_stereo.yaml", "normalize their input or code fixed segments"),
     ],
 )
 def test_onnx_export_refuses_what_it_cannot_export_in_one_line(tmp_path, family, base, reason, capsys):
