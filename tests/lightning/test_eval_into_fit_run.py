@@ -38,8 +38,13 @@ def test_validate_and_test_log_at_the_fits_last_step_and_a_second_test_says_it_r
     logger = MLflowLogger(experiment_name="later-stages", tracking_uri=uri, save_dir=str(tmp_path / "mlruns"))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     fit = Trainer(
-        **QUIET, max_epochs=1, limit_train_batches=4, val_check_interval=2, limit_val_batches=1,
-        logger=logger, callbacks=[checkpoints],
+        **QUIET,
+        max_epochs=1,
+        limit_train_batches=4,
+        val_check_interval=2,
+        limit_val_batches=1,
+        logger=logger,
+        callbacks=[checkpoints],
     )
     fit.fit(tiny_module(), train, val)
     run_id = logger.run_id
@@ -50,7 +55,9 @@ def test_validate_and_test_log_at_the_fits_last_step_and_a_second_test_says_it_r
 
     def later(stage: str) -> None:
         into_run = MLflowLogger(experiment_name="later-stages", tracking_uri=uri, run_id=run_id)
-        trainer = Trainer(**QUIET, logger=into_run, limit_val_batches=1, limit_test_batches=1, enable_checkpointing=False)
+        trainer = Trainer(
+            **QUIET, logger=into_run, limit_val_batches=1, limit_test_batches=1, enable_checkpointing=False
+        )
         getattr(trainer, stage)(tiny_module(), val, ckpt_path=str(last))
 
     capsys.readouterr()
