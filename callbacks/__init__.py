@@ -10,6 +10,7 @@ from callbacks.codebook_logger import CodebookUsageLogger
 from callbacks.health import TrainingHealthMonitor
 from callbacks.progress import LossProgressBar
 from callbacks.reconstruction_writer import ReconstructionWriter
+from callbacks.summary import RunSummary
 from callbacks.throughput import AudioThroughputMonitor
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "CodebookUsageLogger",
     "LossProgressBar",
     "ReconstructionWriter",
+    "RunSummary",
     "TrainingHealthMonitor",
 ]

@@ -521,8 +521,43 @@ def prepare_experiment(client: Any, experiment_id: str) -> None:
 
 def view_url(server: str, experiment_id: str) -> str:
     """The UI address of the experiment's runs in the "codec quality" view (model-training workflow)."""
-    query = f"viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
+    query = f"viewStateShareKey={VIEW_ID}&{MODEL_TRAINING_QUERY}"
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+#: Where ``make ui`` serves the store; the address the fit summary points to for a local store.
+UI_SERVER = "http://127.0.0.1:5000"
+#: MLflow 3 keeps the GenAI / model-training switch in the browser's localStorage; this parameter sets it.
+MODEL_TRAINING_QUERY = "workflowType=machine_learning"
+
+
+def run_url(server: str, experiment_id: str, run_id: str) -> str:
+    """The UI address of one run, in the model-training workflow."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_QUERY}"
+
+
+def ui_server(tracking_uri: str | None) -> str:
+    """The UI of a tracking URI: the server itself for ``http(s)://``, else ``make ui``'s address."""
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return UI_SERVER
+
+
+def ui_url(
+    tracking_uri: str = "sqlite:///mlflow.db", experiment: str = DEFAULT_EXPERIMENT, server: str = UI_SERVER
+) -> str:
+    """What ``make ui`` prints: the address of ``experiment``'s runs in the "codec quality" view in
+    model-training mode (:func:`view_url`, the experiment's id looked up in the store); the
+    experiment list in that mode while the store or the experiment does not exist yet."""
+    fallback = f"{server.rstrip('/')}/#/experiments?{MODEL_TRAINING_QUERY}"
+    try:
+        uri = resolve_tracking_uri(tracking_uri)  # a missing sqlite file is not created
+    except CompareError:
+        return fallback
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    return fallback if found is None else view_url(server, found.experiment_id)
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.cli import cli_main
+from codecplatform.compare import UI_SERVER, run_url
 
 METRICS = ("test/mel_distance", "test/si_sdr")
 MIN_PERPLEXITY = 8.0  # of 64 entries: a codebook below this is barely used
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint:             {checkpoint} (best validation, batch {best_batch})")
     print(f"latest checkpoint:      {fit.trainer.checkpoint_callbacks[-1].last_model_path} (resume from this one)")
     print("open the MLflow UI:     make ui   (or: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db)")
-    print("                        then browse http://127.0.0.1:5000, experiment 'codecplatform'")
+    print(f"                        then browse {run_url(UI_SERVER, fit.trainer.logger.experiment_id, run_id)}")
     ok = all(math.isfinite(v) for v in (*trained.values(), *untrained.values()))
     ok = (
         ok

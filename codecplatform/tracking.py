@@ -27,6 +27,7 @@ class MLflowLogger(MLFlowLogger):
 
     def __init__(self, *args: Any, tracking_uri: str | None = None, **kwargs: Any):
         super().__init__(*args, tracking_uri=absolute_sqlite_uri(tracking_uri), **kwargs)
+        self._checkpoint_callbacks: list[Any] = []  # every ModelCheckpoint that saved (log_model=True)
 
     @property
     def experiment(self) -> Any:
@@ -38,6 +39,23 @@ class MLflowLogger(MLFlowLogger):
         if opening and self._initialized and self._experiment_id is not None:
             prepare_experiment(client, self._experiment_id)
         return client
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Lightning keeps only the last ModelCheckpoint that saved and logs its files at the end: with
+        a "best" and a "last" callback the best checkpoint was never logged. Every one is kept here."""
+        super().after_save_checkpoint(checkpoint_callback)
+        if self._log_model is True and all(c is not checkpoint_callback for c in self._checkpoint_callbacks):
+            self._checkpoint_callbacks.append(checkpoint_callback)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        """Logs the files of every ModelCheckpoint (``best-<batch>.ckpt`` too) as run artifacts, then
+        Lightning's finalize (which logs the last callback's, and ends the run)."""
+        if self._initialized:
+            for callback in self._checkpoint_callbacks:
+                if callback is not self._checkpoint_callback:
+                    self._scan_and_log_checkpoints(callback)
+        super().finalize(status)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
