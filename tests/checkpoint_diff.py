@@ -149,3 +149,26 @@ class StepRecorder(Callback):
 def read_steps(path: str | Path) -> dict[int, dict]:
     """The records of a :class:`StepRecorder` file by batch index."""
     return {r["batch"]: r for r in map(json.loads, Path(path).read_text().splitlines())}
+
+
+def fit_with_records(configs: list[Path], manifests: dict[str, Path], root: Path, *overrides: str):
+    """``codecplatform fit`` of ``configs`` on ``manifests`` into ``root``, no logger, ModelCheckpoint
+    with ``last.ckpt`` and a :class:`StepRecorder` writing ``root/steps.jsonl``; -> the LightningCLI."""
+    from codecplatform.cli import cli_main
+
+    root.mkdir(parents=True, exist_ok=True)
+    recorder = {"class_path": "checkpoint_diff.StepRecorder", "init_args": {"path": str(root / "steps.jsonl")}}
+    return cli_main(
+        [
+            "fit",
+            *[arg for config in configs for arg in ("--config", str(config))],
+            *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.save_last=true",
+            f"--trainer.callbacks+={json.dumps(recorder)}",
+            f"--trainer.default_root_dir={root}",
+            *overrides,
+        ]
+    )

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from checkpoint_diff import assert_same_training_state, read_steps
-
-from codecplatform.cli import cli_main
+from checkpoint_diff import assert_same_training_state, fit_with_records, read_steps
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 N, K = 6, 4  # batches in all, batches before the stop (the end of epoch 0: 4 train files, 2 windows each, 2 per batch)
@@ -28,29 +26,17 @@ SCHEDULER = json.dumps({"class_path": "torch.optim.lr_scheduler.ExponentialLR", 
 
 
 def fit(manifests: dict[str, Path], root: Path, max_batches: int, *more: str):
-    root.mkdir(parents=True, exist_ok=True)
-    recorder = {"class_path": "checkpoint_diff.StepRecorder", "init_args": {"path": str(root / "steps.jsonl")}}
-    return cli_main(
-        [
-            "fit",
-            "--config",
-            str(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),  # generator EMA, per-bandwidth D, balancer
-            "--config",
-            str(EXPERIMENTS / "tiny" / "encodec.yaml"),
-            *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
-            "--trainer.logger=false",
-            "--trainer.callbacks=[]",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            "--trainer.callbacks.save_last=true",
-            f"--trainer.callbacks+={json.dumps(recorder)}",
-            f"--trainer.default_root_dir={root}",
-            f"--model.init_args.generator_scheduler={SCHEDULER}",
-            f"--model.init_args.discriminator_scheduler={SCHEDULER}",
-            "--model.init_args.discriminator_schedule.init_args.probability=0.5",
-            "--model.init_args.codec.init_args.quantizer.init_args.threshold_ema_dead_code=1000",
-            f"--model.init_args.max_batches={max_batches}",
-            *more,
-        ]
+    return fit_with_records(
+        # generator EMA, one discriminator per bandwidth, the balancer
+        [EXPERIMENTS / "encodec" / "24khz_mono.yaml", EXPERIMENTS / "tiny" / "encodec.yaml"],
+        manifests,
+        root,
+        f"--model.init_args.generator_scheduler={SCHEDULER}",
+        f"--model.init_args.discriminator_scheduler={SCHEDULER}",
+        "--model.init_args.discriminator_schedule.init_args.probability=0.5",
+        "--model.init_args.codec.init_args.quantizer.init_args.threshold_ema_dead_code=1000",
+        f"--model.init_args.max_batches={max_batches}",
+        *more,
     )
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from checkpoint_diff import assert_same_training_state, read_steps
-
-from codecplatform.cli import cli_main
+from checkpoint_diff import assert_same_training_state, fit_with_records, read_steps
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 N, K = 4, 2
@@ -22,28 +20,15 @@ SCHEDULE = json.dumps(
 
 
 def fit(manifests: dict[str, Path], root: Path, max_batches: int, *more: str):
-    root.mkdir(parents=True, exist_ok=True)
-    recorder = {"class_path": "checkpoint_diff.StepRecorder", "init_args": {"path": str(root / "steps.jsonl")}}
-    return cli_main(
-        [
-            "fit",
-            "--config",
-            str(EXPERIMENTS / "mucodec" / "vocoder.yaml"),
-            "--config",
-            str(EXPERIMENTS / "tiny" / "mucodec_vocoder.yaml"),
-            *[f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()],
-            "--trainer.logger=false",
-            "--trainer.callbacks=[]",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            "--trainer.callbacks.save_last=true",
-            f"--trainer.callbacks+={json.dumps(recorder)}",
-            f"--trainer.default_root_dir={root}",
-            f"--model.init_args.generator_scheduler={SCHEDULER}",
-            f"--model.init_args.discriminator_scheduler={SCHEDULER}",
-            f"--model.init_args.discriminator_schedule={SCHEDULE}",
-            f"--model.init_args.max_batches={max_batches}",
-            *more,
-        ]
+    return fit_with_records(
+        [EXPERIMENTS / "mucodec" / "vocoder.yaml", EXPERIMENTS / "tiny" / "mucodec_vocoder.yaml"],
+        manifests,
+        root,
+        f"--model.init_args.generator_scheduler={SCHEDULER}",
+        f"--model.init_args.discriminator_scheduler={SCHEDULER}",
+        f"--model.init_args.discriminator_schedule={SCHEDULE}",
+        f"--model.init_args.max_batches={max_batches}",
+        *more,
     )
 
 
