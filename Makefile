@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MLFLOW_URI := sqlite:///mlflow.db
 
-.PHONY: install lock quickstart test lint bench ui clean
+.PHONY: install lock quickstart test lint bench ui notebook clean
 
 LOCK := requirements.lock
 UV   := $(BIN)/uv
@@ -65,6 +65,14 @@ lock:
 	  cat $(LOCK).nodeps; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 	rm -f $(LOCK).main $(LOCK).nodeps $(LOCK).nodeps.in
+
+# Runs notebooks/$(NOTEBOOK).ipynb headless and writes $(NOTEBOOK_OUT)/$(NOTEBOOK).html (figures embedded)
+# and the executed .ipynb; its inputs come from the environment, e.g.
+# `make notebook CODEC_RUN_ID=<run id> CODEC_AUDIO=my_wavs` (all of them: docs/notebooks.md).
+NOTEBOOK ?= codebook_usage
+NOTEBOOK_OUT ?= outputs/notebooks
+notebook: install
+	$(BIN)/python -m codecplatform.notebook notebooks/$(NOTEBOOK).ipynb --html $(NOTEBOOK_OUT)/$(NOTEBOOK).html
 
 clean:
 	rm -rf mlruns mlflow.db data/demo outputs

@@ -219,12 +219,19 @@ def test_notebook_by_run_id_and_by_checkpoint_file(make_manifests, in_tmp_dir, m
         (elsewhere, dict(CODEC_CHECKPOINT=str(spread), CODEC_AUDIO=str(wav_dir))),
     )
 
-    # 1. By MLflow run id: the checkpoint comes from the run's artifacts, the history from its metrics.
-    assert result["checkpoint_source"] == "mlflow" and Path(result["checkpoint"]).name == "last.ckpt"
-    assert filecmp.cmp(result["checkpoint"], checkpoint, shallow=False)  # the run's artifact is the fit's last.ckpt
+    # 1. By MLflow run id: the checkpoint comes from the run's artifacts (its best one by default: the
+    # lowest val/mel_distance of the monitored ModelCheckpoint, else last.ckpt when the run's artifacts
+    # hold only the latest callback's files), the history from its metrics.
+    chosen = Path(result["checkpoint"])
+    best = next(c for c in fit.trainer.checkpoint_callbacks if getattr(c, "monitor", None)).best_model_path
+    assert result["checkpoint_source"] == "mlflow" and chosen.name in (Path(best).name, "last.ckpt")
+    if chosen.name == "last.ckpt":
+        assert filecmp.cmp(chosen, checkpoint, shallow=False)  # the run's artifact is the fit's last.ckpt
+    else:
+        assert filecmp.cmp(chosen, best, shallow=False)  # the run's artifact is the fit's best checkpoint
     assert result["files"] == [p.name for p in wavs]
 
-    check_statistics(nb, result, checkpoint, wavs)
+    check_statistics(nb, result, chosen, wavs)
     K = Codec.from_checkpoint(checkpoint).quantizer.n_q
     assert figures(nb) == 3  # statistics, quality against bitrate, history
 
