@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codecplatform.config import expand_config
+from codecplatform.config import ConfigError, check_config_args, compose_args, expand_config, split_cli_args
 
 # Fast start: this module imports neither Lightning nor torch at import time. The light subcommands
 # (prepare, compare, import-checkpoint, encode, decode, export) are dispatched by `cli_main` before
@@ -106,8 +106,24 @@ def _codec_cli_class() -> type:
             the differing keys.
             """
 
+        #: with ``run=False`` (no subcommand): build the config as this subcommand would (its manifests)
+        checked_subcommand: str | None = None
+
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            self._raw_args = list(args) if isinstance(args, list) else list(sys.argv[1:] if args is None else [])
+            super().parse_arguments(parser, args)
+
         def before_instantiate_classes(self) -> None:
-            drop_disabled_progress_bars(self.config[self.subcommand] if self.subcommand else self.config)
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            drop_disabled_progress_bars(config)
+            raw = getattr(self, "_raw_args", [])
+            configs, options = split_cli_args(raw[1:] if raw and not raw[0].startswith("-") else raw)
+            retarget_sample_rate(config, compose_args(configs)[0], {key for key, _ in options})
+            subcommand = self.subcommand or self.checked_subcommand
+            if subcommand in ("fit", "validate", "test"):
+                check_manifests(config, subcommand)
+            if subcommand in ("validate", "test", "predict") and config.get("ckpt_path"):
+                check_checkpoint_codec(config, str(config.get("ckpt_path")))
 
     CodecCLI.__module__, CodecCLI.__qualname__ = __name__, "CodecCLI"
     _CODEC_CLI = CodecCLI
@@ -142,6 +158,126 @@ def drop_disabled_progress_bars(config: Any) -> None:
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not is_progress_bar(c)]
 
 
+CODEC_ARGS = "model.init_args.codec.init_args"
+RATE_PARTS = ("model.init_args.reconstruction_losses", "model.init_args.metrics", "model.init_args.test_metrics")
+
+
+def _dig(data: Any, key: str) -> Any:
+    """``data[k1][k2]...`` for the dotted ``key`` over dicts and jsonargparse Namespaces; None if absent."""
+    for part in key.split("."):
+        if data is None:
+            return None
+        data = data.get(part) if hasattr(data, "get") else None
+    return data
+
+
+def _rate_keys(config: Any) -> list[str]:
+    """Dotted keys of every ``sample_rate`` the codec's rate must equal: the data module's, and each
+    reconstruction loss's and metric's that has one."""
+    keys = ["data.init_args.sample_rate"] if _dig(config, "data.init_args.sample_rate") is not None else []
+    for parts in RATE_PARTS:
+        for name, part in (_dig(config, parts) or {}).items():
+            if _dig(part, "init_args.sample_rate") is not None:
+                keys.append(f"{parts}.{name}.init_args.sample_rate")
+    return keys
+
+
+def _set(config: Any, key: str, value: Any) -> None:
+    head, _, last = key.rpartition(".")
+    node = _dig(config, head)
+    if isinstance(node, dict):
+        node[last] = value
+    else:
+        setattr(node, last, value)
+
+
+def retarget_sample_rate(config: Any, files: dict[str, Any], given: set[str]) -> None:
+    """One setting for the sample rate: ``model.init_args.codec.init_args.sample_rate``.
+
+    When the command line gives the codec another rate than its config files (``files``, composed),
+    the data module's, the reconstruction losses' and the metrics' ``sample_rate`` that equal the
+    files' rate follow it, unless the command line set them too (``given``: its keys), and the codec's
+    ``bandwidths`` are scaled by the same ratio (same codebook counts). Then any ``sample_rate`` that
+    differs from the codec's is refused (ConfigError naming both values and the key). Configs without
+    a ``Codec`` (code LM, MuCodec stages) are left to their modules' checks."""
+    rate = _dig(config, f"{CODEC_ARGS}.sample_rate")
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        return
+    file_rate = _dig(files, f"{CODEC_ARGS}.sample_rate")
+    keys = _rate_keys(config)
+    if isinstance(file_rate, int) and file_rate != rate:
+        for key in keys:
+            if _dig(config, key) == file_rate and key not in given:
+                _set(config, key, rate)
+        bandwidths = _dig(config, f"{CODEC_ARGS}.bandwidths")
+        if bandwidths and f"{CODEC_ARGS}.bandwidths" not in given:
+            _set(config, f"{CODEC_ARGS}.bandwidths", [round(bw * rate / file_rate, 6) for bw in bandwidths])
+    for key in keys:
+        value = _dig(config, key)
+        if value != rate:
+            raise ConfigError(
+                f"{key}={value} but the codec's sample_rate is {rate} ({CODEC_ARGS}.sample_rate): "
+                f"set {key} to {rate}, or set only the codec's rate on the command line and the rest follows"
+            )
+
+
+def check_manifests(config: Any, subcommand: str) -> None:
+    """The cut manifests ``subcommand`` reads must exist (fit: train and val, validate: val, test:
+    test), named in one line before anything is built; the others are dropped (set to null), so
+    ``test`` needs no training manifest and ``fit`` no test manifest."""
+    data = _dig(config, "data.init_args")
+    if data is None or "train_cuts" not in data:
+        return
+    needed = {"fit": ("train_cuts", "val_cuts"), "validate": ("val_cuts",), "test": ("test_cuts",)}[subcommand]
+    for name in ("train_cuts", "val_cuts", "test_cuts"):
+        if name not in needed:
+            _set(config, f"data.init_args.{name}", None)
+    for name in needed:
+        value = _dig(data, name)
+        paths = value.items() if hasattr(value, "items") else [(None, value)]
+        for domain, path in paths:
+            key = f"data.init_args.{name}" + (f".{domain}" if domain else "")
+            if path is None:
+                if name != "val_cuts" or subcommand == "validate":
+                    if name == "train_cuts" and _dig(data, "train_shar") is not None:
+                        continue
+                    raise ConfigError(
+                        f"{subcommand} needs {key}: give a cut manifest (codecplatform prepare writes them)"
+                    )
+            elif not Path(str(path)).is_file():
+                raise ConfigError(f"{key}: cut manifest {path} does not exist (codecplatform prepare writes them)")
+
+
+CHECKPOINT_CODEC_KEYS = (
+    ("init_args.sample_rate", "sample_rate"),
+    ("init_args.encoder.init_args.channels", "encoder channels"),
+    ("init_args.quantizer.init_args.n_q", "codebooks (quantizer n_q)"),
+    ("init_args.quantizer.init_args.codebook_size", "codebook size"),
+)
+
+
+def check_checkpoint_codec(config: Any, ckpt_path: str) -> None:
+    """``validate``/``test``/``predict`` with ``--ckpt_path``: the checkpoint's codec (its
+    hyperparameters) must have the run's sample rate, channels and codebooks, or the rows would be
+    labelled with the wrong bitrates; refused naming both values."""
+    from codecplatform.checkpoints.io import read_checkpoint
+
+    run_codec = _dig(config, "model.init_args.codec")
+    if run_codec is None or not Path(ckpt_path).is_file():
+        return
+    checkpoint = read_checkpoint(ckpt_path, "training checkpoint")
+    saved = checkpoint.get("codec_config") or _dig(checkpoint.get("hyper_parameters") or {}, "codec")
+    if not hasattr(saved, "get"):
+        return
+    for key, what in CHECKPOINT_CODEC_KEYS:
+        theirs, ours = _dig(saved, key), _dig(run_codec, key)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} holds a codec with {what} {theirs}, the config gives {ours} "
+                f"(model.init_args.codec.{key}): run with the config the checkpoint was trained with"
+            )
+
+
 def cli_main(args: list[str] | None = None) -> Any:
     """Entry point used by the console script and by tests (``cli_main(args=[...])``)."""
     from_command_line = args is None
@@ -170,6 +306,10 @@ def cli_main(args: list[str] | None = None) -> Any:
 
         return export_main(args[1:])
     CodecCLI = _codec_cli_class()
+    if args and args[0] in ("fit", "validate", "test", "predict") and not {"-h", "--help"} & set(args):
+        from codecplatform.launch import LaunchTrainer
+
+        check_config_args(args[1:], LaunchTrainer)  # unknown keys, in one line (ConfigError)
     args = expand_args(args)
     if from_command_line:  # LightningCLI reads sys.argv itself (and warns if given both)
         sys.argv = [sys.argv[0], *args]
@@ -178,7 +318,11 @@ def cli_main(args: list[str] | None = None) -> Any:
 
 
 def main() -> None:
-    result = cli_main()
+    try:
+        result = cli_main()
+    except ConfigError as error:  # one line: no usage text, no traceback
+        print(f"codecplatform: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     if isinstance(result, int):
         raise SystemExit(result)
 

@@ -7,7 +7,8 @@ Blocks fenced as `` ```bash runnable `` are checked line by line (continuations 
   files under the block's ``--audio_dir``;
 * ``codecplatform fit|validate|test|predict ...`` need a trained model and minutes of training, so
   they are not run: every option except ``--ckpt_path`` is parsed and the classes instantiated
-  (``CodecCLI(run=False)``: unknown keys, wrong values and missing manifests fail), and
+  as that subcommand would (``CodecCLI(run=False)`` with ``checked_subcommand``: unknown keys,
+  wrong values, sample rates other than the codec's and missing manifests fail), and
   ``--ckpt_path`` must be a parameter of the Trainer method of that subcommand;
 * the other subcommands (``encode``, ``decode``, ``compare``, ...) need that model or its MLflow
   runs: every ``--flag`` they use must appear in ``codecplatform <subcommand> --help``;
@@ -81,7 +82,11 @@ def _check_lightning_command(subcommand: str, args: list[str]) -> None:
             continue
         rest.append(args[i])
         i += 1
-    cli = _codec_cli_class()(args=expand_args(rest), run=False)
+
+    class AsSubcommand(_codec_cli_class()):
+        checked_subcommand = subcommand  # its manifests only, checked to exist
+
+    cli = AsSubcommand(args=expand_args(rest), run=False)
     assert cli.model is not None and cli.datamodule is not None
 
 

@@ -10,7 +10,8 @@ they live here once:
                    factories and metrics are objects, not config.
   data check       ``setup`` compares the data module's attributes (``sample_rate``,
                    ``channels``, ...) with :meth:`TrainingModule.expected_data` and raises
-                   ValueError on a mismatch, before any batch runs.
+                   ValueError on a mismatch, before any batch runs; it warns when the stage's
+                   manifests hold recordings of lower source rates (upsampled), naming the rates.
   empty batches    :meth:`TrainingModule.skip_empty`: a batch is skipped on every rank when any
                    rank's batch is empty (all its files were bad); one rank skipping alone would
                    leave the others waiting in the gradient all-reduce.
@@ -102,6 +103,9 @@ class TrainingModule(LightningModule):
                     f"data.{name}={given} but {type(self).__name__} expects {name}={wanted}: "
                     f"set data.init_args.{name} to match the model"
                 )
+        rate = getattr(data, "sample_rate", None)
+        if isinstance(rate, int):
+            warn_upsampled(data, stage, rate)
 
     def skip_empty(self, x: Tensor) -> bool:
         """Whether to skip the batch ``x`` (B, ...): True, with a warning, when the batch of any rank
@@ -161,6 +165,42 @@ class TrainingModule(LightningModule):
 
 
 RNG_STATES_KEY = "rng_states"
+STAGE_MANIFESTS = {"fit": ("train_cuts", "val_cuts"), "validate": ("val_cuts",), "test": ("test_cuts",)}
+
+
+def source_rates(path: str | os.PathLike) -> dict[int, int]:
+    """Source sample rate -> number of recordings, from a lhotse cut manifest (``.jsonl``/``.jsonl.gz``,
+    each cut's ``recording.sampling_rate``; cuts without one are not counted)."""
+    import gzip
+    import json
+    from collections import Counter
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    counts: Counter[int] = Counter()
+    with opener(path, "rt") as lines:
+        for line in lines:
+            rate = (json.loads(line).get("recording") or {}).get("sampling_rate") if line.strip() else None
+            if isinstance(rate, int):
+                counts[rate] += 1
+    return dict(counts)
+
+
+def warn_upsampled(data: Any, stage: str, rate: int) -> None:
+    """Warn when the manifests ``stage`` reads hold recordings of a source rate below ``rate``: they
+    are upsampled, with nothing above half their rate, and score as a codec of ``rate`` would not."""
+    for name in STAGE_MANIFESTS.get(stage, ()):
+        path = getattr(data, name, None)
+        if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+            continue
+        counts = source_rates(path)
+        low = {r: n for r, n in sorted(counts.items()) if r < rate}
+        if low:
+            seen = ", ".join(f"{r} Hz: {n}" for r, n in sorted(counts.items()))
+            warnings.warn(
+                f"{name}: {sum(low.values())} of {sum(counts.values())} recordings come from source rates below "
+                f"the {rate} Hz the model runs at ({seen}): they are upsampled, with nothing above half their rate",
+                stacklevel=3,
+            )
 
 
 def rng_states() -> dict[str, Any]:

@@ -63,6 +63,22 @@ from codecplatform.losses.balancer import Balancer
 from codecplatform.models.codec import Codec
 
 
+def check_codec_rates(
+    codec: Codec, losses: dict[str, nn.Module], metrics: dict[str, Metric], test_metrics: dict[str, Metric]
+) -> None:
+    """Refuse, before any training, a reconstruction loss or metric built for another sample rate than
+    the codec's (one that keeps its rate in ``sample_rate``)."""
+    rate = codec.sample_rate
+    for field, parts in (("reconstruction_losses", losses), ("metrics", metrics), ("test_metrics", test_metrics)):
+        for name, part in parts.items():
+            theirs = getattr(part, "sample_rate", None)
+            if isinstance(theirs, int) and theirs != rate:
+                raise ValueError(
+                    f"{field}.{name} has sample_rate {theirs} but the codec's is {rate}: set "
+                    f"model.init_args.{field}.{name}.init_args.sample_rate to {rate}"
+                )
+
+
 class GANCodecModule(TrainingModule):
     """Trains a ``Codec`` against one or more discriminators.
 
@@ -177,6 +193,13 @@ class GANCodecModule(TrainingModule):
             self.codec_ema = copy.deepcopy(codec).requires_grad_(False)  # in no optimizer; DDP skips it
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.evaluation = BitrateEvaluator(codec, metrics, test_metrics, eval_bandwidths, per_bitrate_validation)
+        check_codec_rates(codec, reconstruction_losses, metrics or {}, test_metrics or {})
+        quantizer_losses = getattr(getattr(codec, "quantizer", None), "loss_names", None)
+        if quantizer_losses is not None:
+            known = {*reconstruction_losses, "adv", "feat", *quantizer_losses}
+            unknown = sorted(set(loss_weights) - known)
+            if unknown:
+                raise ValueError(f"loss_weights names no loss: {unknown}; the losses are {sorted(known)}")
 
     # -- set-up ------------------------------------------------------------------------------
     def expected_data(self) -> dict[str, int]:

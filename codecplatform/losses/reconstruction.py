@@ -201,6 +201,7 @@ class MultiScaleMelLoss(_MultiScaleSpectralLoss):
             raise ValueError(f"power must be > 0, got {power}")
         if clamp_eps <= 0:
             raise ValueError(f"clamp_eps must be > 0, got {clamp_eps}")
+        self.sample_rate = sample_rate  # checked against the codec's by GANCodecModule
         self.n_mels = mels
         self.l1_weight = l1_weight
         self.l2_weight = l2_weight
@@ -305,6 +306,7 @@ class EncodecMelLoss(_MultiScaleSpectralLoss):
             raise ValueError(f"power must be > 0, got {power}")
         if floor_level <= 0:
             raise ValueError(f"floor_level must be > 0, got {floor_level}")
+        self.sample_rate = sample_rate  # checked against the codec's by GANCodecModule
         self.n_mels = n_mels
         self.power = power
         self.normalized = normalized

@@ -54,6 +54,7 @@ class MelDistance(_ExampleDistance):
 
     def __init__(self, sample_rate: int, **kwargs):
         super().__init__(**kwargs)
+        self.sample_rate = sample_rate  # checked against the codec's by GANCodecModule
         self.distance = MultiScaleMelLoss(
             sample_rate,
             window_lengths=[32, 64, 128, 256, 512, 1024, 2048],

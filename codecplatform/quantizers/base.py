@@ -27,6 +27,8 @@ class Quantizer(nn.Module):
     n_q: int
     codebook_sizes: list[int]
     dropout: QuantizerDropout = QuantizerDropout()
+    #: the names of ``QuantizerOutput.losses`` (weight keys of the training modules)
+    loss_names: tuple[str, ...] = ("commit",)
 
     def forward(self, z: Tensor, n_q: int | Tensor | None = None) -> QuantizerOutput:  # pragma: no cover
         raise NotImplementedError

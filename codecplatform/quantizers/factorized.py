@@ -215,6 +215,7 @@ class FactorizedResidualVectorQuantizer(ResidualQuantizer):
             raise ValueError(f"codebook_dim has {len(dims)} entries, expected one per codebook ({n_q})")
         self.dimension = dimension
         self.n_q = n_q
+        self.loss_names = _LOSSES
         self.codebook_sizes = [codebook_size] * n_q
         self.codebook_dims = dims
         self.dropout = dropout if dropout is not None else QuantizerDropout()
