@@ -165,3 +165,11 @@ def test_every_input_is_documented():
     assert "make notebook" in docs
     text = "".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
     assert "jupyter lab" not in text.replace("(`jupyter lab`) is not installed", "")
+
+
+def test_readme_names_make_notebook_and_every_input():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    names = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', nb.cells[1].source))
+    readme = (ROOT / "README.md").read_text().splitlines()
+    line = next(line for line in readme if "docs/notebooks.md" in line and "make notebook" in line)
+    assert all(name in line for name in names), sorted(name for name in names if name not in line)
