@@ -110,8 +110,23 @@ def _codec_cli_class() -> type:
         checked_subcommand: str | None = None
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
+            """Parse; a parser error (jsonargparse prints the usage and exits) becomes a
+            :class:`ConfigError` of one line naming the key (see :func:`condense_parser_error`)."""
+            import contextlib
+            import io
+
             self._raw_args = list(args) if isinstance(args, list) else list(sys.argv[1:] if args is None else [])
-            super().parse_arguments(parser, args)
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured):
+                    super().parse_arguments(parser, args)
+            except SystemExit as exit_:
+                text = captured.getvalue()
+                if exit_.code not in (0, None) and "error: " in text:
+                    raise ConfigError(condense_parser_error(text.rsplit("error: ", 1)[1])) from None
+                sys.stderr.write(text)
+                raise
+            sys.stderr.write(captured.getvalue())
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -156,6 +171,35 @@ def drop_disabled_progress_bars(config: Any) -> None:
         return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
     trainer["callbacks"] = [c for c in trainer["callbacks"] if not is_progress_bar(c)]
+
+
+def condense_parser_error(message: str) -> str:
+    """jsonargparse's nested error report -> one line: the key (dotted, from the command-line
+    override when there is one), the innermost complaint and the given value."""
+    import re
+
+    skip = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:", "- Expected a <class 'NoneType'>")
+    keys, problems, values = [], [], []
+    for line in message.splitlines():
+        text = line.strip()
+        if not text or text.startswith(skip) or text == "Expected a <class 'NoneType'>":
+            continue
+        key = re.match(r'^-?\s*Parser key "([^"]+)":?$', text)
+        if key:
+            keys.append(key.group(1))
+        elif text.startswith("Given value:"):
+            values.append(text[len("Given value:") :].strip())
+        elif not text.startswith(("Problem with given class_path", "- Problem with given class_path")):
+            problems.append(text.lstrip("- "))
+    nested = re.search(r"NestedArg\(key='([^']+)'", message)
+    if keys and nested:
+        where = f"{keys[0]}.init_args.{nested.group(1)}"
+    else:
+        where = ".".join(keys)
+    problem = problems[-1] if problems else message.strip().splitlines()[-1]
+    value = next((v for v in values if not v.startswith(("NestedArg(", "{", "Namespace("))), None)
+    given = f" (given: {value})" if value and value not in problem else ""
+    return f"{where}: {problem}{given}" if where else f"{problem}{given}"
 
 
 CODEC_ARGS = "model.init_args.codec.init_args"

@@ -236,3 +236,15 @@ def test_upsampled_test_data_is_warned_about_with_the_source_rates(make_manifest
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_upsampled(SimpleNamespace(test_cuts=str(same["test"])), "test", 24000)
+
+
+def test_a_wrong_value_is_one_line_naming_the_key():
+    from codecplatform.cli import cli_main
+    from codecplatform.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        cli_main(["fit", "--config", str(QUICKSTART), "--model.init_args.codec.init_args.sample_rate=abc", *NO_DATA])
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith("model.init_args.codec.init_args.sample_rate: Expected a <class 'int'>")
+    with pytest.raises(ConfigError, match=r"^data\.init_args\.batch_size: Expected a <class 'int'> \(given: \[1\]\)$"):
+        cli_main(["fit", "--config", str(QUICKSTART), "--data.init_args.batch_size=[1]", *NO_DATA])
