@@ -137,6 +137,10 @@ def _codec_cli_class() -> type:
             subcommand = self.subcommand or self.checked_subcommand
             if subcommand in ("fit", "validate", "test"):
                 check_manifests(config, subcommand)
+            ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
+            if ckpt_path and str(ckpt_path) not in ("best", "last", "hpc", "registry") and "://" not in str(ckpt_path):
+                if not Path(str(ckpt_path)).is_file():
+                    raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
             if subcommand in ("validate", "test", "predict") and config.get("ckpt_path"):
                 check_checkpoint_codec(config, str(config.get("ckpt_path")))
 

@@ -248,3 +248,14 @@ def test_a_wrong_value_is_one_line_naming_the_key():
     assert str(error.value).startswith("model.init_args.codec.init_args.sample_rate: Expected a <class 'int'>")
     with pytest.raises(ConfigError, match=r"^data\.init_args\.batch_size: Expected a <class 'int'> \(given: \[1\]\)$"):
         cli_main(["fit", "--config", str(QUICKSTART), "--data.init_args.batch_size=[1]", *NO_DATA])
+
+
+def test_a_missing_checkpoint_is_one_line(in_tmp_dir, make_manifests):
+    from codecplatform.cli import cli_main
+    from codecplatform.config import ConfigError
+
+    manifests = make_manifests(24000)
+    test_cuts = f"--data.init_args.test_cuts={manifests['test']}"
+    with pytest.raises(ConfigError, match=r"^--ckpt_path outputs/nothing\.ckpt: no such checkpoint file$"):
+        cli_main(["test", "--config", str(QUICKSTART), test_cuts, "--ckpt_path=outputs/nothing.ckpt"])
+    assert not (in_tmp_dir / "mlflow.db").exists()
