@@ -6,8 +6,9 @@ itself. A later file's mappings merge key by key into the earlier ones (a ``reco
 that sets only ``mel`` keeps the base's ``time``); a mapping that names a different ``class_path``
 replaces the earlier part whole (its arguments belong to another class); lists are replaced whole, so
 each list (discriminators, callbacks) lives in exactly one file. A file's chain reaches the parser
-as one composed config (jsonargparse would replace a dict-typed argument whole at every file).
-Nothing here imports Lightning.
+as one composed config (jsonargparse would replace a dict-typed argument whole at every file). The
+codec's sample rate is one setting: rates and bandwidths a file wrote for its codec rate follow a
+later file's codec rate (:func:`follow_codec_rate`). Nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -30,9 +31,62 @@ def expand_config(path: str | Path) -> list[str]:
     if len(items) == 1 and not items[0].count("\n") and Path(items[0]).is_file():
         return items
     merged: dict[str, Any] = {}
+    history: list[tuple[dict[str, Any], Any]] = []
     for item in items:
-        merged = merge_config(merged, _load(item))
-    return [yaml.safe_dump(merged, sort_keys=False)]
+        data = _load(item)
+        merged = merge_config(merged, data)
+        history.append((data, _get(merged, CODEC_RATE)))
+    return [yaml.safe_dump(follow_codec_rate(merged, history), sort_keys=False)]
+
+
+CODEC_RATE = "model.init_args.codec.init_args.sample_rate"
+CODEC_BANDWIDTHS = "model.init_args.codec.init_args.bandwidths"
+RATE_PARTS = ("model.init_args.reconstruction_losses", "model.init_args.metrics", "model.init_args.test_metrics")
+
+
+def _get(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        data = data[part]
+    data[last] = value
+
+
+def rate_keys(config: Any, get: Any = _get) -> list[str]:
+    """Dotted keys of the ``sample_rate`` values that must equal the codec's: the data module's and each
+    reconstruction loss's and metric's that has one (``get(config, key)`` reads a key)."""
+    keys = ["data.init_args.sample_rate"] if get(config, "data.init_args.sample_rate") is not None else []
+    for parts in RATE_PARTS:
+        found = get(config, parts)
+        for name in found or {}:
+            if get(config, f"{parts}.{name}.init_args.sample_rate") is not None:
+                keys.append(f"{parts}.{name}.init_args.sample_rate")
+    return keys
+
+
+def follow_codec_rate(merged: dict[str, Any], history: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+    """The sample rate is one setting: a data, loss or metric ``sample_rate`` written in a file for the
+    codec rate of that point of the chain (equal to it) follows a later file's codec ``sample_rate``,
+    and ``bandwidths`` written then are scaled by the same ratio (same codebook counts). ``history``:
+    (each file's content, the codec's rate after it), in order."""
+    rate = _get(merged, CODEC_RATE)
+    if not isinstance(rate, int):
+        return merged
+    for key in [*rate_keys(merged), CODEC_BANDWIDTHS]:
+        then = next((r for data, r in reversed(history) if _get(data, key) is not None), None)
+        value = _get(merged, key)
+        if not isinstance(then, int) or then == rate or value is None:
+            continue
+        if key == CODEC_BANDWIDTHS:
+            _put(merged, key, [round(bw * rate / then, 6) for bw in value])
+        elif value == then:
+            _put(merged, key, rate)
+    return merged
 
 
 def _load(item: str) -> dict[str, Any]:

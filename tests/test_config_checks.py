@@ -95,17 +95,20 @@ def test_a_data_rate_other_than_the_codecs_is_refused_in_one_line():
     assert "data.init_args.sample_rate" in message
 
 
-def test_a_yaml_retargeting_only_the_codec_is_refused_naming_the_key(tmp_path):
+def test_a_yaml_retargeting_only_the_codec_carries_what_its_bases_wrote_for_their_rate(tmp_path):
+    codec_16k = {"model": {"init_args": {"codec": {"init_args": {"sample_rate": 16000}}}}}
+    config = write_yaml(tmp_path / "16k.yaml", {"_base_": [str(QUICKSTART)], **codec_16k})
+    cli = built(["--config", str(config)])
+    assert cli.datamodule.sample_rate == 16000 and cli.model.gan.reconstruction_losses["mel"].sample_rate == 16000
+    assert cli.model.codec.bandwidths == [1.5, 3.0, 6.0, 12.0]
+
+
+def test_a_rate_written_against_the_codecs_is_refused_naming_the_key(tmp_path):
     from codecplatform.config import ConfigError
 
-    config = write_yaml(
-        tmp_path / "16k.yaml",
-        {
-            "_base_": [str(QUICKSTART)],
-            "model": {"init_args": {"codec": {"init_args": {"sample_rate": 16000}}}},
-            "data": {"init_args": {"sample_rate": 16000}},
-        },
-    )
+    mel = {"mel": {"init_args": {"sample_rate": 24000}}}
+    codec_16k = {"codec": {"init_args": {"sample_rate": 16000}}, "reconstruction_losses": mel}
+    config = write_yaml(tmp_path / "16k.yaml", {"_base_": [str(QUICKSTART)], "model": {"init_args": codec_16k}})
     with pytest.raises(ConfigError, match=r"reconstruction_losses\.mel\.init_args\.sample_rate=24000 .* 16000"):
         built(["--config", str(config)])
 
