@@ -98,7 +98,7 @@ def read_checkpoint(
 def load_error_detail(error: BaseException, limit: int = 200) -> str:
     """The informative part of a ``torch.load`` error on one line, at most ``limit`` characters:
     for a refusal, the reason after ``WeightsUnpickler error:`` (``Unsupported global: GLOBAL ...``)
-    without torch's advice to load with ``weights_only=False``; otherwise the message without
+    without torch's advice to turn the safe loading off; otherwise the message without
     its boilerplate lines."""
     text = str(error)
     if "WeightsUnpickler error:" in text:
