@@ -17,7 +17,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(BIN)/python -m pip install --quiet "$$(grep '^uv==' $(LOCK))"
 	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python --build-constraints $(LOCK) $(LOCK)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import dac, encodec, mlflow, pesq, pystoi, visqol, torchaudio"
+	$(BIN)/python -c "import av, dac, encodec, mlflow, pesq, pystoi, visqol, torchaudio"
 	touch $(STAMP)
 
 install: $(STAMP)
