@@ -1,7 +1,9 @@
 """MuCodec (Xu et al. 2024) end to end, behind the codec interface (:class:`~codecplatform.models.base.AudioCodec`).
 
     encode: audio (B, C, T) at ``sample_rate`` (48 kHz; or any rate given as ``sample_rate=``), C = 1 or 2
-            -> resampled to the tokenizer's rate (24 kHz), mono mix inside the MuEncoder
+            -> resampled to the tokenizer's rate (24 kHz), mono mix inside the MuEncoder; encoded in
+               independent windows of ``encode_window_seconds`` (40.96 s = 1024 codes, official
+               ``sound2code``), their codes concatenated (memory bounded by the window, not the file)
             -> EncodedAudio(codes (B, K, T25), scale None, length = T at 48 kHz)
     decode: codes -> flow-matching DiT (Euler, ``num_steps`` 50, classifier-free guidance
             ``guidance_scale`` 1.5; windows of 1024 codes, hop 768, the previous window's last 128
@@ -9,9 +11,14 @@
             Mel-VAE decoder -> log-mel (windows crossfaded) -> HiFi-GAN vocoder
             -> audio (B, C, length) at 48 kHz, C = the Mel-VAE's channels (``channels=1`` mixes down)
 
-Rates: 25 Hz codes; 1 x 16384 codes = 0.35 kbps, 4 x 10000 = 1.33 kbps. The flow is trained on the
-sum of all K codebook embeddings, so MuCodec decodes all its codebooks: its only operating point is
-the full bitrate (``bandwidths``), and fewer codebooks or a codebook ablation are refused.
+Rates: 25 Hz codes; 1 x 16384 codes = 0.35 kbps, 4 x 10000 = 1.33 kbps. The flow is conditioned on
+the quantizer's ``from_codes`` vectors of all K codebooks (their sum), so MuCodec decodes all its
+codebooks: its only operating point is the full bitrate (``bandwidths``), and fewer codebooks or a
+codebook ablation are refused.
+
+The last encoding window is encoded at its own length (zero-padded to whole latent frames); the
+official code instead fills it by repeating the file from its start, which changes the codes of a
+short file by what the encoder attends to in the copies.
 
 The diffusion decode is random; it draws its noise from a generator seeded with ``seed`` at every
 ``decode`` call, so decoding the same codes twice gives the same audio.
@@ -81,6 +88,8 @@ class MuCodec(AudioCodec):
         num_steps, guidance_scale: the Euler sampler (50, 1.5).
         window_codes, hop_codes: long audio in windows (1024 codes = 40.96 s, hop 768).
         seed: the decode's noise generator seed.
+        encode_window_seconds: ``encode`` runs the tokenizer on independent windows of this length
+            (40.96 s; a whole number of latent frames: 0.08 s steps at 25 Hz, 2 codes per frame).
     """
 
     def __init__(
@@ -98,10 +107,18 @@ class MuCodec(AudioCodec):
         window_codes: int = 1024,
         hop_codes: int = 768,
         seed: int = 0,
+        encode_window_seconds: float = 40.96,
     ):
         super().__init__()
         if num_steps < 1:
             raise ValueError(f"{FIELD}.num_steps must be >= 1, got {num_steps}")
+        window = encode_window_seconds * float(tokenizer.frame_rate) / flow.codes_per_frame
+        if window < 1 or abs(window - round(window)) > 1e-6:
+            raise ValueError(
+                f"{FIELD}.encode_window_seconds={encode_window_seconds} must be a positive whole number of "
+                f"latent frames ({flow.codes_per_frame} codes at {tokenizer.frame_rate:g} Hz each)"
+            )
+        self.encode_window_codes = round(window) * flow.codes_per_frame
         missing = [
             name
             for name, path in (
@@ -231,9 +248,15 @@ class MuCodec(AudioCodec):
         length = x.shape[-1] if rate == self.sample_rate else math.ceil(x.shape[-1] * self.sample_rate / rate)
         audio = resample(x.float().contiguous(), rate, self.tokenizer.sample_rate)
         # zero-pad to whole latent frames (codes_per_frame code hops) so the codes cover every sample
-        block = round(self.tokenizer.sample_rate / self.frame_rate) * self.flow.codes_per_frame
+        hop = round(self.tokenizer.sample_rate / self.frame_rate)
+        block = hop * self.flow.codes_per_frame
         audio = nn.functional.pad(audio, (0, (-audio.shape[-1]) % block))
-        codes = self.tokenizer.encode(audio, k).codes.long()
+        window = self.encode_window_codes * hop
+        pieces = []
+        for start in range(0, audio.shape[-1], window):  # independent windows (official sound2code)
+            piece = audio[..., start : start + window]
+            pieces.append(self.tokenizer.encode(piece, k).codes.long()[..., : piece.shape[-1] // hop])
+        codes = torch.cat(pieces, dim=-1)
         need = math.ceil(length / self.samples_per_frame)  # the .cpc header's frame count
         if codes.shape[-1] < need:
             raise RuntimeError(

@@ -5,18 +5,20 @@ Follows the official code (Xu et al. 2024; xuyaoxun/MuCodec).
 Shapes (real config: 32 latent channels = stereo x 16, 32 bins, 12.5 Hz latents, 25 Hz codes):
 
     codes       (B, K, Tc)                 K codebooks at the code rate (25 Hz)
-    condition   (B, Cl, Tl, Fl)            per codebook embedding (code_dim), summed, Linear(code_dim,
-                                           Cl / r * Fl); each group of r = ``codes_per_frame`` (2) code
-                                           frames stacked into Cl channels x Fl bins = one latent frame
+    condition   (B, Cl, Tl, Fl)            the quantizer's own ``from_codes`` vectors (B, D, Tc) (D = 1024,
+                                           the sum over codebooks), Linear(D, Cl / r * Fl); each group of
+                                           r = ``codes_per_frame`` (2) code frames stacked into Cl channels
+                                           x Fl bins = one latent frame (official ``inference_codes``)
     latent x    (B, Cl, Tl, Fl)            normalized Mel-VAE latents (the target x1), the noisy x_t
     DiT input   (B, 3 * Cl, Tl, Fl)        concat on channels: [x_t, in-context prompt, condition] (96)
     velocity    (B, Cl, Tl, Fl)
 
 The DiT is diffusers ``Transformer2DModel`` (``norm_type="ada_norm_single"``, patch 2, no cross
-attention; the real sizes are the official ``configs/models/transformer2D.json``: ~742M parameters).
+attention; the real sizes are the official ``configs/models/transformer2D.json``: 742M parameters).
 Time runs along the image height, mel bins along its width. The timestep given to the DiT is
-``t * timestep_scale`` (1000, the official ``t*1000``); the official checkpoint's custom timestep
-embedding differs from stock diffusers', so official weights do not load here (training is the point).
+``t * timestep_scale`` (1000, the official ``t*1000``), embedded as the official
+``PixArtAlphaCombinedFlowEmbeddings``: a ``timestep_channels`` (512) wide [cos, sin] sinusoid, not
+stock diffusers' 256, so the DiT has the official layout.
 
 Rectified flow with sigma_min (official ``BASECFM``): ``x_t = (1 - (1 - sigma_min) t) x0 + t x1`` with x0
 ~ N(0, I) and t ~ U(0, 1); the target velocity is ``x1 - (1 - sigma_min) x0``; MSE. The Euler sampler
@@ -29,6 +31,11 @@ prediction. Latent frames past the valid code length take a learned "empty" embe
 Long audio (official ``code2sound``): windows of 1024 codes (40.96 s) with hop 768; every window after
 the first takes the previous window's last (1024 - 768) / 2 = 128 latent frames as its prompt; the
 windows are decoded on their own and crossfaded linearly over the overlap (:func:`crossfade`).
+
+The quantizer lives inside the flow model (official ``PromptCondAudioDiffusion.rvq_muencoder_emb``):
+the flow stage starts it from the tokenizer stage's quantizer and trains its codebooks and output
+projections jointly with the DiT through ``from_codes`` (``train_quantizer``; false keeps it frozen).
+Its input projections are not used by ``from_codes`` and stay frozen.
 
 Codes come from a :class:`CodeSource`: the MuEncoder + tokenizer, or for tests
 :class:`RandomProjectionCodeSource` (a frozen random-projection quantizer of a log-mel).
@@ -44,10 +51,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import Transformer2DModel
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
 from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.dsp.spectral import log_mel_spectrogram, mel_filterbank
+from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, T, F), t (B,)) -> velocity (B, C, T, F)
 
@@ -264,31 +273,35 @@ class LongSample:
 
 
 class FlowMatchingDiT(nn.Module):
-    """The conditioning (code embeddings -> latent-shaped condition) and the velocity DiT.
+    """The conditioning (codes -> quantizer vectors -> latent-shaped condition) and the velocity DiT.
 
     Args:
         transformer: ``Transformer2DModel`` init arguments (the official transformer2D.json);
             ``in_channels`` must be 3 * latent_channels and ``out_channels`` latent_channels.
-        codebook_sizes: entries per codebook of the codes (one learned embedding table each).
-        code_dim: embedding width (1024, the tokenizer's).
+        quantizer: the tokenizer's residual quantizer (same geometry as the tokenizer stage's); its
+            ``decode`` (official ``from_codes``) gives the (B, D, Tc) vectors of the codes.
+        train_quantizer: train the quantizer's codebooks and output projections with the flow
+            (official: the quantizer is part of the flow model) or keep it frozen.
         latent_channels, latent_bins: the normalized Mel-VAE latent (32, 32).
         codes_per_frame: code frames per latent frame (2: 25 Hz codes, 12.5 Hz latents).
         sigma_min: of the rectified flow.
         timestep_scale: t in [0, 1] is given to the DiT as ``t * timestep_scale``.
+        timestep_channels: width of the timestep sinusoid (official 512; stock diffusers 256).
         condition_dropout: probability (per example, training) of a zero condition, for CFG.
     """
 
     def __init__(
         self,
         transformer: dict[str, Any],
-        codebook_sizes: Sequence[int] = (16384,),
-        code_dim: int = 1024,
+        quantizer: FactorizedResidualVectorQuantizer,
+        train_quantizer: bool = True,
         latent_channels: int = 32,
         latent_bins: int = 32,
         codes_per_frame: int = 2,
         sigma_min: float = 1e-4,
         timestep_scale: float = 1000.0,
         condition_dropout: float = 0.1,
+        timestep_channels: int = 512,
     ):
         super().__init__()
         config = dict(transformer)
@@ -307,26 +320,34 @@ class FlowMatchingDiT(nn.Module):
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         self.transformer = Transformer2DModel(**config)
+        emb = self.transformer.adaln_single.emb  # the official timestep embedding (see the module docstring)
+        emb.time_proj = Timesteps(timestep_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+        emb.timestep_embedder = TimestepEmbedding(timestep_channels, emb.timestep_embedder.linear_1.out_features)
         self.patch_size = int(config.get("patch_size") or 1)
-        self.codebook_sizes = [int(n) for n in codebook_sizes]
-        self.code_dim, self.latent_channels, self.latent_bins = code_dim, latent_channels, latent_bins
+        self.quantizer = quantizer
+        self.train_quantizer = train_quantizer
+        self.codebook_sizes = [int(n) for n in quantizer.codebook_sizes]
+        self.code_dim, self.latent_channels, self.latent_bins = int(quantizer.dimension), latent_channels, latent_bins
         self.codes_per_frame = codes_per_frame
         self.sigma_min, self.timestep_scale, self.condition_dropout = sigma_min, timestep_scale, condition_dropout
-        self.code_embeddings = nn.ModuleList(nn.Embedding(n, code_dim) for n in self.codebook_sizes)
-        self.condition_projection = nn.Linear(code_dim, latent_channels // codes_per_frame * latent_bins)
+        self.quantizer.requires_grad_(train_quantizer)
+        for layer in self.quantizer.layers:  # from_codes does not use the input projections
+            layer.in_proj.requires_grad_(False)
+        self.condition_projection = nn.Linear(self.code_dim, latent_channels // codes_per_frame * latent_bins)
         self.empty_embedding = nn.Parameter(torch.randn(latent_channels * latent_bins))  # official zero_cond_embedding1
 
     # -- conditioning --------------------------------------------------------------------------
     def condition(self, codes: Tensor, frames: int | None = None, valid_codes: Tensor | None = None) -> Tensor:
-        """(B, K, Tc) codes -> (B, Cl, frames, Fl) condition. ``frames`` defaults to ceil(Tc / r);
-        latent frames not fully covered by valid codes (``valid_codes`` (B,) counts, default Tc) take
-        the empty embedding."""
-        if codes.dim() != 3 or codes.shape[1] != len(self.code_embeddings):
-            raise ValueError(f"codes must be (B, {len(self.code_embeddings)}, T), got {tuple(codes.shape)}")
+        """(B, K, Tc) codes -> (B, Cl, frames, Fl) condition: ``Linear(quantizer.decode(codes))``, r code
+        frames stacked per latent frame. ``frames`` defaults to ceil(Tc / r); latent frames not fully
+        covered by valid codes (``valid_codes`` (B,) counts, default Tc) take the empty embedding."""
+        if codes.dim() != 3 or codes.shape[1] != len(self.codebook_sizes):
+            raise ValueError(f"codes must be (B, {len(self.codebook_sizes)}, T), got {tuple(codes.shape)}")
         b, _, tc = codes.shape
         r = self.codes_per_frame
         frames = math.ceil(tc / r) if frames is None else frames
-        emb = sum(table(codes[:, k]) for k, table in enumerate(self.code_embeddings))  # (B, Tc, D)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_quantizer):
+            emb = self.quantizer.decode(codes).transpose(1, 2)  # (B, D, Tc) -> (B, Tc, D)
         need = frames * r
         emb = F.pad(emb, (0, 0, 0, max(0, need - tc)))[:, :need]  # (B, frames * r, D)
         h = self.condition_projection(emb)  # (B, frames * r, Cl / r * Fl)

@@ -23,6 +23,7 @@ BEST-RQ target (``RandomProjectionQuantizer``): 4 stacked mel frames (512 values
 Xavier (512, 16) projection -> cosine lookup in a (4096, 16) N(0, 1) codebook, both drawn from seed
 142 (official ``torch.manual_seed(142)``) by a private generator.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

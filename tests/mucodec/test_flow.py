@@ -22,6 +22,7 @@ from codecplatform.mucodec.flow import (
     interpolate,
     target_velocity,
 )
+from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
 
 SIGMA = 1e-4
 TINY_TRANSFORMER = dict(
@@ -45,7 +46,8 @@ TINY_TRANSFORMER = dict(
 
 def tiny_flow(**overrides) -> FlowMatchingDiT:
     torch.manual_seed(0)
-    args = dict(codebook_sizes=[16, 8], code_dim=12, latent_channels=8, latent_bins=8)
+    quantizer = FactorizedResidualVectorQuantizer(dimension=12, n_q=2, codebook_size=16, codebook_dim=4)
+    args = dict(quantizer=quantizer, latent_channels=8, latent_bins=8)
     return FlowMatchingDiT(TINY_TRANSFORMER, **{**args, **overrides}).eval()
 
 
@@ -143,8 +145,9 @@ def test_condition_stacks_two_code_frames_per_latent_frame_and_pads_with_the_emp
     codes = torch.randint(0, 8, (2, 2, 7))
     cond = flow.condition(codes)  # ceil(7 / 2) = 4 latent frames, the last one past the valid codes
     assert cond.shape == (2, 8, 4, 8)
-    emb = flow.code_embeddings[0](codes[:, 0]) + flow.code_embeddings[1](codes[:, 1])  # summed per codebook
-    h = flow.condition_projection(emb)  # (B, 7, 4 * 8)
+    q = flow.quantizer  # from_codes: each codebook's entry through its out_proj, summed over codebooks
+    vectors = sum(q.layers[k].out_proj(q.layers[k].codebook(codes[:, k]).transpose(1, 2)) for k in range(2))
+    h = flow.condition_projection(vectors.transpose(1, 2))  # (B, 7, 4 * 8)
     for j in range(3):
         torch.testing.assert_close(cond[:, :4, j], h[:, 2 * j].reshape(2, 4, 8))  # code 2j: channels 0..3
         torch.testing.assert_close(cond[:, 4:, j], h[:, 2 * j + 1].reshape(2, 4, 8))  # code 2j+1: 4..7
@@ -153,6 +156,26 @@ def test_condition_stacks_two_code_frames_per_latent_frame_and_pads_with_the_emp
     cond = flow.condition(codes[..., :6], frames=5, valid_codes=torch.tensor([6, 2]))
     torch.testing.assert_close(cond[0, :, 3:], empty[:, None].expand(8, 2, 8))
     torch.testing.assert_close(cond[1, :, 1:], empty[:, None].expand(8, 4, 8))
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_quantizer_trains_with_the_flow_through_from_codes_unless_frozen(joint):
+    flow = tiny_flow(train_quantizer=joint).train()
+    codes = torch.randint(0, 16, (2, 2, 8))
+    loss, _ = flow.loss(torch.randn(2, 8, 4, 8), flow.condition(codes), None, torch.Generator().manual_seed(0))
+    loss.backward()
+    layer = flow.quantizer.layers[0]
+    assert layer.in_proj.weight.grad is None  # from_codes never uses the input projection
+    assert flow.condition_projection.weight.grad is not None
+    if joint:
+        rows = layer.codebook.weight.grad.abs().sum(1)
+        assert bool((rows[codes[:, 0].unique()] > 0).all())  # the used entries learn from the flow loss ...
+        unused = torch.ones(16, dtype=torch.bool)
+        unused[codes[:, 0].unique()] = False
+        assert float(rows[unused].sum()) == 0  # ... the others do not
+        assert float(layer.out_proj.parametrizations.weight.original1.grad.abs().sum()) > 0
+    else:
+        assert all(p.grad is None and not p.requires_grad for p in flow.quantizer.parameters())
 
 
 def test_dit_input_is_noisy_prompt_and_condition_concatenated():
@@ -169,7 +192,12 @@ def test_dit_input_is_noisy_prompt_and_condition_concatenated():
     assert captured["x"].shape == (1, 24, 6, 8)
     torch.testing.assert_close(captured["x"][:, :, :5], torch.cat([x, prompt, cond], dim=1))
     with pytest.raises(ValueError, match="in_channels must be 24"):
-        FlowMatchingDiT({**TINY_TRANSFORMER, "in_channels": 16}, latent_channels=8, latent_bins=8)
+        FlowMatchingDiT(
+            {**TINY_TRANSFORMER, "in_channels": 16},
+            FactorizedResidualVectorQuantizer(dimension=12, n_q=1, codebook_size=4, codebook_dim=2),
+            latent_channels=8,
+            latent_bins=8,
+        )
 
 
 def test_training_loss_drops_conditions_and_leaves_the_prompt_out():
@@ -264,11 +292,11 @@ def test_real_dit_has_742m_parameters(capsys):
     dit = sum(p.numel() for p in flow.transformer.parameters())
     total = sum(p.numel() for p in flow.parameters())
     with capsys.disabled():
-        print(f"\nflow DiT: {dit:,} parameters; with code embeddings and condition projection: {total:,}")
+        print(f"\nflow DiT: {dit:,} parameters; with the quantizer and condition projection: {total:,}")
     # Official: xuyaoxun/MuCodec@128f91be models/transformer_2d_flow.py Transformer2DModel built from
-    # configs/models/transformer2D.json and counted: 742,381,328. Its timestep embedder reads a 512-d
-    # sinusoid (stock diffusers, ours: 256): 256 x 1584 (inner dim 22 x 72) more weights, the whole difference.
-    assert dit + 256 * 1584 == 742_381_328
-    assert dit == 741_975_824
-    # snapshot of our own conditioning layout (code embedding, projection, empty embedding), not the official's
-    assert total == dit + 16384 * 1024 + (1024 * 512 + 512) + 32 * 32
+    # configs/models/transformer2D.json and counted: 742,381,328 (its timestep embedder reads a 512-d sinusoid).
+    assert dit == 742_381_328
+    # Official PromptCondAudioDiffusion without its MuEncoder (same model, same config), counted:
+    # rvq_muencoder_emb 591,936 + cond_muencoder_emb 524,800 + zero_cond_embedding1 1,024 + the DiT.
+    assert total == 743_499_088
+    assert total - dit == 591_936 + 524_800 + 1_024

@@ -103,6 +103,20 @@ def test_chain_from_stage_files_decodes_input_length_and_channels(stage_files):
     torch.testing.assert_close(same.decode(encoded), y)
 
 
+def test_long_input_encodes_as_its_independent_windows(stage_files):
+    codec = build(from_files(stage_files, encode_window_seconds=0.16))  # 4 codes per window
+    assert codec.encode_window_codes == 4
+    x = torch.randn(1, 2, 14000) * 0.1  # at 24 kHz: 15 codes (padded to 16) -> windows of 4 codes
+    codes = codec.encode(x, sample_rate=24000).codes
+    padded = torch.nn.functional.pad(x, (0, 15360 - 14000))
+    windows = [codec.tokenizer.encode(padded[..., s : s + 3840]).codes[..., :4] for s in range(0, 15360, 3840)]
+    torch.testing.assert_close(codes, torch.cat(windows, -1)[..., :15])
+    one_pass = build(from_files(stage_files)).encode(x, sample_rate=24000).codes
+    assert not torch.equal(codes, one_pass)  # the windows are encoded without each other's context
+    with pytest.raises(ValueError, match="encode_window_seconds=0.1 must be"):
+        build(from_files(stage_files, encode_window_seconds=0.1))
+
+
 def test_bad_inputs_give_clear_errors(stage_files, tmp_path):
     codec = build(from_files(stage_files))
     codes = codec.encode(torch.randn(1, 2, 4800)).codes
@@ -120,7 +134,7 @@ def test_bad_inputs_give_clear_errors(stage_files, tmp_path):
     state = {f"flow.{k}": v for k, v in high.flow.state_dict().items()}
     state.update({f"melvae.{k}": v for k, v in codec.melvae.state_dict().items()})
     torch.save({"state_dict": state, CHECKPOINT_CONFIG_KEY: codec.melvae.config()}, tmp_path / "flow4.ckpt")
-    with pytest.raises(ValueError, match=r"flow_checkpoint=.*flow4\.ckpt.*code_embeddings"):
+    with pytest.raises(ValueError, match=r"flow_checkpoint=.*flow4\.ckpt.*quantizer"):
         build(from_files(stage_files, flow_checkpoint=str(tmp_path / "flow4.ckpt")))
     # a vocoder of another mel
     other = HifiGanVocoder(**{**tiny_config()["init_args"]["vocoder"]["init_args"], "n_mels": 32})

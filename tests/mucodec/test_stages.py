@@ -14,6 +14,7 @@ from codecplatform.config import compose_config, instantiate
 from codecplatform.mucodec.flow import FlowMatchingDiT, RandomProjectionCodeSource
 from codecplatform.mucodec.melvae import MelVAE
 from codecplatform.mucodec.stages.flow import FlowModule
+from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -77,10 +78,7 @@ def test_melvae_then_flow_chained_by_checkpoint_path(make_manifests, in_tmp_dir,
 
 def test_melvae_with_the_adversarial_option(make_manifests, in_tmp_dir):
     manifests = make_manifests(48000, 2, n_files=5)
-    disc = (
-        '[{"class_path": "codecplatform.mucodec.melvae.MelPatchDiscriminator", '
-        '"init_args": {"channels": [4, 8]}}]'
-    )
+    disc = '[{"class_path": "codecplatform.mucodec.melvae.MelPatchDiscriminator", "init_args": {"channels": [4, 8]}}]'
     cli = fit(
         "melvae",
         manifests,
@@ -113,6 +111,9 @@ def tiny_parts(latent_channels: int = 8):
     flow = FlowMatchingDiT(
         **{
             **config["flow"]["init_args"],
+            "quantizer": FactorizedResidualVectorQuantizer(
+                n_q=1, **config["flow"]["init_args"]["quantizer"]["init_args"]
+            ),
             "latent_channels": latent_channels,
             "transformer": {
                 **config["flow"]["init_args"]["transformer"],
@@ -164,3 +165,41 @@ def test_real_melvae_config_builds(capsys):
         config["model"]["init_args"]["export_dir"]
         == compose_config(EXPERIMENTS / "mucodec" / "flow.yaml")["model"]["init_args"]["melvae_checkpoint"]
     )  # the stages are chained by this path
+
+
+def test_flow_quantizer_starts_as_the_tokenizers_and_a_frozen_one_is_not_optimized():
+    from torch import nn
+
+    from codecplatform.mucodec.flow import TokenizerCodeSource
+
+    flow, _, vae_args = tiny_parts()
+
+    class Tokenizer(nn.Module):
+        sample_rate, frame_rate, codebook_sizes = 24000, 25.0, [16]
+
+        def __init__(self):
+            super().__init__()
+            self.quantizer = FactorizedResidualVectorQuantizer(dimension=16, n_q=1, codebook_size=16, codebook_dim=4)
+
+        def encode(self, x):
+            raise NotImplementedError
+
+    source = TokenizerCodeSource(Tokenizer())
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        module = FlowModule(flow, source, melvae=MelVAE(**vae_args))
+    for name, value in source.tokenizer.quantizer.state_dict().items():
+        torch.testing.assert_close(module.flow.quantizer.state_dict()[name], value)
+    optimized = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert id(module.flow.quantizer.layers[0].codebook.weight) in optimized
+    frozen, _, _ = tiny_parts()
+    frozen = FlowMatchingDiT(
+        frozen.transformer.config,
+        FactorizedResidualVectorQuantizer(16, 1, 16, 4),
+        train_quantizer=False,
+        latent_channels=8,
+        latent_bins=8,
+    )
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        module = FlowModule(frozen, source, melvae=MelVAE(**vae_args))
+    optimized = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in module.flow.quantizer.parameters()}

@@ -1,7 +1,9 @@
 """FlowModule: MuCodec stage "flow matching" (DiT from codes to normalized Mel-VAE latents).
 
 Parts, passed in (YAML):
-  ``flow``: :class:`~codecplatform.mucodec.flow.FlowMatchingDiT` (the only trained part);
+  ``flow``: :class:`~codecplatform.mucodec.flow.FlowMatchingDiT` (the trained part: the DiT, the
+      condition projection and, with ``train_quantizer``, the quantizer's codebooks and output
+      projections); its quantizer starts from the code source's tokenizer quantizer when there is one;
   ``code_source``: a frozen :class:`~codecplatform.mucodec.flow.CodeSource` (audio -> codes):
       the MuEncoder + tokenizer in the real system, ``RandomProjectionCodeSource`` until then and in tests;
   the frozen Mel-VAE of stage 1, from ``melvae_checkpoint`` (a ``MelVAE.save_pretrained`` directory,
@@ -122,6 +124,7 @@ class FlowModule(TrainingModule):
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         self.flow = flow
         self.code_source = code_source.freeze()
+        self._start_quantizer_from_tokenizer()
         self.melvae = load_frozen_melvae(melvae_checkpoint, melvae)
         self._check_geometry(melvae_checkpoint or "model.init_args.melvae")
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -130,6 +133,22 @@ class FlowModule(TrainingModule):
         self.eval_num_steps, self.eval_guidance_scale = eval_num_steps, eval_guidance_scale
         self.num_steps, self.guidance_scale = num_steps, guidance_scale
         self.window_codes, self.hop_codes = window_codes, hop_codes
+
+    def _start_quantizer_from_tokenizer(self) -> None:
+        """The flow's quantizer starts as the tokenizer's (official: one quantizer, inside the flow
+        model), so the codes' ``from_codes`` vectors are the tokenizer's own."""
+        tokenizer = getattr(self.code_source, "tokenizer", None)
+        quantizer = getattr(tokenizer, "quantizer", None)
+        if quantizer is None:
+            return
+        try:
+            self.flow.quantizer.load_state_dict(quantizer.state_dict(), strict=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise ValueError(
+                "model.init_args.flow.init_args.quantizer differs from the code source's tokenizer quantizer "
+                f"(make them the same geometry): {first}"
+            ) from None
 
     def _check_geometry(self, source: str) -> None:
         vae, flow, codes = self.melvae, self.flow, self.code_source
@@ -159,7 +178,8 @@ class FlowModule(TrainingModule):
         return {"sample_rate": self.melvae.sample_rate, "channels": (1, self.melvae.audio_channels)}
 
     def configure_optimizers(self) -> Any:
-        return self.make_optimizer(self.flow.parameters(), self.optimizer_factory, self.scheduler_factory)
+        params = [p for p in self.flow.parameters() if p.requires_grad]  # a frozen quantizer is left out
+        return self.make_optimizer(params, self.optimizer_factory, self.scheduler_factory)
 
     def train(self, mode: bool = True) -> FlowModule:
         super().train(mode)
