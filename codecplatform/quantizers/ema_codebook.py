@@ -128,13 +128,14 @@ class EMACodebook(nn.Module):
         flat = F.dropout(z.transpose(1, 2).reshape(-1, d).float(), self.search_dropout)  # (B*T', D)
         return nearest(flat, F.dropout(self.embed, self.search_dropout)).view(b, t)
 
-    def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
-        """Quantize z (B, D, T'); ``mask`` (B,) bool marks the examples this codebook serves.
+    def forward(self, z: Tensor, mask: Tensor | None = None, update_mask: Tensor | None = None) -> QuantizerOutput:
+        """Quantize z (B, D, T'); ``mask`` (B,) bool marks the examples that count in the commitment
+        loss, ``update_mask`` (B,) bool those that update the codebook (k-means init, EMA, dead codes);
+        both default to all, ``update_mask`` to ``mask``.
 
-        Only masked-in examples update the codebook and count in the commitment loss. The
-        returned z_q is the plain quantized value, looked up in the codebook that chose the
+        The returned z_q is the plain quantized value, looked up in the codebook that chose the
         codes, before this step's EMA update and dead-code replacement (as audiocraft); the
-        residual stack applies the straight-through estimator once for the sum.
+        residual stack applies the straight-through estimator.
         """
         b, d, t = z.shape
         if d != self.dimension:
@@ -142,13 +143,15 @@ class EMACodebook(nn.Module):
         z = z.float()
         if mask is None:
             mask = torch.ones(b, dtype=torch.bool, device=z.device)
-        active = z.transpose(1, 2)[mask].reshape(-1, d)  # (B,D,T)->(N_active*T,D)
+        if update_mask is None:
+            update_mask = mask
+        active = z.transpose(1, 2)[update_mask].reshape(-1, d)  # (B,D,T)->(N_update*T,D)
         if self.training and not bool(self.initialized):
             self._init_from(active)
         codes = self._search(z) if self.training and self.search_dropout > 0 else self.encode(z)
         z_q = self.decode(codes)  # a copy: the in-place update below does not reach it
         if self.training:
-            self._ema_update(active, codes[mask].reshape(-1))
+            self._ema_update(active, codes[update_mask].reshape(-1))
         if bool(mask.any()):
             commit = F.mse_loss(z[mask], z_q[mask].detach())
         else:

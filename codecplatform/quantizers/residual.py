@@ -18,9 +18,11 @@ class ResidualPass:
 
     z_q:    (B, D, T') sum of the layer outputs each example uses; z itself where n_q = 0.
     codes:  (B, max(n_q), T') codes of the layers up to the largest count (entries of layers an
-            example does not use are computed but meaningless).
+            example does not use are computed: on the masked residual with ``mask_residual``, else on
+            the full residual, as ``encode`` gives them).
     losses: per layer run, that layer's losses (averaged over its active examples).
-    active: per layer run, (B,) bool: the examples that use it.
+    active: per layer run, (B,) bool: the examples its losses average over (those that use it;
+            with ``mask_residual=False`` those not bypassed).
     """
 
     z_q: Tensor
@@ -52,44 +54,69 @@ def residual_stack(
     n_layers: int | None = None,
     hook: StageHook | None = None,
     inference: bool = False,
+    mask_residual: bool = True,
+    straight_through: bool = False,
 ) -> ResidualPass:
     """THE residual loop: run residual quantization layers on z (B, D, T') with per-example
     counts n_q (B,). Training, evaluation and ``encode`` all go through it.
 
-    Before layer k, ``hook(residual, k)`` (default: identity) gives the layer's input. In
-    training/evaluation (``inference=False``) layer k is called as ``layers[k](input, mask)``
-    with ``mask = n_q > k`` and must return a QuantizerOutput with codes (B, 1, T'); with
-    ``inference=True`` (``ResidualQuantizer.encode``) it is looked up with
+    Before layer k, ``hook(residual, k)`` (default: identity) gives the layer's input. With
+    ``inference=True`` (``ResidualQuantizer.encode``) layer k is looked up with
     ``layers[k].encode(input) -> (B, T')`` and ``layers[k].decode(codes) -> (B, D, T')``, no
-    losses and no codebook updates. The output, masked, is subtracted from the residual and
-    added to the sum. ``detach_outputs`` detaches each output first (EMA stacks that apply the
-    straight-through estimator once for the sum, as ``ema_residual.py``); without it gradients flow
-    through every layer and every residual (DAC).
+    losses and no codebook updates. In training/evaluation layer k returns a QuantizerOutput with
+    codes (B, 1, T'); it is called, by ``mask_residual``:
+
+    - True (ours before; DAC, whose inactive stages add no loss): ``layers[k](input, mask)`` with
+      ``mask = n_q > k``; the output, masked, is subtracted from the residual and added to the sum,
+      so a stage sees (and learns from) only the examples that use it.
+    - False (SpectroStream's official RVQ, magenta-realtime ``magenta_rt/jax/spectrostream.py``:
+      every stage computes "the unmasked quantized value"): ``layers[k](input, n_q > 0, all)``
+      (loss mask: the examples not bypassed; update mask: every frame); the unmasked output is
+      subtracted from the residual and only the sum is masked, so every stage run learns from every
+      frame, as it is used at inference with all its codebooks.
+
+    ``detach_outputs`` detaches each output first (EMA stacks: the straight-through estimator is
+    applied once for the sum by the caller, as ``ema_residual.py``, or per stage); without it
+    gradients flow through every layer and every residual (DAC). ``straight_through`` (with
+    ``detach_outputs``): stage k adds ``input + (output - input).detach()`` to the sum (value: the
+    output; gradient: that of the stage's input), as MUFFIN's official ``specEMAQuantizeModules.py``;
+    with a band-limiting hook d z_q / d z is then the sum of the used stages' band filters.
 
     ``n_layers`` (default ``max(n_q)``) layers are run; running more (DAC in training: all of
     them) keeps every parameter in the graph with a zero gradient. Examples with n_q = 0
     bypass the quantizer: their z_q is z (gradient: identity).
     """
+    if straight_through and not detach_outputs:
+        raise ValueError("straight_through applies to detached outputs (EMA codebooks): set detach_outputs")
     if n_layers is None:
         n_layers = int(n_q.max()) if n_q.numel() else 0
     residual = z
     z_q = torch.zeros_like(z)
     codes, losses, active = [], [], []
+    everything = torch.ones_like(n_q, dtype=torch.bool)  # (B,)
     for k in range(n_layers):
-        mask = n_q > k  # (B,)
+        mask = n_q > k  # (B,): the examples whose sum uses stage k
         stage_input = residual if hook is None else hook(residual, k)  # (B, D, T')
         if inference:
             c = layers[k].encode(stage_input)  # (B, T')
             out = QuantizerOutput(z_q=layers[k].decode(c), codes=c[:, None, :])
-        else:
+            loss_mask = mask
+        elif mask_residual:
             out = layers[k](stage_input, mask)
+            loss_mask = mask
+        else:
+            loss_mask = n_q > 0
+            out = layers[k](stage_input, loss_mask, everything)
         q = out.z_q.detach() if detach_outputs else out.z_q
-        q = q * mask[:, None, None]
+        used = stage_input + (q - stage_input).detach() if straight_through and not inference else q
+        used = used * mask[:, None, None]
+        if mask_residual:
+            q = q * mask[:, None, None]
         residual = residual - q
-        z_q = z_q + q
+        z_q = z_q + used
         codes.append(out.codes)
         losses.append(out.losses)
-        active.append(mask)
+        active.append(loss_mask)
     bypass = n_q == 0
     if bool(bypass.any()):
         z_q = torch.where(bypass[:, None, None], z, z_q)
