@@ -50,17 +50,24 @@ from typing import Any
 DEFAULT_EXPERIMENT = "codecplatform"
 STAGES = ("test", "val")
 #: The per-bitrate metric a run logs where entropy coding ran: the effective bitrate (kbps) of the
-#: entropy-coded bitstream at that operating point (``test/<kbps>kbps/effective_kbps``).
+#: entropy-coded bitstream at that operating point (``test/<kbps>kbps/effective_kbps``); the Opus and MP3
+#: rows (:mod:`codecplatform.metrics.classical`) log their true bitrate under the same name.
 EFFECTIVE_KBPS = "effective_kbps"
 #: Metrics drawn by default, in this order, where at least one run has them.
 DEFAULT_METRICS = (
     "mel_distance",
     "stft_distance",
+    "mel_distance_44k",
+    "stft_distance_44k",
     "si_sdr",
     "visqol_audio",
     "visqol_speech",
     "pesq",
     "stoi",
+    "dnsmos_ovrl",
+    "dnsmos_sig",
+    "dnsmos_bak",
+    "dnsmos_p808",
     "codebook_efficiency",
 )
 HIGHER_IS_BETTER = {
@@ -69,10 +76,14 @@ HIGHER_IS_BETTER = {
     "visqol_speech",
     "pesq",
     "stoi",
+    "dnsmos_ovrl",
+    "dnsmos_sig",
+    "dnsmos_bak",
+    "dnsmos_p808",
     "codebook_efficiency",
     "codebook_entropy",
 }
-LOWER_IS_BETTER = {"mel_distance", "stft_distance", "codebook_dead_codes"}
+LOWER_IS_BETTER = {"mel_distance", "stft_distance", "mel_distance_44k", "stft_distance_44k", "codebook_dead_codes"}
 #: Run tags shown in the runs table of the Markdown output (``describe()`` of the codec, see
 #: :meth:`codecplatform.models.base.AudioCodec.describe`).
 DESCRIBE_TAGS = ("family", "sample_rate", "channels", "frame_rate", "max_kbps")

@@ -110,3 +110,36 @@ class SISDR(MeanOverExamples):
 
     def _values(self, x_hat: Tensor, x: Tensor) -> Tensor:
         return scale_invariant_signal_distortion_ratio(x_hat.double(), x.double(), zero_mean=self.zero_mean)  # (B, C)
+
+
+class Resampled(Metric):
+    """``metric`` scored on ``x_hat`` and ``x`` resampled from ``sample_rate`` to ``score_rate`` with
+    ``julius.resample_frac`` (its defaults), as audiotools' ``AudioSignal.resample``. Why: DAC's ``scripts/evaluate.py``
+    resamples both signals to 44.1 kHz (and 22.05 kHz) before its mel and STFT distances, so its numbers
+    (the DAC paper's tables) compare only with distances taken at that rate, e.g.
+    ``Resampled(MelDistance(44100), sample_rate=24000)``. ``update(x_hat, x)`` with (B, C, T) audio;
+    ``compute`` is the wrapped metric's."""
+
+    full_state_update = False
+
+    def __init__(self, metric: Metric, sample_rate: int, score_rate: int = 44100, **kwargs):
+        super().__init__(**kwargs)
+        if sample_rate <= 0 or score_rate <= 0:
+            raise ValueError(f"sample_rate and score_rate must be > 0, got {sample_rate} and {score_rate}")
+        wanted = getattr(metric, "sample_rate", score_rate)
+        if wanted != score_rate:
+            raise ValueError(f"the wrapped metric works at {wanted} Hz, not at score_rate={score_rate}")
+        self.metric, self.sample_rate, self.score_rate = metric, sample_rate, score_rate
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        from julius import resample_frac
+
+        rates = (self.sample_rate, self.score_rate)
+        self.metric.update(resample_frac(x_hat.float(), *rates), resample_frac(x.float(), *rates))
+
+    def compute(self) -> Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        super().reset()
+        self.metric.reset()
