@@ -1,0 +1,59 @@
+"""SpectroStream against the official JAX code (magenta/magenta-realtime ``magenta_rt/jax/spectrostream.py``
+on google/sequence-layers; commits in the script): the STFT front end, the inverse STFT and the
+residual vector quantizer give the official outputs on the official inputs. Fixtures:
+``tests/fixtures/spectrostream/make_spectrostream_golden.py`` (the encoder and decoder are not
+compared: see docs/models/spectrostream.md)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codecplatform.dsp.stft2d import istft_2d, stft_2d
+from codecplatform.generators.spectrostream import STFTAnalysis, STFTSynthesis
+from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
+
+SIZES = dict(frame_length=480, hop_length=240, fft_length=480)
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, torch.Tensor]:
+    with np.load(Path(__file__).resolve().parents[1] / "fixtures" / "spectrostream" / "golden.npz") as data:
+        return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+def channels_last(spec: torch.Tensor) -> torch.Tensor:
+    """Ours (B, 2C, N, F) -> the official [b, n, f, 2C]."""
+    return spec.permute(0, 2, 3, 1)
+
+
+def test_stft_front_end_and_inverse_match_the_official(golden):
+    audio = golden["stft_audio"].transpose(1, 2)  # [b, t, c] -> (B, C, T)
+    ours = channels_last(stft_2d(audio, **SIZES))
+    torch.testing.assert_close(ours, golden["stft_spectrum"], rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(channels_last(STFTAnalysis(480, 240, 480)(audio)), golden["stft_spectrum"],
+                               rtol=1e-5, atol=2e-5)
+    spectrum = golden["istft_spectrum"].permute(0, 3, 1, 2)  # [b, n, f, 2C] -> (B, 2C, N, F)
+    for synthesis in (istft_2d(spectrum, **SIZES), STFTSynthesis(480, 240, 480)(spectrum)):
+        torch.testing.assert_close(synthesis.transpose(1, 2), golden["istft_audio"], rtol=1e-5, atol=1e-6)
+    # analysis then synthesis, through the official pair
+    roundtrip = istft_2d(stft_2d(audio, **SIZES), **SIZES)
+    torch.testing.assert_close(roundtrip.transpose(1, 2), golden["roundtrip_audio"], rtol=1e-5, atol=1e-6)
+
+
+def test_residual_quantizer_matches_the_official(golden):
+    codebooks = golden["rvq_codebooks"]  # (K, entries, D)
+    rvq = ResidualVectorQuantizer(dimension=8, n_q=4, codebook_size=16, kmeans_init=False).eval()
+    for layer, entries in zip(rvq.layers, codebooks):
+        layer.embed.copy_(entries)
+    z = golden["rvq_embeddings"].transpose(1, 2)  # [b, t, d] -> (B, D, T')
+    valid = golden["rvq_mask"]  # [b, t]: the official masks padded frames to 0
+    codes = rvq.encode(z)  # (B, K, T')
+    assert torch.equal(codes.transpose(1, 2)[valid], golden["rvq_codes"][valid].long())
+    assert torch.equal(rvq.encode(z, n_q=2).transpose(1, 2)[valid], golden["rvq_codes_2"][valid].long())
+    torch.testing.assert_close(rvq.decode(codes).transpose(1, 2)[valid], golden["rvq_decoded"][valid],
+                               rtol=1e-5, atol=1e-6)
+    out = rvq(z)  # the training-path loop at inference: every stage, the sum
+    torch.testing.assert_close(out.z_q.transpose(1, 2)[valid], golden["rvq_quantized"][valid], rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.codes.transpose(1, 2)[valid], golden["rvq_encodings"].argmax(-1)[valid])
