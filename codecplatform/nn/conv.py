@@ -125,6 +125,16 @@ def _conv1d_small_input(x: Tensor, conv: nn.Conv1d) -> Tensor:
     return y
 
 
+def _conv1d_pointwise(x: Tensor, conv: nn.Conv1d) -> Tensor:
+    """A 1x1 ``conv(x)`` as one matrix product: (B, C_in, T) -> (B, C_out, T)."""
+    weight = conv.weight[:, :, 0]  # (C_out, C_in)
+    if x.shape[0] == 1:
+        y = torch.mm(weight, x[0]) if conv.bias is None else torch.addmm(conv.bias[:, None], weight, x[0])
+        return y[None]
+    y = torch.matmul(weight, x)
+    return y if conv.bias is None else y.add_(conv.bias[:, None])
+
+
 def _conv_transpose1d_matmul(x: Tensor, convtr: nn.ConvTranspose1d, cache: dict | None = None) -> Tensor:
     """``convtr(x)`` for ``kernel_size = P * stride`` as one matmul and P shifted additions:
     (B, C_in, T) -> (B, C_out, (T + P - 1) * stride), the full (untrimmed) output. ``cache``: a
@@ -244,18 +254,20 @@ class StreamableConv1d(StreamingModule):
         else:
             right = self.padding_total // 2
             left = self.padding_total - right
+        if self.pad_mode == "constant" and left == right + extra and left and fast_paths_allowed():
+            conv = self.conv  # symmetric zero padding inside the kernel: no padded copy of the input
+            return self.norm(F.conv1d(x, conv.weight, conv.bias, conv.stride, left, conv.dilation, conv.groups))
         return self.norm(self._conv(pad1d(x, left, right + extra, self.pad_mode)))
 
     def _conv(self, x: Tensor) -> Tensor:
-        """The convolution without padding; small inputs (see :data:`SMALL_INPUT_TAPS`) as a matmul."""
+        """The convolution without padding; small inputs (see :data:`SMALL_INPUT_TAPS`) and 1x1
+        convolutions as a matmul (at inference)."""
         conv = self.conv
-        if (
-            conv.groups == 1
-            and conv.in_channels * conv.kernel_size[0] <= SMALL_INPUT_TAPS
-            and x.shape[-1] >= self.kernel_size_eff
-            and fast_paths_allowed()
-        ):
-            return _conv1d_small_input(x, conv)
+        if conv.groups == 1 and x.shape[-1] >= self.kernel_size_eff and fast_paths_allowed():
+            if conv.in_channels * conv.kernel_size[0] <= SMALL_INPUT_TAPS:
+                return _conv1d_small_input(x, conv)
+            if conv.kernel_size[0] == 1 and conv.stride[0] == 1:  # PyTorch's slow_conv2d path otherwise
+                return _conv1d_pointwise(x, conv)
         return conv(x)
 
     def _first_chunk_min(self) -> int:

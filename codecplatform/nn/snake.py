@@ -12,6 +12,11 @@ Precision: the formula is evaluated in at least float32 and the result is return
 dtype, so under bf16/fp16 autocast the activation neither loses the phase of ``sin(alpha x)``
 for large ``|x|`` nor doubles the memory of the activations it passes on (a plain
 ``bf16 * fp32`` product would promote the whole output to float32).
+
+Inference (no autograd, no tracing: :func:`codecplatform.nn.conv.fast_paths_allowed`) evaluates the
+same operations in the same order in place on one output tensor: bit-identical, and one allocation
+instead of five over the decoder's largest activations (DAC's ``snake`` is TorchScript-fused for the
+same reason; TorchScript does not fuse on CPU, see ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from codecplatform.nn.conv import fast_paths_allowed
+
 
 def snake(x: Tensor, alpha: Tensor) -> Tensor:
     """Snake of ``x`` (B, C, ...) with per-channel frequencies ``alpha`` broadcastable to it,
     e.g. (1, C, 1) for (B, C, T). Returns a tensor of ``x``'s shape and dtype.
     """
+    if x.dtype == alpha.dtype == torch.float32 and fast_paths_allowed():
+        y = torch.mul(x, alpha)  # (B, C, T): one buffer, then in place
+        return y.sin_().square_().mul_((alpha + 1e-9).reciprocal()).add_(x)
     dtype = torch.promote_types(x.dtype, torch.float32)
     xf, af = x.to(dtype), alpha.to(dtype)
     y = xf + (af + 1e-9).reciprocal() * torch.sin(af * xf).square()
@@ -59,6 +69,9 @@ def modified_snake(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor) -> Ten
 
     Evaluated in at least float32 like :func:`snake`; returns ``x``'s shape and dtype.
     """
+    if x.dtype == alpha.dtype == beta.dtype == gamma.dtype == torch.float32 and fast_paths_allowed():
+        y = torch.mul(x, alpha)  # (B, C, T): one buffer, then in place (as :func:`snake`)
+        return y.sin_().square_().mul_(beta * (alpha + 1e-8).reciprocal()).add_(x).sub_(gamma)
     dtype = torch.promote_types(x.dtype, torch.float32)
     xf, af = x.to(dtype), alpha.to(dtype)
     y = xf + beta.to(dtype) * (af + 1e-8).reciprocal() * torch.sin(af * xf).square() - gamma.to(dtype)

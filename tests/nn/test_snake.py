@@ -93,3 +93,24 @@ def test_rejects_wrong_channels() -> None:
         Snake1d(3)(torch.randn(1, 4, 8))
     with pytest.raises(ValueError, match="positive"):
         Snake1d(0)
+
+
+def test_inference_path_equals_the_eager_formula_and_dac() -> None:
+    """Under no_grad the activations run in place on one buffer: bit-identical to the autograd
+    path, and equal to descript-audio-codec's scripted ``snake`` within float rounding."""
+    from codecplatform.nn.snake import modified_snake
+
+    torch.manual_seed(0)
+    x, alpha = 3 * torch.randn(2, 6, 500), torch.rand(1, 6, 1) + 0.2
+    beta, gamma = torch.rand(1, 6, 1), torch.randn(1, 6, 1)
+    eager = snake(x, alpha.requires_grad_()).detach()  # autograd on: the eager formula
+    eager_mod = modified_snake(x, alpha, beta, gamma).detach()
+    alpha = alpha.detach()
+    with torch.no_grad():
+        fused, fused_mod = snake(x, alpha), modified_snake(x, alpha, beta, gamma)
+    assert torch.equal(fused, eager) and torch.equal(fused_mod, eager_mod)
+    expected_mod = x + beta * torch.sin(alpha * x) ** 2 / (alpha + 1e-8) - gamma
+    torch.testing.assert_close(fused_mod, expected_mod, rtol=1e-5, atol=1e-5)
+    layers = pytest.importorskip("dac.nn.layers")
+    with torch.no_grad():
+        torch.testing.assert_close(fused, layers.snake(x, alpha), rtol=1e-6, atol=1e-6)
