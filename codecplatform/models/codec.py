@@ -16,6 +16,7 @@ from torch import Tensor
 
 from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.models.base import AudioCodec, grad_off_method
+from codecplatform.models.batching import check_lengths, decode_batch, encode_batch
 from codecplatform.models.chunking import ChunkedCoding, linear_overlap_add
 from codecplatform.models.stream import CodecStream
 from codecplatform.nn.conv import fold_weight_norm
@@ -161,19 +162,32 @@ class Codec(ChunkedCoding, AudioCodec):
         return [(offset, min(self.segment_length, length - offset)) for offset in offsets]
 
     @grad_off_method
-    def encode(self, x: Tensor, bandwidth: float | None = None, n_q: int | None = None) -> EncodedAudio:
+    def encode(
+        self,
+        x: Tensor,
+        bandwidth: float | None = None,
+        n_q: int | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> EncodedAudio:
         """(B, C, T) audio -> EncodedAudio, K codebooks from ``bandwidth`` (kbps) or ``n_q``
         (default: all codebooks).
 
         With S = ``len(self.segments(T))`` segments (S = 1 unless ``segment_seconds``), the
         segments' codes are concatenated along time: codes (B, K, sum_s ceil(T_s / hop)), and
         ``scale`` is (B, S, 1), the per-segment input scale (None unless ``normalize``).
+
+        ``lengths`` (B,): a padded batch; item b is ``x[b, :, :lengths[b]]`` and gets exactly the
+        codes (and scales) of encoding it alone, in its first frames; later frames hold -1 (and
+        scale 1.0). Decode with the same ``lengths``. See :mod:`codecplatform.models.batching`
+        for which items share a network call.
         """
         if bandwidth is not None and n_q is not None:
             raise ValueError("give bandwidth or n_q, not both")
         check_audio(x, self.channels)
         if bandwidth is not None:
             n_q = self.n_q_for_bandwidth(bandwidth)
+        if lengths is not None:
+            return encode_batch(self, x, check_lengths(lengths, x.shape[0], x.shape[-1]), n_q)
         codes: list[Tensor] = []
         scales: list[Tensor] = []
         for offset, size in self.segments(x.shape[-1]):
@@ -188,19 +202,36 @@ class Codec(ChunkedCoding, AudioCodec):
         )
 
     @grad_off_method
-    def decode(self, encoded: EncodedAudio | Tensor, codebooks: Sequence[int] | None = None) -> Tensor:
+    def decode(
+        self,
+        encoded: EncodedAudio | Tensor,
+        codebooks: Sequence[int] | None = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> Tensor:
         """EncodedAudio (or bare codes (B, K, T') of an unsegmented codec) -> audio (B, C, T).
 
         ``codebooks``: decode from these codebook indices only (0-based, each < K; codebook
         ablation: "what does codebook 1 carry?"); the others contribute nothing to the latent.
         Default: all K. Segmented codes are decoded segment by segment, each multiplied by its
         scale, and overlap-added with EnCodec's triangular weights (:func:`linear_overlap_add`).
+
+        ``lengths`` (B,): the samples of each item of a batch encoded with ``lengths``; gives
+        (B, C, max(lengths)), item b's audio (as decoded alone) in its first ``lengths[b]``
+        samples and zeros after.
         """
+        keep = None
         if codebooks is not None:
             encoded = self._as_encoded(encoded)
             keep = self.codebook_mask(codebooks, encoded.codes.shape[1])
-            return self._decode(encoded, lambda codes: self.quantizer.decode(codes, keep))
-        return self._decode(self._as_encoded(encoded), self.quantizer.decode)
+        to_latent = lambda codes: self.quantizer.decode(codes, keep)  # noqa: E731
+        if lengths is not None:
+            if isinstance(encoded, Tensor):
+                encoded = EncodedAudio(codes=encoded, scale=None, length=0)
+            total = max(int(v) for v in (lengths.tolist() if isinstance(lengths, Tensor) else lengths))
+            return decode_batch(self, encoded, check_lengths(lengths, encoded.codes.shape[0], total), to_latent)
+        if bool((encoded.codes if isinstance(encoded, Tensor) else encoded.codes).lt(0).any()):
+            raise ValueError("the codes hold -1 (padding of a batch encoded with lengths): pass the same lengths")
+        return self._decode(self._as_encoded(encoded), to_latent)
 
     @staticmethod
     def codebook_mask(codebooks: Sequence[int], k: int) -> list[bool]:
