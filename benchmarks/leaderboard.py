@@ -1,0 +1,430 @@
+"""At a given bitrate, which codec does best on held-out audio? Every family's small config trained for
+the same wall-clock budget on the same training data, tested at every bitrate on the same held-out
+windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as the DAC paper scores.
+
+    python benchmarks/leaderboard.py --budget 120 [--data_dir ../shared/data/music_large | --manifests DIR]
+        [--families encodec dac muffin spectrostream] [--domain music|speech]
+        [--opus_kbps 6 9 12 18 24] [--mp3_kbps 8 16 24 32] [--eval_seconds 5] [--eval_windows 48]
+        [--no_visqol] [--classical_only] [--extra_config experiments/tiny/{family}.yaml]
+        [--work_dir outputs/benchmarks/leaderboard] [-- --KEY=VALUE ...]
+
+1. manifests: ``--manifests`` (a folder with ``cuts_{train,val,test}.jsonl.gz`` from ``codecplatform
+   prepare``), else ``--data_dir`` prepared as ``short_run_quality.py`` does (per rate and channel
+   count, into the work folder). The test manifest is the held-out audio of every row.
+2. every family (``short_run_quality.SMALL_CONFIGS``) trains for ``--budget`` seconds of wall clock
+   (``trainer.max_time``; its ``max_batches`` lifted), then its last weights are tested at every
+   bitrate (``codecplatform test`` into the fit's MLflow run).
+3. Opus and MP3 code the same test windows (the first family's data settings, or 24 kHz mono with
+   ``--classical_only``) at ``--opus_kbps`` / ``--mp3_kbps``
+   (:mod:`codecplatform.metrics.classical`), logged as runs with the families' metric names.
+4. metrics, every row: ``mel_distance``, ``stft_distance`` (at the codec's rate), ``mel_distance_44k``,
+   ``stft_distance_44k`` (after DAC's resampling to 44.1 kHz, as DAC's ``scripts/evaluate.py``),
+   ``si_sdr``, ``visqol_audio`` (music) or ``visqol_speech`` plus DNSMOS ``dnsmos_{sig,bak,ovrl,p808}``
+   (``--domain speech``); test windows of ``--eval_seconds``, at most ``--eval_windows`` of them.
+5. ``codecplatform compare`` over this invocation's runs (tag ``leaderboard=<id>``): one rate-quality
+   plot per metric and its tables in ``<work_dir>/comparison``; then ``leaderboard.md`` (one table,
+   rows = codec x bitrate, and per family the bitrate where it beats Opus on mel distance or by how
+   much it misses) and ``leaderboard.json``.
+
+A private MLflow store (``<work_dir>/mlflow.db``, experiment ``leaderboard``) keeps the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "leaderboard"
+BASE_METRICS = ("mel_distance", "stft_distance", "si_sdr")
+COLUMNS = {
+    "music": ("mel_distance", "stft_distance", "mel_distance_44k", "stft_distance_44k", "si_sdr", "visqol_audio"),
+    "speech": (
+        "mel_distance",
+        "stft_distance",
+        "mel_distance_44k",
+        "stft_distance_44k",
+        "si_sdr",
+        "visqol_speech",
+        "dnsmos_ovrl",
+        "dnsmos_sig",
+        "dnsmos_bak",
+        "dnsmos_p808",
+    ),
+}
+
+
+def _short_run_quality():
+    spec = importlib.util.spec_from_file_location("short_run_quality", Path(__file__).with_name("short_run_quality.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+srq = _short_run_quality()
+
+
+def metric_specs(sample_rate: int, domain: str, visqol: bool = True) -> dict[str, dict[str, Any]]:
+    """The test metrics beyond the families' own (name -> ``{class_path, init_args}``, as in a config)."""
+
+    def resampled(metric: str, init: dict[str, Any]) -> dict[str, Any]:
+        inner = {"class_path": f"codecplatform.metrics.reconstruction.{metric}", "init_args": init}
+        return {
+            "class_path": "codecplatform.metrics.reconstruction.Resampled",
+            "init_args": {"metric": inner, "sample_rate": sample_rate, "score_rate": 44100},
+        }
+
+    specs = {
+        "mel_distance_44k": resampled("MelDistance", {"sample_rate": 44100}),
+        "stft_distance_44k": resampled("STFTDistance", {}),
+    }
+    mode = "audio" if domain == "music" else "speech"
+    if visqol:
+        specs[f"visqol_{mode}"] = {
+            "class_path": "codecplatform.metrics.perceptual.ViSQOL",
+            "init_args": {"sample_rate": sample_rate, "mode": mode},
+        }
+    if domain == "speech":
+        for score in ("ovrl", "sig", "bak", "p808"):
+            specs[f"dnsmos_{score}"] = {
+                "class_path": "codecplatform.metrics.dnsmos.DNSMOS",
+                "init_args": {"sample_rate": sample_rate, "score": score},
+            }
+    return specs
+
+
+def instantiate(spec: Any) -> Any:
+    """``{class_path, init_args}`` (nested ones too) -> the object."""
+    if isinstance(spec, dict) and "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        args = {key: instantiate(value) for key, value in (spec.get("init_args") or {}).items()}
+        return getattr(importlib.import_module(module), name)(**args)
+    return spec
+
+
+def eval_config(path: Path, sample_rate: int, opts: argparse.Namespace) -> Path:
+    """The leaderboard's evaluation settings as a config file appended to every family's."""
+    config = {
+        "model": {"init_args": {"test_metrics": metric_specs(sample_rate, opts.domain, not opts.no_visqol)}},
+        "data": {"init_args": {"eval_segment_seconds": opts.eval_seconds, "max_eval_windows": opts.eval_windows}},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def max_time(seconds: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for ``seconds`` (at least 1)."""
+    total = max(1, int(round(seconds)))
+    return f"{total // 86400:02d}:{total // 3600 % 24:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
+def manifests_for(rate: int, channels: int, opts: argparse.Namespace, work: Path, done: dict) -> dict[str, Path] | str:
+    if opts.manifests is not None:
+        found = {split: opts.manifests / f"cuts_{split}.jsonl.gz" for split in ("train", "val", "test")}
+        missing = [str(p) for p in found.values() if not p.is_file()]
+        return f"missing manifests: {', '.join(missing)}" if missing else found
+    key = (rate, channels)
+    if key not in done:
+        try:
+            done[key] = srq.prepare_manifests(
+                opts.data_dir,
+                work / "manifests" / f"{rate}hz_{channels}ch",
+                val_fraction=opts.val_fraction,
+                test_fraction=opts.test_fraction,
+                seed=opts.split_seed,
+                num_workers=opts.prepare_workers,
+                min_sample_rate=rate,
+                channels=channels,
+            )
+        except ValueError as error:
+            done[key] = str(error)
+    return done[key]
+
+
+def common_args(configs: list[str], manifests: dict[str, Path], work: Path, overrides: list[str]) -> list[str]:
+    return [
+        *configs,
+        *(f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()),
+        f"--trainer.default_root_dir={work / 'outputs'}",
+        f"--trainer.logger.init_args.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+        f"--trainer.logger.init_args.save_dir={work / 'mlruns'}",
+        f"--trainer.logger.init_args.experiment_name={EXPERIMENT}",
+        *overrides,
+    ]
+
+
+def run_family(family: str, opts: argparse.Namespace, work: Path, overrides: list[str], done: dict) -> dict[str, Any]:
+    configs = srq.config_args(srq.SMALL_CONFIGS[family], opts.extra_config, family)
+    settings = srq.resolved_settings([*configs, *overrides])
+    rate, channels = settings["sample_rate"], settings["channels"]
+    manifests = manifests_for(rate, channels, opts, work, done)
+    if isinstance(manifests, str):
+        print(f"leaderboard: {family} skipped: {manifests}")
+        return {"skipped": manifests, "sample_rate": rate, "channels": channels}
+    evaluation = eval_config(work / f"eval_{rate}hz.yaml", rate, opts)
+    common = common_args([*configs, "--config", str(evaluation)], manifests, work, overrides)
+    print(f"\n== {family}: training for {opts.budget:g} s of wall clock (codecplatform fit) ==")
+    start = time.perf_counter()
+    fit = srq.cli_main(
+        [
+            "fit",
+            *common,
+            f"--trainer.max_time={max_time(opts.budget)}",
+            "--model.init_args.max_batches=1000000000",
+            f"--trainer.logger.init_args.run_name={family}-{opts.budget:g}s",
+        ]
+    )
+    fit_seconds = time.perf_counter() - start
+    run_id = fit.trainer.logger.run_id
+    checkpoint = work / "outputs" / f"{family}-budget.ckpt"
+    fit.trainer.save_checkpoint(str(checkpoint))  # the last weights: a short budget may never validate
+    print(f"\n== {family}: testing after {int(fit.model.batch_counter)} batches ==")
+    tested = srq.cli_main(
+        ["test", *common, "--ckpt_path", str(checkpoint), f"--trainer.logger.init_args.run_id={run_id}"]
+    )
+    return {
+        "config": str(srq.SMALL_CONFIGS[family].relative_to(REPO)),
+        **settings,
+        "manifests": {split: str(path) for split, path in manifests.items()},
+        "batches": int(fit.model.batch_counter),
+        "fit_seconds": fit_seconds,
+        "run_id": run_id,
+        "table": srq.test_table(tested),
+    }
+
+
+def classical_rows(
+    opts: argparse.Namespace, work: Path, overrides: list[str], done: dict, family: str, settings=None
+) -> dict:
+    """Opus and MP3 on the test windows of ``family``'s data settings (``settings``: its resolved ones,
+    when already known) -> codec -> result."""
+    from codecplatform.cli import CodecCLI, expand_args
+    from codecplatform.metrics.classical import evaluate_classical, log_classical_run
+    from codecplatform.metrics.reconstruction import SISDR, MelDistance, STFTDistance
+
+    configs = srq.config_args(srq.SMALL_CONFIGS[family], opts.extra_config, family)
+    settings = settings or srq.resolved_settings([*configs, *overrides])
+    rate, channels = settings["sample_rate"], settings["channels"]
+    manifests = manifests_for(rate, channels, opts, work, done)
+    if isinstance(manifests, str):
+        print(f"leaderboard: Opus/MP3 skipped: {manifests}")
+        return {}
+    evaluation = eval_config(work / f"eval_{rate}hz.yaml", rate, opts)
+    data = [f"--data.init_args.{split}_cuts={manifests[split] if split == 'test' else 'null'}" for split in manifests]
+    args = [*configs, "--config", str(evaluation), *data, *overrides]
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = CodecCLI(args=expand_args([*args, "--trainer.logger=false"]), run=False)
+    finally:
+        sys.argv = argv
+    cli.datamodule.setup("test")
+    batches = list(cli.datamodule.test_dataloader())
+    results = {}
+    for codec, bitrates in (("opus", opts.opus_kbps), ("mp3", opts.mp3_kbps)):
+        if not bitrates:
+            continue
+        metrics = {"mel_distance": MelDistance(rate), "stft_distance": STFTDistance(), "si_sdr": SISDR()}
+        metrics.update(
+            {name: instantiate(spec) for name, spec in metric_specs(rate, opts.domain, not opts.no_visqol).items()}
+        )
+        print(f"\n== {codec}: {', '.join(f'{b:g}' for b in bitrates)} kbps on {len(batches)} test batches ==")
+        start = time.perf_counter()
+        table = evaluate_classical(batches, rate, codec, list(bitrates), metrics)
+        run_id = log_classical_run(table, f"sqlite:///{work / 'mlflow.db'}", EXPERIMENT, run_name=f"{codec}-reference")
+        results[codec] = {
+            "run_id": run_id,
+            "seconds": time.perf_counter() - start,
+            "sample_rate": rate,
+            "channels": channels,
+            "test_seconds": table.seconds,
+            "table": {"columns": table.columns, "rows": table.rows},
+            "max_abs_lag": max((abs(lag) for lags in table.lags.values() for lag in lags), default=0),
+        }
+    return results
+
+
+def opus_mel_at(opus: dict, kbps: float) -> tuple[float, float] | None:
+    """Opus's mel distance at the Opus bitrate nearest ``kbps`` on a log scale -> (that bitrate, mel)."""
+    if not opus:
+        return None
+    columns, mels = opus["table"]["columns"], opus["table"]["rows"]["mel_distance"]
+    i = min(range(len(columns)), key=lambda j: abs(math.log(columns[j]["kbps"] / kbps)))
+    return columns[i]["kbps"], mels[i]
+
+
+def leaderboard_rows(results: dict) -> list[dict[str, Any]]:
+    """One row per codec and bitrate: name, kbps, true kbps (classical), metrics."""
+    rows = []
+    for family, result in results["families"].items():
+        if "table" not in result:
+            continue
+        table = result["table"]
+        for i, column in enumerate(table["columns"]):
+            values = {name: row[i] for name, row in table["rows"].items()}
+            rows.append({"codec": family, "kbps": column["kbps"], "true_kbps": None, **values})
+    for codec, result in results["classical"].items():
+        table = result["table"]
+        for i, column in enumerate(table["columns"]):
+            values = {name: row[i] for name, row in table["rows"].items()}
+            rows.append({"codec": codec, "kbps": column["kbps"], "true_kbps": column["true_kbps"], **values})
+    return rows
+
+
+def markdown(results: dict, domain: str) -> str:
+    names = [n for n in COLUMNS[domain] if any(n in row for row in results["rows"])]
+    lines = [
+        f"| codec | kbps | true kbps | {' | '.join(names)} |",
+        "| --- | ---: | ---: |" + " ---: |" * len(names),
+    ]
+    for row in results["rows"]:
+        true = "-" if row["true_kbps"] is None else f"{row['true_kbps']:.2f}"
+        cells = [f"{row[n]:.3f}" if n in row and math.isfinite(row[n]) else "-" for n in names]
+        lines.append(f"| {row['codec']} | {row['kbps']:g} | {true} | " + " | ".join(cells) + " |")
+    lines.append("")
+    opus = results["classical"].get("opus")
+    for family, result in results["families"].items():
+        if "table" not in result:
+            lines.append(f"- {family}: skipped ({result.get('skipped')})")
+            continue
+        verdicts = []
+        for i, column in enumerate(result["table"]["columns"]):
+            found = opus_mel_at(opus, column["kbps"])
+            if found is None:
+                break
+            mel = result["table"]["rows"]["mel_distance"][i]
+            verdicts.append((column["kbps"], mel, *found))
+        if not verdicts:
+            lines.append(f"- {family}: no Opus rows to compare with")
+            continue
+        wins = [v for v in verdicts if v[1] < v[3]]
+        if wins:
+            kbps, mel, opus_kbps, opus_mel = wins[0]
+            lines.append(
+                f"- {family} ({result['batches']} batches): beats Opus on mel distance from {kbps:g} kbps "
+                f"({mel:.3f} against Opus {opus_kbps:g} kbps: {opus_mel:.3f})"
+            )
+        else:
+            kbps, mel, opus_kbps, opus_mel = min(verdicts, key=lambda v: v[1] - v[3])
+            lines.append(
+                f"- {family} ({result['batches']} batches): never beats Opus on mel distance; closest at {kbps:g} "
+                f"kbps, {mel:.3f} against Opus {opus_kbps:g} kbps: {opus_mel:.3f} (misses by {mel - opus_mel:.3f})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, overrides = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, required=True, help="seconds of training per family")
+    parser.add_argument("--families", nargs="*", default=list(srq.SMALL_CONFIGS), choices=list(srq.SMALL_CONFIGS))
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music_large"))
+    parser.add_argument("--manifests", default=None, help="folder with cuts_{train,val,test}.jsonl.gz (skips prepare)")
+    parser.add_argument(
+        "--domain", default="music", choices=sorted(COLUMNS), help="music: ViSQOL audio; speech: ViSQOL speech, DNSMOS"
+    )
+    parser.add_argument("--opus_kbps", type=float, nargs="*", default=[6, 9, 12, 18, 24])
+    parser.add_argument("--mp3_kbps", type=float, nargs="*", default=[8, 16, 24, 32])
+    parser.add_argument("--eval_seconds", type=float, default=5.0, help="test window length (s)")
+    parser.add_argument("--eval_windows", type=int, default=48, help="at most this many test windows")
+    parser.add_argument("--no_visqol", action="store_true", help="leave ViSQOL out (about 0.5 s of CPU per s of audio)")
+    parser.add_argument("--classical_only", action="store_true", help="only the Opus and MP3 rows")
+    parser.add_argument("--extra_config", action="append", default=[], help="appended config ({family} replaced)")
+    parser.add_argument("--val_fraction", type=float, default=0.1)
+    parser.add_argument("--test_fraction", type=float, default=0.1)
+    parser.add_argument("--split_seed", type=int, default=0)
+    parser.add_argument("--prepare_workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "leaderboard"))
+    opts = parser.parse_args(argv)
+    if opts.budget <= 0:
+        parser.error("--budget must be > 0 seconds")
+    if opts.manifests is not None:
+        opts.manifests = Path(opts.manifests).resolve()
+        if not opts.manifests.is_dir():
+            parser.error(f"--manifests {opts.manifests}: no such folder")
+    opts.data_dir = Path(opts.data_dir).resolve()
+    if opts.manifests is None and not opts.data_dir.is_dir():
+        print(f"leaderboard: skipped: the data folder {opts.data_dir} does not exist (pass --data_dir or --manifests)")
+        return {"skipped": f"no data folder {opts.data_dir}"}
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    opts.extra_config = [str(Path(item).resolve()) for item in opts.extra_config]
+    work = Path(opts.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict[str, Any] = {
+        "id": stamp,
+        "budget_seconds": opts.budget,
+        "data": str(opts.manifests or opts.data_dir),
+        "domain": opts.domain,
+        "machine": f"{platform.node()}: {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "torch_threads": torch.get_num_threads(),
+        "families": {},
+        "classical": {},
+    }
+    done: dict = {}
+    families = [] if opts.classical_only else opts.families
+    with contextlib.chdir(work):
+        for family in families:
+            results["families"][family] = run_family(family, opts, work, overrides, done)
+        reference = next((f for f in families if "table" in results["families"][f]), None)
+        settings = results["families"][reference] if reference else None
+        results["classical"] = classical_rows(opts, work, overrides, done, reference or "encodec", settings)
+    from mlflow.tracking import MlflowClient
+
+    from codecplatform import compare
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_ids = [r["run_id"] for r in [*results["families"].values(), *results["classical"].values()] if "run_id" in r]
+    for run_id in run_ids:
+        client.set_tag(run_id, "leaderboard", stamp)
+    results["rows"] = leaderboard_rows(results)
+    if run_ids:
+        status = compare.main(
+            [
+                "--tracking_uri",
+                uri,
+                "--experiment",
+                EXPERIMENT,
+                "--filter",
+                f"leaderboard={stamp}",
+                "--out_dir",
+                str(work / "comparison"),
+                "--run_name",
+                f"leaderboard {stamp}",
+            ]
+        )
+        results["comparison"] = str(work / "comparison") if status == 0 else f"compare failed ({status})"
+    text = markdown(results, opts.domain)
+    header = (
+        f"Leaderboard {stamp}: budget {opts.budget:g} s per family, {results['machine']}, data {results['data']}\n\n"
+    )
+    (work / "leaderboard.md").write_text(header + text)
+    (work / "leaderboard.json").write_text(json.dumps(results, indent=1, default=str))
+    print("\n" + header + text)
+    print(f"wrote {work / 'leaderboard.md'}, {work / 'leaderboard.json'}, {work / 'comparison'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

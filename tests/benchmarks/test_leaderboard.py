@@ -1,0 +1,59 @@
+"""benchmarks/leaderboard.py at a tiny budget on generated audio: one tiny family trained for 2 s and
+tested at every bitrate, Opus and MP3 rows on the same test windows, the comparison and the table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from benchmark_scripts import load_benchmark
+from synthetic_audio import write_tones
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
+    benchmark = load_benchmark("leaderboard")
+    work = in_tmp_dir / "work"
+    work.mkdir()
+    shutil.copyfile(empty_mlflow_store, work / "mlflow.db")
+    audio = in_tmp_dir / "audio"
+    write_tones(audio, 24000, 1, n_files=10, seconds=2.0)
+    results = benchmark.main(
+        [
+            "--budget", "2",
+            "--data_dir", str(audio),
+            "--families", "encodec",
+            "--opus_kbps", "6", "24",
+            "--mp3_kbps", "16",
+            "--eval_seconds", "1",
+            "--eval_windows", "4",
+            "--no_visqol",
+            "--test_fraction", "0.3",
+            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
+            "--work_dir", str(work),
+        ]
+    )  # fmt: skip
+    assert json.loads((work / "leaderboard.json").read_text())["id"] == results["id"]
+    encodec = results["families"]["encodec"]
+    assert encodec["batches"] >= 1 and encodec["fit_seconds"] < 60
+    kbps = [c["kbps"] for c in encodec["table"]["columns"]]
+    assert len(kbps) >= 2
+    names = {"mel_distance", "stft_distance", "si_sdr", "mel_distance_44k", "stft_distance_44k"}
+    assert names <= set(encodec["table"]["rows"])
+    opus, mp3 = results["classical"]["opus"], results["classical"]["mp3"]
+    assert set(opus["table"]["rows"]) == set(mp3["table"]["rows"]) == names
+    assert opus["test_seconds"] == pytest.approx(4.0)  # the same 4 one-second windows as the family's test
+    mel = opus["table"]["rows"]["mel_distance_44k"]
+    assert mel[1] < mel[0]  # 24 kbps better than 6
+    assert opus["table"]["columns"][1]["true_kbps"] == pytest.approx(24, rel=0.1)
+    rows = {(row["codec"], row["kbps"]) for row in results["rows"]}
+    assert {("opus", 6), ("opus", 24), ("mp3", 16)} <= rows and ("encodec", kbps[0]) in rows
+    compared = json.loads((work / "comparison" / "rate_quality.json").read_text())
+    assert compared["families"] == ["encodec", "mp3", "opus"]
+    assert "mel_distance_44k" in compared["metrics"]
+    table = (work / "leaderboard.md").read_text()
+    assert "| opus | 24 | " in table and "- encodec (" in table and "Opus on mel distance" in table
