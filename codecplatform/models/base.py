@@ -175,7 +175,7 @@ class AudioCodec(nn.Module):
         in autograd, e.g. codes fed to a model being trained)."""
         return torch.inference_mode() if getattr(self, "_inference_only", False) else torch.no_grad()
 
-    def stream(self, bandwidth: float | None = None, n_q: int | None = None) -> Any:
+    def stream(self, bandwidth: float | None = None, n_q: int | None = None, batch: int | None = None) -> Any:
         """Context manager for real-time coding chunk by chunk with carried state::
 
             with codec.stream(bandwidth=6.0) as s:
@@ -183,6 +183,9 @@ class AudioCodec(nn.Module):
                 audio = s.decode(codes)      # (B, K, m) -> (B, C, samples completed)
                 codes = s.flush_encoder()    # the look-ahead: the last frames (if any)
                 audio = s.flush_decoder()
+
+        ``batch=N``: N independent streams that start and stop at different calls, carried in
+        one batch (per-stream lists in and out, ``s.reset(streams)``; see ``Codec.stream``).
 
         Only causal codecs stream; others raise ``RuntimeError`` (this base class always does)."""
         raise RuntimeError(f"{type(self).__name__} does not stream: it is not a causal codec")

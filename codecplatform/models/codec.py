@@ -18,7 +18,7 @@ from codecplatform.generators.base import Decoder, Encoder
 from codecplatform.models.base import AudioCodec, grad_off_method
 from codecplatform.models.batching import check_lengths, decode_batch, encode_batch
 from codecplatform.models.chunking import ChunkedCoding, linear_overlap_add
-from codecplatform.models.stream import CodecStream
+from codecplatform.models.stream import CodecStream, StreamBatch
 from codecplatform.nn.conv import fold_weight_norm
 from codecplatform.nn.streaming import StreamingModule, streaming
 from codecplatform.quantizers.base import Quantizer
@@ -309,9 +309,13 @@ class Codec(ChunkedCoding, AudioCodec):
         return samples / self.sample_rate
 
     @contextlib.contextmanager
-    def stream(self, bandwidth: float | None = None, n_q: int | None = None) -> Iterator[CodecStream]:
+    def stream(
+        self, bandwidth: float | None = None, n_q: int | None = None, batch: int | None = None
+    ) -> Iterator[CodecStream | StreamBatch]:
         """Chunk-by-chunk coding with carried state (see :meth:`AudioCodec.stream`), equal to
         ``encode``/``decode`` of the whole signal (length a multiple of the hop) once flushed.
+        ``batch=N``: N independent streams in one batch (:class:`StreamBatch`: per-stream inputs
+        and outputs, streams start (``reset``) and stop at any call), each equal to its own stream.
         RuntimeError when the codec cannot stream (:attr:`can_stream`)."""
         if not self.can_stream:
             raise RuntimeError(
@@ -320,7 +324,7 @@ class Codec(ChunkedCoding, AudioCodec):
             )
         n_q = self.resolve_n_q(bandwidth, n_q)
         with streaming(self.encoder), streaming(self.decoder):
-            yield CodecStream(self, n_q)
+            yield CodecStream(self, n_q) if batch is None else StreamBatch(self, n_q, batch)
 
     @property
     def encoder_lookahead(self) -> int:

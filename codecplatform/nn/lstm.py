@@ -22,6 +22,8 @@ class StreamableLSTM(StreamingModule):
     time-major ``nn.LSTM(dimension, dimension, num_layers)`` (EnCodec's parameter names).
     """
 
+    state_batch_dims = {"hc": 1}  # (h, c): (layers, B, hidden) each
+
     def __init__(self, dimension: int, num_layers: int = 2, skip: bool = True) -> None:
         super().__init__()
         self.skip = skip

@@ -31,6 +31,10 @@ class StreamingModule(nn.Module):
     Subclasses that cannot stream in some configuration override :meth:`check_streamable`.
     """
 
+    #: The batch axis of state entries that do not keep it first (default 0), e.g. an LSTM's
+    #: (layers, B, hidden) state: used to carry several streams in one batch (``select_state``).
+    state_batch_dims: dict[str, int] = {}
+
     def __init__(self) -> None:
         super().__init__()
         self._stream_state: dict[str, Any] | None = None
@@ -120,3 +124,52 @@ def streams_exactly(module: nn.Module, probe: Tensor, expected: int, flush: int 
         if flush:
             outputs.append(module(tail))
     return torch.cat(outputs, dim=-1).shape[-1] == expected
+
+
+def _map_state(module: StreamingModule, state: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """``state`` with ``fn(tensor, batch_dim)`` applied to every tensor (also inside tuples)."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        dim = module.state_batch_dims.get(key, 0)
+        if isinstance(value, Tensor):
+            out[key] = fn(value, dim)
+        elif isinstance(value, tuple) and all(isinstance(v, Tensor) for v in value):
+            out[key] = tuple(fn(v, dim) for v in value)
+        else:
+            out[key] = value
+    return out
+
+
+def select_state(module: StreamingModule, state: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+    """The stream state of the batch rows ``rows`` (indices) of a batched ``state`` of ``module``."""
+    return _map_state(module, state, lambda t, dim: t.index_select(dim, rows.to(t.device)))
+
+
+def state_signature(module: StreamingModule, state: dict[str, Any]) -> tuple:
+    """What must agree for two stream states of ``module`` to be carried in one batch: the keys,
+    every tensor's shape except its batch axis, and every other value."""
+    sig = []
+    for key, value in sorted(state.items()):
+        dim = module.state_batch_dims.get(key, 0)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, Tensor):
+                sig.append((key, v.dtype, tuple(n for i, n in enumerate(v.shape) if i != dim)))
+            else:
+                sig.append((key, v))
+    return tuple(sig)
+
+
+def concat_states(module: StreamingModule, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Join stream states of equal :func:`state_signature` along their batch axes."""
+    first = states[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        dim = module.state_batch_dims.get(key, 0)
+        if isinstance(value, Tensor):
+            out[key] = torch.cat([s[key] for s in states], dim=dim)
+        elif isinstance(value, tuple) and all(isinstance(v, Tensor) for v in value):
+            out[key] = tuple(torch.cat([s[key][i] for s in states], dim=dim) for i in range(len(value)))
+        else:
+            out[key] = value
+    return out
