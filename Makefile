@@ -43,10 +43,11 @@ bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/short_run_quality.py --data_dir ../shared/data/music
 
-# Prints the address that opens the experiment's runs ("codec quality" view) in model-training mode.
+# Prints the address that opens the experiment's runs ("codec quality" view) in model-training mode;
+# the server's start page sets that mode and view as the browser's defaults (codecplatform/ui_app.py).
 ui: install
 	@$(BIN)/python -c 'from codecplatform.compare import ui_url; print("MLflow UI, experiment codecplatform:", ui_url("$(MLFLOW_URI)"))'
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --app-name codecplatform --workers 1 --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
 # Regenerates requirements.lock from pyproject.toml for CPython 3.11 on x86_64 Linux; one package:
 # `make lock UPGRADE="--upgrade-package mlflow"` (docs/dependencies.md).

@@ -87,6 +87,8 @@ def mlflow_server(tmp_path_factory):
             "-m",
             "mlflow",
             "server",
+            "--app-name",
+            "codecplatform",  # what `make ui` serves (codecplatform/ui_app.py)
             "--host",
             "127.0.0.1",
             "--port",

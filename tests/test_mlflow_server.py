@@ -74,3 +74,32 @@ def test_two_families_on_a_tracking_server_hold_comparable_runs(mlflow_server, m
         assert names == ["config/fit.yaml", "config/test.yaml"]
         local = client.download_artifacts(run_id, "config/fit.yaml", str(in_tmp_dir))
         assert "class_path" in Path(local).read_text()
+
+
+def test_the_start_page_sets_model_training_and_each_codec_experiments_view(mlflow_server):
+    """The session's server runs `--app-name codecplatform` (as `make ui`): its start page carries a
+    script with the model-training switch and, per experiment with the saved view, that view's columns
+    under the key MLflow's runs table reads (checked in Chromium by tests/test_mlflow_ui_browser.py)."""
+    import json
+    import re
+    import urllib.request
+
+    from rate_quality_runs import log_runs
+
+    from codecplatform.compare import runs_view
+    from codecplatform.ui_app import WORKFLOW_KEY, runs_state_key
+
+    log_runs(mlflow_server, experiment="start_page")
+    client = MlflowClient(mlflow_server)
+    with_view = client.get_experiment_by_name("start_page").experiment_id
+    without_view = client.create_experiment("start_page_plain")  # not a codec experiment: MLflow's defaults
+    with urllib.request.urlopen(f"{mlflow_server}/", timeout=60) as response:
+        page = response.read().decode()
+        assert response.headers["Cache-Control"] == "no-store"
+    script = re.search(r"<head><script>\(function\(\)\{try\{var d=(\{.*?\});for", page)
+    assert script, page[:500]
+    defaults = json.loads(script.group(1))
+    assert json.loads(defaults[WORKFLOW_KEY]) == "machine_learning"
+    assert json.loads(defaults[runs_state_key(with_view)]) == runs_view()
+    assert runs_state_key(without_view) not in defaults
+    assert "<div id=\"root\">" in page or 'id="root"' in page  # still MLflow's page

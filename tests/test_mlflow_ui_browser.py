@@ -1,32 +1,32 @@
-"""The MLflow UI in a real browser: a local ``mlflow server`` (the session's fixture, tests/conftest.py)
-with runs of two families in an experiment of their own, rendered by headless Chromium (``chromium
---headless --dump-dom`` after the page's JavaScript ran). Checks that the run comparison page shows
-both runs and a per-bitrate metric, and that the experiment's "codec quality" view shows metric
-columns. Skipped without a Chromium binary (Debian: ``apt-get install chromium``)."""
+"""The MLflow UI in a real browser: a local ``mlflow server --app-name codecplatform`` (the session's
+fixture, tests/conftest.py) with runs of two families in an experiment of their own, rendered by
+headless Chromium (``--dump-dom`` after the page's JavaScript ran, or driven over the DevTools
+protocol: tests/cdp_browser.py). Checks that the run comparison page shows both runs and a
+per-bitrate metric, that the experiment's "codec quality" view shows metric columns, and that a
+user clicking from the home page lands on them. Skipped without a Chromium binary (Debian:
+``apt-get install chromium``)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.parse
 
 import pytest
+from cdp_browser import BROWSERS, INSTALL_HINT, Browser, find_browser
 from mlflow.tracking import MlflowClient
 from rate_quality_runs import log_runs
 
 from codecplatform import compare
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 EXPERIMENT = "ui_browser"  # the session's server also holds tests/test_mlflow_server.py's runs
 
 
 def browser() -> str:
-    for name in BROWSERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip(f"no headless browser: none of {', '.join(BROWSERS)} on PATH (Debian: apt-get install chromium)")
+    path = find_browser()
+    if path is None:
+        pytest.skip(f"no headless browser: none of {', '.join(BROWSERS)} on PATH ({INSTALL_HINT})")
+    return path
 
 
 def render(url: str, tmp_path, screenshot: str | None = None, budget_ms: int = 20000) -> str:
@@ -67,3 +67,29 @@ def test_run_comparison_page_shows_both_families_and_per_bitrate_metrics(mlflow_
     assert "codec quality" in page
     for text in ("test/mel_distance", "test/si_sdr", "family", "encodec-large", "dac-44khz"):
         assert text in page, text
+
+
+@pytest.mark.slow
+def test_a_user_clicking_from_the_home_page_sees_the_codec_runs_with_their_metrics(mlflow_server, tmp_path):
+    """A new browser (no stored choices) opens the home page and clicks the experiment, as a user
+    does: it lands on the runs table in model-training mode with the codec-quality columns, not on
+    the GenAI traces overview. A later choice of the user (GenAI) is kept on the next visit."""
+    binary = browser()
+    experiment = "ui_clickthrough"
+    log_runs(mlflow_server, experiment=experiment)
+    with Browser(binary, tmp_path / "profile") as page:
+        page.open(f"{mlflow_server}/")
+        page.wait_for_text(experiment, "Model training", timeout=120)
+        page.click_text(experiment)
+        text = page.wait_for_text("encodec-small", "dac-44khz", "test/mel_distance", "test/si_sdr", timeout=120)
+        assert "workflowType=machine_learning" in page.url() and "/runs" in page.url(), page.url()
+        assert "family" in text and "Detect Issues" not in text and "Token Usage" not in text
+        page.screenshot(tmp_path / "runs.png")
+        assert (tmp_path / "runs.png").stat().st_size > 10_000
+
+        page.evaluate('localStorage.setItem("mlflow.workflowType_v1", JSON.stringify("genai"))')  # the user's switch
+        page.open(f"{mlflow_server}/")
+        page.wait_for_text(experiment, timeout=120)
+        page.click_text(experiment)
+        page.wait_for_text("Token Usage", timeout=120)  # MLflow's GenAI overview
+        assert "workflowType=genai" in page.url(), page.url()
