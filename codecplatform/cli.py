@@ -135,7 +135,7 @@ def _codec_cli_class() -> type:
             configs, options = split_cli_args(raw[1:] if raw and not raw[0].startswith("-") else raw)
             retarget_sample_rate(config, compose_args(configs)[0], {key for key, _ in options})
             subcommand = self.subcommand or self.checked_subcommand
-            if subcommand in ("fit", "validate", "test"):
+            if subcommand in ("fit", "validate", "test", "predict"):
                 check_manifests(config, subcommand)
             ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
             if ckpt_path and str(ckpt_path) not in ("best", "last", "hpc", "registry") and "://" not in str(ckpt_path):
@@ -270,13 +270,14 @@ def retarget_sample_rate(config: Any, files: dict[str, Any], given: set[str]) ->
 
 
 def check_manifests(config: Any, subcommand: str) -> None:
-    """The cut manifests ``subcommand`` reads must exist (fit: train and val, validate: val, test:
-    test), named in one line before anything is built; the others are dropped (set to null), so
-    ``test`` needs no training manifest and ``fit`` no test manifest."""
+    """The cut manifests ``subcommand`` reads must exist (fit: train and val, validate: val, test and
+    predict: test), named in one line before anything is built; the others are dropped (set to null),
+    so ``test`` and ``predict`` need no training manifest and ``fit`` no test manifest."""
     data = _dig(config, "data.init_args")
     if data is None or "train_cuts" not in data:
         return
-    needed = {"fit": ("train_cuts", "val_cuts"), "validate": ("val_cuts",), "test": ("test_cuts",)}[subcommand]
+    needed = {"fit": ("train_cuts", "val_cuts"), "validate": ("val_cuts",), "test": ("test_cuts",), "predict": ("test_cuts",)}
+    needed = needed[subcommand]
     for name in ("train_cuts", "val_cuts", "test_cuts"):
         if name not in needed:
             _set(config, f"data.init_args.{name}", None)

@@ -104,7 +104,9 @@ def test_predict_writes_reconstructions(make_manifests, in_tmp_dir, mlflow_db, l
     fit = cli_main(["fit", *common, "--model.init_args.max_batches=1"])
     out_dir = in_tmp_dir / "predictions"
     writer = json.dumps({"class_path": "callbacks.ReconstructionWriter", "init_args": {"out_dir": str(out_dir)}})
-    cli_main(["predict", *common, "--ckpt_path", latest_checkpoint(fit.trainer), f"--trainer.callbacks+={writer}"])
+    missing = ["--data.init_args.train_cuts=missing/train.jsonl.gz", "--data.init_args.val_cuts=missing/val.jsonl.gz"]
+    predict = ["predict", *common, *missing, "--ckpt_path", latest_checkpoint(fit.trainer)]
+    cli_main([*predict, f"--trainer.callbacks+={writer}"])  # reads the test manifest only
     written = sorted(out_dir.glob("*.wav"))
     reconstructions = [p for p in written if not p.name.endswith("_input.wav")]
     assert reconstructions and len(written) == 2 * len(reconstructions)
