@@ -20,7 +20,9 @@ in-place activations, ``torch.inference_mode``; the default of ``codecplatform e
 at every call, ``no_grad``) and ``reference`` (the official package's ``encode``/``decode`` of
 the same weights, under ``no_grad``); for causal codecs ``stream`` (``codec.stream()`` fed one code
 frame of audio per call, EnCodec: 320 samples = 13.3 ms), ``stream_xN`` (N frames per call,
-``--stream_frames``) and ``stream_floor`` (the weight-read floor of one-frame streaming: one
+``--stream_frames``), ``streams_N`` (N concurrent one-frame streams of different signals in one
+``codec.stream(batch=N)``, ``--streams``: ``RTF`` counts the audio of all N, ``per_stream_rtf`` one
+stream's, ``vs_whole`` = N streams' audio per second / whole-file RTF) and ``stream_floor`` (the weight-read floor of one-frame streaming: one
 matrix-vector product with every weight matrix per frame, see :func:`weight_read_floor`; its
 ``vs_whole`` is the best a one-frame stream could reach), and for EnCodec ``onnxruntime`` (the
 graphs of ``codecplatform export``, one intra-op thread). Variants are interleaved within each
@@ -174,6 +176,30 @@ def stream_coders(codec: Codec, n_q: int, x: torch.Tensor, frames: int = 1) -> t
     return encode, decode
 
 
+def stream_batch_coders(codec: Codec, n_q: int, x: torch.Tensor, streams: int) -> tuple[Callable, Callable]:
+    """``streams`` concurrent one-frame streams in one ``codec.stream(batch=N)``: encode / decode of
+    N different signals as long as ``x``, one code frame of each per call."""
+    hop = codec.hop_length
+    torch.manual_seed(3)
+    xs = 0.1 * torch.randn(streams, x.shape[1], x.shape[-1])
+    pieces = list(xs.split(hop, dim=-1))
+    blocks = list(codec.encode(xs, n_q=n_q).codes.split(1, dim=-1))
+
+    def encode() -> None:
+        with codec.stream(n_q=n_q, batch=streams) as s:
+            for piece in pieces:
+                s.encode(piece)
+            s.flush_encoder()
+
+    def decode() -> None:
+        with codec.stream(n_q=n_q, batch=streams) as s:
+            for block in blocks:
+                s.decode(block)
+            s.flush_decoder()
+
+    return encode, decode
+
+
 def weight_read_floor(codec: Codec, n_q: int, op: str, n_frames: int) -> tuple[Callable, float]:
     """(a function, megabytes): one matrix-vector product with every weight matrix that a streamed
     frame must read, once per code frame: the encoder's weights and the ``n_q`` codebooks the
@@ -260,12 +286,17 @@ def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[di
                     fns["stream" if frames == 1 else f"stream_x{frames}"] = s_enc if op == "encode" else s_dec
                 floor, megabytes = weight_read_floor(ours, n_q, op, x.shape[-1] // ours.hop_length)
                 fns["stream_floor"] = floor
+                for streams in opts.streams:
+                    m_enc, m_dec = stream_batch_coders(ours, n_q, x, streams)
+                    fns[f"streams_{streams}"] = m_enc if op == "encode" else m_dec
             if family == "encodec24" and not opts.no_onnx:
                 o_enc, o_dec = onnx_coders(ours, n_q, x, folder, opts.threads)
                 fns["onnxruntime"] = o_enc if op == "encode" else o_dec
             medians = interleaved(fns, opts.repeats)
             ref = medians.get("reference")
             for variant, sec in medians.items():
+                streams = int(variant.removeprefix("streams_")) if variant.startswith("streams_") else 1
+                audio_seconds = streams * x.shape[-1] / ours.sample_rate
                 row = {
                     "family": family,
                     "kbps": kbps,
@@ -273,13 +304,14 @@ def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[di
                     "op": op,
                     "device": "cpu",
                     "threads": opts.threads,
-                    "batch": 1,
+                    "batch": streams,
                     "variant": variant,
-                    "audio_seconds": x.shape[-1] / ours.sample_rate,
+                    "audio_seconds": audio_seconds,
                     "seconds": sec,
-                    "rtf": x.shape[-1] / ours.sample_rate / sec,
-                    "vs_ref": None if ref is None else ref / sec,
-                    "vs_whole": medians["ours"] / sec if variant.startswith("stream") else None,
+                    "rtf": audio_seconds / sec,  # all streams together
+                    "per_stream_rtf": audio_seconds / sec / streams,
+                    "vs_ref": None if ref is None else streams * ref / sec,  # per audio second
+                    "vs_whole": streams * medians["ours"] / sec if variant.startswith("stream") else None,
                     "codes_equal_reference": codes_equal,
                 }
                 if variant == "stream_floor":
@@ -363,6 +395,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no_onnx", action="store_true")
     parser.add_argument(
         "--stream_frames", type=int, nargs="+", default=[1, 4], help="code frames per streaming call (rows)"
+    )
+    parser.add_argument(
+        "--streams", type=int, nargs="*", default=[1, 4, 16, 64], help="concurrent one-frame streams (rows)"
     )
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "inference_rtf.json"))
     opts = parser.parse_args(argv)

@@ -97,6 +97,21 @@ SMALL_INPUT_TAPS = 14
 MATMUL_TRANSPOSE_CHANNELS = 192
 
 
+#: Convolutions with at most this many output (or transposed: input) frames per call, i.e. streaming
+#: chunks, are one matrix product over unfolded windows with the batch folded into its columns: the
+#: weights are read once per call for all streams of a batch (oneDNN pays its set-up per call there).
+SHORT_FRAMES = 16
+
+
+def _weight_matmul(weight: Tensor, x: Tensor) -> Tensor:
+    """(O, I) @ (B, I, n) -> (B, O, n); short inputs of several streams as ONE matrix product."""
+    batch, channels, n = x.shape
+    if batch > 1 and n <= SHORT_FRAMES:
+        y = torch.mm(weight, x.transpose(0, 1).reshape(channels, batch * n))  # (O, B * n)
+        return y.view(-1, batch, n).transpose(0, 1)
+    return torch.matmul(weight, x)
+
+
 def fast_paths_allowed() -> bool:
     """Whether the inference-only kernels below may replace the plain modules: no autograd (the
     training graph stays the standard one) and no tracing (torch.compile, torch.export and the
@@ -119,7 +134,7 @@ def _conv1d_small_input(x: Tensor, conv: nn.Conv1d) -> Tensor:
     if batch == 1:  # a plain matrix product (matmul would broadcast into a batched one)
         y = (torch.mm(weight, cols[0]) if conv.bias is None else torch.addmm(conv.bias[:, None], weight, cols[0]))[None]
         return y
-    y = torch.matmul(weight, cols)  # (B, C_out, n)
+    y = _weight_matmul(weight, cols)  # (B, C_out, n)
     if conv.bias is not None:
         y += conv.bias[:, None]
     return y
@@ -131,7 +146,7 @@ def _conv1d_pointwise(x: Tensor, conv: nn.Conv1d) -> Tensor:
     if x.shape[0] == 1:
         y = torch.mm(weight, x[0]) if conv.bias is None else torch.addmm(conv.bias[:, None], weight, x[0])
         return y[None]
-    y = torch.matmul(weight, x)
+    y = _weight_matmul(weight, x)
     return y if conv.bias is None else y.add_(conv.bias[:, None])
 
 
@@ -152,7 +167,7 @@ def _conv_transpose1d_matmul(x: Tensor, convtr: nn.ConvTranspose1d, cache: dict 
         w2 = weight.permute(1, 2, 0).reshape(c_out * k, c_in)  # rows (C_out, part, phase)
         if cacheable:
             cache["key"], cache["w2"] = key, w2
-    y = torch.mm(w2, x[0])[None] if batch == 1 else torch.matmul(w2, x)
+    y = torch.mm(w2, x[0])[None] if batch == 1 else _weight_matmul(w2, x)
     y = y.view(batch, c_out, parts, s, frames)  # (B, C_out, P, s, T)
     out = x.new_empty(batch, c_out, frames + parts - 1, s)
     out[:, :, :frames] = y[:, :, 0].transpose(-1, -2)
@@ -260,11 +275,12 @@ class StreamableConv1d(StreamingModule):
         return self.norm(self._conv(pad1d(x, left, right + extra, self.pad_mode)))
 
     def _conv(self, x: Tensor) -> Tensor:
-        """The convolution without padding; small inputs (see :data:`SMALL_INPUT_TAPS`) and 1x1
-        convolutions as a matmul (at inference)."""
+        """The convolution without padding; small inputs (:data:`SMALL_INPUT_TAPS`), short ones
+        (:data:`SHORT_FRAMES`) and 1x1 convolutions as a matmul (at inference)."""
         conv = self.conv
         if conv.groups == 1 and x.shape[-1] >= self.kernel_size_eff and fast_paths_allowed():
-            if conv.in_channels * conv.kernel_size[0] <= SMALL_INPUT_TAPS:
+            short = (x.shape[-1] - self.kernel_size_eff) // self.stride < SHORT_FRAMES  # streaming chunks
+            if conv.in_channels * conv.kernel_size[0] <= SMALL_INPUT_TAPS or short:
                 return _conv1d_small_input(x, conv)
             if conv.kernel_size[0] == 1 and conv.stride[0] == 1:  # PyTorch's slow_conv2d path otherwise
                 return _conv1d_pointwise(x, conv)
@@ -362,7 +378,7 @@ class StreamableConvTranspose1d(StreamingModule):
         if (
             convtr.groups == 1
             and convtr.kernel_size[0] % convtr.stride[0] == 0
-            and (convtr.in_channels <= MATMUL_TRANSPOSE_CHANNELS or x.shape[-1] <= 16)
+            and (convtr.in_channels <= MATMUL_TRANSPOSE_CHANNELS or x.shape[-1] <= SHORT_FRAMES)
             and convtr.padding == (0,)
             and convtr.output_padding == (0,)
             and convtr.dilation == (1,)

@@ -141,10 +141,11 @@ def test_non_causal_codecs_refuse_to_stream():
 
 @pytest.mark.parametrize("k,d,s", [(1, 1, 1), (7, 3, 1), (4, 1, 2), (3, 1, 1)])
 def test_zero_padded_and_pointwise_convs_equal_the_training_path(k, d, s):
-    """At inference, symmetric zero padding goes into the kernel (no padded copy) and 1x1
-    convolutions are one matrix product: equal to the padded module path."""
+    """At inference, symmetric zero padding goes into the kernel (no padded copy), 1x1
+    convolutions and short inputs (streaming chunks, batch folded into the columns) are one matrix
+    product: equal to the padded module path."""
     conv = StreamableConv1d(16, 8, k, stride=s, dilation=d, pad_mode="constant")
-    for x in (torch.randn(1, 16, 64), torch.randn(3, 16, 64)):
+    for x in (torch.randn(1, 16, 64), torch.randn(3, 16, 64), torch.randn(3, 16, 10)):
         train = conv(x)  # autograd on: F.pad + nn.Conv1d
         with torch.no_grad():
             torch.testing.assert_close(conv(x), train.detach(), atol=1e-5, rtol=1e-5)
