@@ -1,8 +1,8 @@
 """SpectroStream against the official JAX code (magenta/magenta-realtime ``magenta_rt/jax/spectrostream.py``
-on google/sequence-layers; commits in the script): the STFT front end, the inverse STFT and the
-residual vector quantizer give the official outputs on the official inputs. Fixtures:
-``tests/fixtures/spectrostream/make_spectrostream_golden.py`` (the encoder and decoder are not
-compared: see docs/models/spectrostream.md)."""
+on google/sequence-layers; commits in the script): the STFT front end, the inverse STFT, the residual
+vector quantizer and the encoder and decoder (official layout at widths 2 .. 32, the official weights
+converted to ours) give the official outputs on the official inputs. Fixtures:
+``tests/fixtures/spectrostream/make_spectrostream_golden.py``."""
 
 from pathlib import Path
 
@@ -11,16 +11,26 @@ import pytest
 import torch
 
 from codecplatform.dsp.stft2d import istft_2d, stft_2d
-from codecplatform.generators.spectrostream import STFTAnalysis, STFTSynthesis
+from codecplatform.generators.spectrostream import (
+    SpectroStreamDecoder,
+    SpectroStreamEncoder,
+    STFTAnalysis,
+    STFTSynthesis,
+)
 from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
 
 SIZES = dict(frame_length=480, hop_length=240, fft_length=480)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "spectrostream"
+
+
+def load(name: str) -> dict[str, torch.Tensor]:
+    with np.load(FIXTURES / name) as data:
+        return {k: torch.from_numpy(data[k]) for k in data.files}
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict[str, torch.Tensor]:
-    with np.load(Path(__file__).resolve().parents[1] / "fixtures" / "spectrostream" / "golden.npz") as data:
-        return {k: torch.from_numpy(data[k]) for k in data.files}
+    return load("golden.npz")
 
 
 def channels_last(spec: torch.Tensor) -> torch.Tensor:
@@ -57,3 +67,19 @@ def test_residual_quantizer_matches_the_official(golden):
     out = rvq(z)  # the training-path loop at inference: every stage, the sum
     torch.testing.assert_close(out.z_q.transpose(1, 2)[valid], golden["rvq_quantized"][valid], rtol=1e-5, atol=1e-6)
     assert torch.equal(out.codes.transpose(1, 2)[valid], golden["rvq_encodings"].argmax(-1)[valid])
+
+
+def test_encoder_and_decoder_match_the_official():
+    golden = load("codec_golden.npz")
+    tiny = dict(channels=2, dimension=8, base_depth=2, norm="none")  # official ratios, mults, fusion, look-ahead 1
+    encoder, decoder = SpectroStreamEncoder(**tiny).eval(), SpectroStreamDecoder(**tiny).eval()
+    encoder.load_state_dict(load("encoder_weights.npz"))
+    decoder.load_state_dict(load("decoder_weights.npz"))
+    with torch.no_grad():
+        z = encoder(golden["audio"].transpose(1, 2))  # (1, 8, 4)
+        torch.testing.assert_close(z.transpose(1, 2), golden["z"], rtol=1e-5, atol=2e-5)
+        y = decoder(golden["z"].transpose(1, 2))  # (1, 2, 4 * 1920): ours pads the look-ahead with zeros
+        # the official decoder drops its look-ahead without padding: one embedding's samples fewer
+        official = golden["y"].transpose(1, 2)
+        assert y.shape[-1] == official.shape[-1] + decoder.hop_length
+        torch.testing.assert_close(y[..., : official.shape[-1]], official, rtol=1e-5, atol=2e-6)
