@@ -69,8 +69,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse.utils import fastcopy
 
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DOMAINS: tuple[str, ...] = ("speech", "music", "general")
 PROBLEM_KINDS: tuple[str, ...] = (
@@ -85,6 +86,7 @@ PROBLEM_KINDS: tuple[str, ...] = (
 
 _SILENCE_PEAK = 1e-6  # a file whose absolute peak stays below this is "silent"
 _BLOCK_FRAMES = 1 << 18  # frames read at once while probing (~6 s at 44.1 kHz)
+_HEADER_SLACK_FRAMES = 8192  # decoded this many fewer frames than the header says: the header's count is off
 _FALLBACK_CHUNK_SECONDS = 60.0  # chunk length when lhotse's reader probes a file
 _SPECTRUM_FFT = 2048  # frame length of the full-band measure
 _SPECTRUM_SECONDS = 30.0  # audio (from the start) that the full-band measure looks at
@@ -237,8 +239,15 @@ def _wav_truncation(f: sf.SoundFile) -> str | None:
     return None
 
 
-def _check_with_soundfile(path: Path, settings: ProbeSettings) -> float | None:
-    """Read ``path`` block by block with soundfile; return the top-band share (dB).
+def _check_with_soundfile(path: Path, settings: ProbeSettings) -> tuple[float | None, int]:
+    """Read ``path`` block by block with soundfile; return the top-band share (dB) and the number
+    of frames the decoder delivered.
+
+    The delivered count is what a window reader can read, and it can fall short of the header's:
+    an Ogg Vorbis stream whose first audio page has a granule position below its sample count
+    (encoder start trimming) is counted by libsndfile as longer than it decodes (a track of the
+    project's music set: 104 frames). A shortfall of at most ``_HEADER_SLACK_FRAMES`` (one Vorbis
+    block) is such a miscount, and the recording gets the delivered length; more is truncation.
 
     Raises:
         _ProbeFailed: a bad file.
@@ -253,16 +262,17 @@ def _check_with_soundfile(path: Path, settings: ProbeSettings) -> float | None:
             raise _ProbeFailed("truncated", truncated)
         checker = _SampleChecker(f.samplerate)
         try:
-            for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+            # read(), not blocks(): blocks() pads its last block to the header's count
+            while len(block := f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
                 checker.add(block)  # block: (frames, channels)
         except Exception as err:
             raise _ProbeFailed(
                 "truncated", _one_line(f"decoding failed after {checker.frames} of {f.frames} frames: {err}")
             ) from err
-        if 0 < checker.frames < f.frames:
+        if 0 < checker.frames < f.frames - _HEADER_SLACK_FRAMES:
             raise _ProbeFailed("truncated", f"read {checker.frames} of {f.frames} frames")
     checker.verdict()
-    return checker.high_band_db(settings)
+    return checker.high_band_db(settings), checker.frames
 
 
 def _check_with_lhotse(recording: Recording, settings: ProbeSettings) -> float | None:
@@ -292,14 +302,19 @@ def _probe(path: Path, recording_id: str, settings: ProbeSettings) -> ProbedFile
         return FileProblem(str(path), "zero_length", "empty file (0 bytes)")
     soundfile_error: Exception | None = None
     band_db: float | None = None
+    decoded: int | None = None
     try:
-        band_db = _check_with_soundfile(path, settings)
+        band_db, decoded = _check_with_soundfile(path, settings)
     except _ProbeFailed as failed:
         return FileProblem(str(path), failed.problem, failed.detail)
     except Exception as err:  # a format soundfile cannot decode: lhotse's readers may
         soundfile_error = err
     try:
         recording = Recording.from_file(path, recording_id=recording_id)
+        if decoded is not None and decoded != recording.num_samples:  # the header miscounts
+            recording = fastcopy(
+                recording, num_samples=decoded, duration=decoded / recording.sampling_rate
+            )
         if soundfile_error is not None:
             band_db = _check_with_lhotse(recording, settings)
     except _ProbeFailed as failed:
@@ -327,11 +342,32 @@ def _safe_id(relative: Path) -> str:
     return "__".join(parts)
 
 
-def _find_audio(audio_dir: Path, extensions: Sequence[str]) -> Iterator[Path]:
+def _soundfile_reads(path: Path) -> bool:
+    """Whether soundfile recognizes ``path``'s content as audio (reads its header only)."""
+    try:
+        sf.info(str(path))
+    except Exception:
+        return False
+    return True
+
+
+def find_audio(audio_dir: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> tuple[list[Path], int]:
+    """The audio files under ``audio_dir`` (recursive, sorted) and the number of other files ignored.
+
+    A file whose name ends in one of ``extensions`` is taken (a bad one becomes a problem when
+    probed); any other file is taken when its content is audio that soundfile reads (an Opus file
+    named ``.bin``, a WAV without extension), else ignored (sidecars, licences, notes).
+    """
     wanted = {ext.lower() for ext in extensions}
+    found, ignored = [], 0
     for path in sorted(audio_dir.rglob("*")):
-        if path.is_file() and path.suffix.lower() in wanted:
-            yield path
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in wanted or _soundfile_reads(path):
+            found.append(path)
+        else:
+            ignored += 1
+    return found, ignored
 
 
 def _recording_ids(paths: Sequence[Path], root: Path) -> list[str]:
@@ -356,7 +392,7 @@ def probe_audio_dir(
 ) -> tuple[list[ProbedFile], list[FileProblem]]:
     """Find audio files under ``audio_dir`` (recursively) and probe each one.
 
-    Every file is read in full (in blocks, so memory stays small); see the module docstring for
+    Files are found by :func:`find_audio` (extension, else content). Every file is read in full (in blocks, so memory stays small); see the module docstring for
     the problem kinds. Bad files are reported as :class:`FileProblem` and skipped; the scan never
     stops on a bad file.
 
@@ -380,7 +416,8 @@ def probe_audio_dir(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     settings = settings or ProbeSettings()
-    paths = [p.resolve() for p in _find_audio(audio_dir, extensions)]
+    found, _ = find_audio(audio_dir, extensions)
+    paths = [p.resolve() for p in found]
     ids = _recording_ids(paths, audio_dir.resolve())
     jobs = [(path, rec_id, settings) for path, rec_id in zip(paths, ids)]
     if num_workers == 1 or len(jobs) <= 1:
@@ -490,21 +527,46 @@ def _unit_hash(recording_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_recordings(
-    recordings: RecordingSet, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, RecordingSet]:
-    """Split recordings into train/val/test by a stable hash of each recording id.
+def group_key(relative_path: str, group_regex: str | re.Pattern[str] | None) -> str | None:
+    """The group of a file from its path relative to the audio folder (``/``-separated).
 
-    A recording's split depends only on its id and ``seed``, so adding files to a corpus does not
-    move existing recordings between splits. With 3 or more recordings every split with a
-    fraction > 0 (and train) is non-empty: an empty split receives the recording of the largest
-    split whose hash lies nearest to the empty split's hash interval.
+    ``re.search(group_regex, relative_path)``: the first capture group when the expression has
+    one, else the whole match; None (the file is a group of its own) without an expression or
+    a match. E.g. ``^([^/]+)/`` groups by top folder (speaker), ``^(.+?)__`` by file-name prefix
+    (album), and ``(?:.*__)?(.+?)(?:_enhanced)?\\.[^.]+$`` by piece (``album__track3.opus`` and
+    ``other_album__track3_enhanced.opus`` are one group).
+    """
+    if group_regex is None:
+        return None
+    match = re.search(group_regex, relative_path)
+    if match is None:
+        return None
+    key = match.group(1) if match.re.groups else match.group(0)
+    return key if key else None
+
+
+def split_recordings(
+    recordings: RecordingSet,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: dict[str, str] | None = None,
+) -> dict[str, RecordingSet]:
+    """Split recordings into train/val/test by a stable hash of each group (by default: each recording).
+
+    A group's split depends only on its key and ``seed``, so adding files to a corpus does not
+    move existing recordings between splits, and all recordings of a group (versions of one
+    piece, one speaker, one album) land in the same split: nothing of a held-out group leaks into
+    training. With 3 or more groups every split with a fraction > 0 (and train) is non-empty: an
+    empty split receives the group of the largest split (in groups) whose hash lies nearest to
+    the empty split's hash interval.
 
     Args:
         recordings: the recordings to split.
-        val_fraction: expected share of validation recordings, in [0, 1).
-        test_fraction: expected share of test recordings, in [0, 1); val + test < 1.
+        val_fraction: expected share of validation groups, in [0, 1).
+        test_fraction: expected share of test groups, in [0, 1); val + test < 1.
         seed: changes the hash, hence the split.
+        groups: recording id -> group key; a recording not in it is a group of its own (its id).
 
     Returns:
         ``{"train": ..., "val": ..., "test": ...}``, each in the order of ``recordings``.
@@ -520,14 +582,16 @@ def split_recordings(
         "train": (val_fraction + test_fraction, 1.0),
     }
     recs = list(recordings)
-    u = {r.id: _unit_hash(r.id, seed) for r in recs}
+    group_of = {r.id: (groups or {}).get(r.id, r.id) for r in recs}
+    keys = list(dict.fromkeys(group_of.values()))  # groups in order of first appearance
+    u = {key: _unit_hash(key, seed) for key in keys}
     members: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for r in recs:
-        name = next(n for n, (lo, hi) in bounds.items() if lo <= u[r.id] < hi)
-        members[name].append(r.id)
+    for key in keys:
+        name = next(n for n, (lo, hi) in bounds.items() if lo <= u[key] < hi)
+        members[name].append(key)
 
     required = ["train"]
-    if len(recs) >= 3:
+    if len(keys) >= 3:
         required += [n for n, frac in (("val", val_fraction), ("test", test_fraction)) if frac > 0]
     for name in required:
         if members[name]:
@@ -537,12 +601,14 @@ def split_recordings(
             continue
         donor = max(donors, key=lambda n: len(members[n]))
         lo, hi = bounds[name]
-        moved = min(members[donor], key=lambda rid: (min(abs(u[rid] - lo), abs(u[rid] - hi)), rid))
+        moved = min(members[donor], key=lambda k: (min(abs(u[k] - lo), abs(u[k] - hi)), k))
         members[donor].remove(moved)
         members[name].append(moved)
 
-    split_of = {rid: name for name, ids in members.items() for rid in ids}
-    return {name: RecordingSet.from_recordings(r for r in recs if split_of[r.id] == name) for name in SPLITS}
+    split_of = {key: name for name, ids in members.items() for key in ids}
+    return {
+        name: RecordingSet.from_recordings(r for r in recs if split_of[group_of[r.id]] == name) for name in SPLITS
+    }
 
 
 def _format_problems(problems: Sequence[FileProblem]) -> str:
@@ -556,10 +622,15 @@ def _format_problems(problems: Sequence[FileProblem]) -> str:
 
 
 def build_cuts(
-    probed: Sequence[ProbedFile], audio_dir: Path, domain: str, settings: ProbeSettings
+    probed: Sequence[ProbedFile],
+    audio_dir: Path,
+    domain: str,
+    settings: ProbeSettings,
+    groups: dict[str, str] | None = None,
 ) -> tuple[CutSet, SupervisionSet]:
     """One cut per usable file (cut id = recording id) with sidecar supervisions and the custom
-    fields ``domain``, ``full_band`` and ``high_band_db`` (see the module docstring)."""
+    fields ``domain``, ``full_band``, ``high_band_db`` and ``group`` (``groups[recording id]``, else
+    the recording id; see the module docstring)."""
     root = audio_dir.resolve()
     cuts = []
     all_supervisions: list[SupervisionSegment] = []
@@ -581,6 +652,7 @@ def build_cuts(
             "domain": domain_of(path, root, domain),
             "full_band": band is not None and band >= settings.full_band_db,
             "high_band_db": None if band is None or not math.isfinite(band) else round(band, 2),
+            "group": (groups or {}).get(recording.id, recording.id),
         }
         cuts.append(cut)
     return CutSet.from_cuts(cuts), SupervisionSet.from_segments(all_supervisions)
@@ -620,6 +692,7 @@ def prepare_manifests(
     full_band_db: float = -60.0,
     shar_dir: str | Path | None = None,
     shard_size: int = 1000,
+    group_regex: str | None = None,
 ) -> dict[str, Path]:
     """Scan ``audio_dir``, split the usable recordings and write lhotse manifests to ``out_dir``.
 
@@ -644,6 +717,9 @@ def prepare_manifests(
         full_band_db: full-band threshold of the top band's power share, dB.
         shar_dir: also export every split as Shar shards to ``shar_dir/{split}``.
         shard_size: cuts per Shar shard.
+        group_regex: regular expression over each file's path relative to ``audio_dir``; files
+            with the same key (:func:`group_key`) land in the same split. None: every file its own
+            group.
 
     Returns:
         Paths of the cut manifests keyed by split.
@@ -655,19 +731,30 @@ def prepare_manifests(
     if domain != "auto" and domain not in DOMAINS:
         raise ValueError(f"domain must be 'auto' or one of {DOMAINS}, got {domain!r}")
     settings = ProbeSettings(min_sample_rate, channels, full_band_cutoff, full_band_db)
+    try:
+        pattern = None if group_regex is None else re.compile(group_regex)
+    except re.error as err:
+        raise ValueError(f"group_regex {group_regex!r} is not a regular expression: {err}") from err
     audio_dir, out_dir = Path(audio_dir), Path(out_dir)
     probed, problems = probe_audio_dir(audio_dir, num_workers=num_workers, settings=settings)
     print(_format_problems(problems))
+    root = audio_dir.resolve()
+    groups: dict[str, str] = {}
+    for item in probed:
+        relative = Path(item.recording.sources[0].source).relative_to(root).as_posix()
+        key = group_key(relative, pattern)
+        groups[item.recording.id] = item.recording.id if key is None else key
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "problems.json").write_text(json.dumps([asdict(p) for p in problems], indent=2))
     if not probed:
         raise ValueError(
-            f"no usable audio in {audio_dir} (looked for {', '.join(AUDIO_EXTENSIONS)}; "
+            f"no usable audio in {audio_dir} (looked for {', '.join(AUDIO_EXTENSIONS)} and any file "
+            f"soundfile reads; "
             f"{len(problems)} file(s) skipped, see {out_dir / 'problems.json'})"
         )
-    cuts, supervisions = build_cuts(probed, audio_dir, domain, settings)
+    cuts, supervisions = build_cuts(probed, audio_dir, domain, settings, groups)
     recordings = RecordingSet.from_recordings(p.recording for p in probed)
-    splits = split_recordings(recordings, val_fraction, test_fraction, seed)
+    splits = split_recordings(recordings, val_fraction, test_fraction, seed, groups)
     cut_paths: dict[str, Path] = {}
     for name, recs in splits.items():
         ids = {r.id for r in recs}
@@ -682,7 +769,9 @@ def prepare_manifests(
             shards = export_shar(split_cuts, Path(shar_dir) / name, shard_size=shard_size, seed=seed)
             print(f"{name}: {len(shards)} Shar shard(s) -> {Path(shar_dir) / name}")
     hours = sum(r.duration for r in recordings) / 3600
-    sizes = ", ".join(f"{name} {len(recs)}" for name, recs in splits.items())
+    sizes = ", ".join(
+        f"{name} {len(recs)} ({len({groups[r.id] for r in recs})} group(s))" for name, recs in splits.items()
+    )
     tags = [(c.custom["domain"], c.custom["full_band"]) for c in cuts]
     by_domain = ", ".join(
         f"{d} {sum(t == d for t, _ in tags)} ({sum(t == d and f for t, f in tags)} full-band)"
@@ -740,6 +829,12 @@ def prepare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full_band_db", type=float, default=-60.0, help="full-band threshold, dB")
     parser.add_argument("--shar_dir", type=Path, default=None, help="also write Shar shards per split here")
     parser.add_argument("--shard_size", type=int, default=1000, help="cuts per Shar shard")
+    parser.add_argument(
+        "--group_regex",
+        default=None,
+        help="regular expression over the relative path; its first group (or match) is the group key: "
+        "files of one group land in the same split",
+    )
     args = parser.parse_args(argv)
     try:
         paths = prepare_manifests(
@@ -756,6 +851,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
             full_band_db=args.full_band_db,
             shar_dir=args.shar_dir,
             shard_size=args.shard_size,
+            group_regex=args.group_regex,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"codecplatform prepare: error: {err}", file=sys.stderr)
@@ -774,7 +870,9 @@ __all__ = [
     "ProbedFile",
     "build_cuts",
     "domain_of",
+    "find_audio",
     "folder_domain",
+    "group_key",
     "export_shar",
     "high_band_db",
     "load_cuts",

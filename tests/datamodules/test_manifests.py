@@ -199,9 +199,10 @@ def test_probe_reports_truncated_low_rate_and_channel_mismatch(tmp_path: Path) -
     sf.write(tmp_path / "good.mp3", _noise(0.5, 44100, 2), 44100, format="MP3")  # libsndfile >= 1.1
     sf.write(tmp_path / "mono.wav", _noise(0.5, 44100, 1), 44100)
     sf.write(tmp_path / "low.wav", _noise(0.5, 16000, 2), 16000)
+    full = tmp_path.parent / f"{tmp_path.name}_full.tmp"  # outside the folder: audio is found by content
     for name in ("cut.wav", "cut.flac"):
-        sf.write(tmp_path / "full.tmp", _noise(1.0, 44100, 2), 44100, format=name.split(".")[1].upper())
-        data = (tmp_path / "full.tmp").read_bytes()
+        sf.write(full, _noise(1.0, 44100, 2), 44100, format=name.split(".")[1].upper())
+        data = full.read_bytes()
         (tmp_path / name).write_bytes(data[: len(data) // 2])  # the header promises the whole file
     settings = ProbeSettings(min_sample_rate=44100, channels=2)
     probed, problems = probe_audio_dir(tmp_path, settings=settings)
