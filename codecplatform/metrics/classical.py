@@ -22,7 +22,9 @@ input's duration; logged as ``test/<kbps>kbps/effective_kbps`` beside the nomina
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -199,8 +201,6 @@ def evaluate_classical(
     """Score ``codec`` at each of ``bitrates`` (kbps) on ``batches`` of (B, C, T) audio (e.g. a test
     DataLoader's), each example coded on its own; ``metrics`` as ``BitrateEvaluator``'s (name ->
     ``Metric`` updated as ``update(x_hat, x)``), deep-copied per bitrate."""
-    import copy
-
     from codecplatform.lightning.evaluation import bitrate_label
 
     if not bitrates:
@@ -245,6 +245,7 @@ def log_classical_run(
     ``sample_rate``, ``channels``, ``max_kbps``, ``stage=test``, ``encoder`` (the library and
     FFmpeg's version), and the table as ``tables/test_per_bitrate.json``."""
     import av
+    from mlflow.entities import Metric as MlflowMetric
     from mlflow.tracking import MlflowClient
 
     from codecplatform.compare import prepare_experiment
@@ -268,9 +269,7 @@ def log_classical_run(
     run = client.create_run(experiment_id, run_name=run_name or f"{table.codec}-reference", tags=run_tags)
     run_id = run.info.run_id
     try:
-        from mlflow.entities import Metric as MlflowMetric
-
-        now = int(__import__("time").time() * 1000)
+        now = int(time.time() * 1000)
         values: dict[str, float] = {}
         for i, column in enumerate(table.columns):
             values[f"test/{column['label']}/effective_kbps"] = column["true_kbps"]
