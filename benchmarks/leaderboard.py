@@ -10,7 +10,8 @@ windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as th
 
 1. manifests: ``--manifests`` (a folder with ``cuts_{train,val,test}.jsonl.gz`` from ``codecplatform
    prepare``), else ``--data_dir`` prepared as ``short_run_quality.py`` does (per rate and channel
-   count, into the work folder). The test manifest is the held-out audio of every row.
+   count, into the work folder; ``--group_regex`` keeps versions of one piece in one split). The test
+   manifest is the held-out audio of every row.
 2. every family (``short_run_quality.SMALL_CONFIGS``) trains for ``--budget`` seconds of wall clock
    (``trainer.max_time``; its ``max_batches`` lifted), then its last weights are tested at every
    bitrate (``codecplatform test`` into the fit's MLflow run).
@@ -149,6 +150,7 @@ def manifests_for(rate: int, channels: int, opts: argparse.Namespace, work: Path
                 num_workers=opts.prepare_workers,
                 min_sample_rate=rate,
                 channels=channels,
+                group_regex=opts.group_regex,
             )
         except ValueError as error:
             done[key] = str(error)
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--test_fraction", type=float, default=0.1)
     parser.add_argument("--split_seed", type=int, default=0)
+    parser.add_argument("--group_regex", default=None, help="prepare's --group_regex: files of a group share a split")
     parser.add_argument("--prepare_workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "leaderboard"))
