@@ -18,6 +18,9 @@ are the official ones (``conv_pre``, ``downs``/``ups``, ``resblocks``, ``resbloc
 ``conv_post``), so official keys map as for DAC (``.conv``/``.convtr`` inserted). Parameters at
 75 Hz: encoder 34.2M, decoder 11.9M.
 
+With the official weights (converted as above) the outputs are the official ones
+(``tests/generators/test_muffin_golden.py``).
+
 Lengths: the official ``(k - s) // 2`` padding equals our symmetric ``k - s`` split under this
 kernel rule, so on a multiple of the hop the outputs are the official ones; the encoder
 right-pads to a multiple of the hop (any T gives ``ceil(T / hop)`` frames) and the decoder

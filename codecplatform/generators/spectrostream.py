@@ -3,7 +3,8 @@ General Audio"): a 2D time-frequency codec.
 
 Written from the paper and from the layout of magenta/magenta-realtime
 ``magenta_rt/jax/spectrostream.py`` (config ``stft_spectrostream_40ms_generic_48khz_stereo_config``;
-that code is inference only and refuses weight norm, which the paper trains with).
+that code is inference only and refuses weight norm, which the paper trains with); with its weights
+converted, ours gives its outputs (``tests/generators/test_spectrostream_golden.py``).
 
 Encoder, (B, C, T) audio -> (B, D, ceil(T / hop)) latents, hop = prod(time strides) * stft_hop::
 
