@@ -11,11 +11,19 @@ What one batched network call can give exactly, and therefore how items are grou
   items of its own length.
 * a causal decoder without look-ahead gives an item's samples from its own frames only: every item
   in one call.
-* anything else (non-causal convolutions, time layer norm, a look-ahead: DAC, MUFFIN, SpectroStream,
-  EnCodec 48 kHz) sees the padding near the item's end: items of equal length share a call.
+* a part whose convolutions all pad with zeros and whose other layers act on each time step alone
+  (or, like GRN, take their statistics over each item's own steps): DAC, MUFFIN
+  (:func:`masks_exactly`) runs every item in one call with the steps beyond each item's length
+  zeroed before every convolution (:func:`~codecplatform.nn.conv.item_lengths`): the item then sees
+  exactly the zeros it sees alone.
+* anything else (reflect padding, time layer norm, an STFT: non-causal EnCodec, EnCodec 48 kHz,
+  SpectroStream) sees the padding near the item's end (measured in ``benchmarks/RESULTS.md``):
+  items of equal length share a call.
 
-Normalizing codecs compute each item's scale over its own samples; segmented codecs (EnCodec 48 kHz)
-cut every item into its own segments first, so all full segments of a batch share one call.
+The quantizer codes each item's own latent frames (items with equal frame counts in one call): a
+quantizer may look at the whole sequence (MUFFIN's band limits filter it along time). Normalizing
+codecs compute each item's scale over its own samples; segmented codecs (EnCodec 48 kHz) cut every
+item into its own segments first, so all full segments of a batch share one call.
 """
 
 from __future__ import annotations
@@ -26,9 +34,13 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from codecplatform.models.chunking import linear_overlap_add
+from codecplatform.nn.conv import StreamableConv1d, StreamableConvTranspose1d, item_lengths
+from codecplatform.nn.grn import GRN
+from codecplatform.nn.lstm import StreamableLSTM
+from codecplatform.nn.snake import ModifiedSnake1d, Snake1d
 from codecplatform.nn.streaming import streams_exactly
 from codecplatform.types import EncodedAudio
 
@@ -66,6 +78,30 @@ def is_causal(codec: Codec, part: str) -> bool:
     return cache[part]
 
 
+_STEPWISE = (Snake1d, ModifiedSnake1d, nn.ELU, nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh, nn.Identity)
+
+
+def _masks_exactly(module: nn.Module) -> bool:
+    if isinstance(module, StreamableConv1d):
+        return module.pad_mode == "constant" and module.norm_type != "time_layer_norm"
+    if isinstance(module, StreamableConvTranspose1d):
+        return module.norm_type != "time_layer_norm"
+    if isinstance(module, (GRN, StreamableLSTM)):  # own steps only / causal
+        return True
+    children = list(module.children())
+    if not children:
+        return isinstance(module, _STEPWISE)
+    return all(_masks_exactly(child) for child in children)
+
+
+def masks_exactly(part: nn.Module) -> bool:
+    """Whether zeroing each item's steps beyond its length before every convolution makes a
+    padded batch exact for ``part``: its convolutions pad with zeros (no time layer norm), and
+    every other layer without sub-layers acts on each step alone (activations), takes its
+    statistics over each item's own steps (GRN) or is causal (LSTM)."""
+    return _masks_exactly(part)
+
+
 def _groups(sizes: list[int], shared: Callable[[int], bool]) -> list[list[int]]:
     """Indices grouped into calls: all with ``shared(size)`` together, the others by equal size."""
     together = [i for i, n in enumerate(sizes) if shared(n)]
@@ -87,14 +123,25 @@ def encode_batch(codec: Codec, x: Tensor, lengths: list[int], n_q: int | None) -
             piece, scale = codec.normalize_input(x[b : b + 1, :, offset : offset + size])
             pieces.append((b, piece, scale))
     sizes = [p.shape[-1] for _, p, _ in pieces]
-    causal = is_causal(codec, "encoder")
-    codes: list[Tensor | None] = [None] * len(pieces)
-    for group in _groups(sizes, lambda n: causal and n % hop == 0):
+    masked = masks_exactly(codec.encoder)
+    causal = not masked and is_causal(codec, "encoder")
+    frames = [math.ceil(n / hop) for n in sizes]
+    latents: list[Tensor | None] = [None] * len(pieces)
+    for group in _groups(sizes, lambda n: masked or (causal and n % hop == 0)):
         longest = max(sizes[i] for i in group)
         batch = torch.cat([F.pad(pieces[i][1], (0, longest - sizes[i])) for i in group])  # (G, C, longest)
-        group_codes = codec.quantizer.encode(codec.encoder(batch), n_q)  # (G, K, ceil(longest / hop))
+        if masked:  # each item's steps: its hop-rounded length (it is zero-padded to whole frames alone)
+            with item_lengths(torch.tensor([frames[i] for i in group]), math.ceil(longest / hop)):
+                z = codec.encoder(batch)  # (G, D, ceil(longest / hop))
+        else:
+            z = codec.encoder(batch)
         for row, i in enumerate(group):
-            codes[i] = group_codes[row, :, : math.ceil(sizes[i] / hop)]
+            latents[i] = z[row, :, : frames[i]]
+    codes: list[Tensor | None] = [None] * len(pieces)
+    for group in _groups(frames, lambda n: False):  # a quantizer may look at the whole item (MUFFIN's band limits)
+        group_codes = codec.quantizer.encode(torch.stack([latents[i] for i in group]), n_q)  # (G, K, frames)
+        for row, i in enumerate(group):
+            codes[i] = group_codes[row]
     per_item: list[list[Tensor]] = [[] for _ in lengths]
     scales: list[list[Tensor]] = [[] for _ in lengths]
     for (b, _, scale), c in zip(pieces, codes):
@@ -131,12 +178,22 @@ def decode_batch(
             pieces.append((b, s, codes[b, :, start : start + n]))
             start += n
     sizes = [c.shape[-1] for _, _, c in pieces]
-    causal = is_causal(codec, "decoder")
+    latents: list[Tensor | None] = [None] * len(pieces)
+    for group in _groups(sizes, lambda n: False):
+        z = to_latent(torch.stack([pieces[i][2] for i in group]))  # (G, D, n)
+        for row, i in enumerate(group):
+            latents[i] = z[row]
+    masked = masks_exactly(codec.decoder)
+    shared = masked or is_causal(codec, "decoder")
     audio: list[Tensor | None] = [None] * len(pieces)
-    for group in _groups(sizes, lambda n: causal):
+    for group in _groups(sizes, lambda n: shared):
         longest = max(sizes[i] for i in group)
-        batch = torch.stack([F.pad(pieces[i][2], (0, longest - sizes[i])) for i in group])  # (G, K, longest)
-        y = codec.decoder(to_latent(batch))  # (G, C, longest * hop)
+        batch = torch.stack([F.pad(latents[i], (0, longest - sizes[i])) for i in group])  # (G, D, longest)
+        if masked:
+            with item_lengths(torch.tensor([sizes[i] for i in group]), longest):
+                y = codec.decoder(batch)  # (G, C, longest * hop)
+        else:
+            y = codec.decoder(batch)
         for row, i in enumerate(group):
             audio[i] = y[row : row + 1, :, : sizes[i] * hop]
     per_item: list[list[Tensor]] = [[] for _ in lengths]

@@ -23,6 +23,9 @@ an ``nn.Identity`` without parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal, get_args
 
 import torch
@@ -110,6 +113,40 @@ def _weight_matmul(weight: Tensor, x: Tensor) -> Tensor:
         y = torch.mm(weight, x.transpose(0, 1).reshape(channels, batch * n))  # (O, B * n)
         return y.view(-1, batch, n).transpose(0, 1)
     return torch.matmul(weight, x)
+
+
+_ITEM_LENGTHS: ContextVar[tuple[Tensor, int] | None] = ContextVar("codecplatform_item_lengths", default=None)
+
+
+@contextmanager
+def item_lengths(lengths: Tensor, total: int) -> Iterator[None]:
+    """Within the block, a padded batch carries items of ``lengths`` (B,) out of ``total`` steps
+    (the time axis where the block starts): every convolution of this module (and :func:`mask_beyond`)
+    zeroes each item's steps beyond its own length, scaled to its own time axis, so that with zero
+    padding an item's outputs equal those of the item alone (see
+    :mod:`codecplatform.models.batching`)."""
+    token = _ITEM_LENGTHS.set((lengths, total))
+    try:
+        yield
+    finally:
+        _ITEM_LENGTHS.reset(token)
+
+
+def steps_in_use(steps: int, device: torch.device) -> Tensor | None:
+    """Inside :func:`item_lengths`: (B, 1, steps) bool, True on each item's own steps of a time axis
+    of ``steps`` (``ceil(length * steps / total)``); None outside."""
+    context = _ITEM_LENGTHS.get()
+    if context is None:
+        return None
+    lengths, total = context
+    own = (lengths.to(device) * steps + total - 1) // total  # (B,)
+    return (torch.arange(steps, device=device) < own[:, None])[:, None, :]
+
+
+def mask_beyond(x: Tensor) -> Tensor:
+    """(B, C, T) with each item's steps beyond its length zeroed inside :func:`item_lengths`; else ``x``."""
+    keep = steps_in_use(x.shape[-1], x.device)
+    return x if keep is None else x * keep
 
 
 def fast_paths_allowed() -> bool:
@@ -263,6 +300,7 @@ class StreamableConv1d(StreamingModule):
         """
         if self.is_streaming:
             return self._forward_streaming(x)
+        x = mask_beyond(x)
         extra = -x.shape[-1] % self.stride  # completes the last window (a traced Mod in ONNX export)
         if self.causal:
             left, right = self.padding_total, 0
@@ -369,7 +407,7 @@ class StreamableConvTranspose1d(StreamingModule):
         """
         if self.is_streaming:
             return self._forward_streaming(x)
-        y = self.norm(self._convtr(x))  # (B, C_out, T * stride + kernel_size - stride)
+        y = self.norm(self._convtr(mask_beyond(x)))  # (B, C_out, T * stride + kernel_size - stride)
         return y[..., self.padding_left : y.shape[-1] - self.padding_right]
 
     def _convtr(self, x: Tensor) -> Tensor:

@@ -17,16 +17,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from codecplatform.nn.conv import steps_in_use
 
-def grn(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-8) -> Tensor:
+
+def grn(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-8, keep: Tensor | None = None) -> Tensor:
     """GRN of ``x`` (B, C, T) with ``gamma``, ``beta`` broadcastable to it -> (B, C, T).
+    ``keep`` (B, 1, T) bool: the mean over time covers only these steps (items of a padded batch,
+    zero beyond their lengths).
 
     Computed in at least float32, returned in ``x``'s dtype.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     xf = x.to(dtype)
     gx = torch.linalg.vector_norm(xf, ord=2, dim=1, keepdim=True)  # (B, C, T) -> (B, 1, T)
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)  # (B, 1, T)
+    if keep is None:
+        mean = gx.mean(dim=-1, keepdim=True)
+    else:
+        mean = gx.sum(dim=-1, keepdim=True) / keep.sum(dim=-1, keepdim=True)  # (B, 1, 1)
+    nx = gx / (mean + eps)  # (B, 1, T)
     return (gamma.to(dtype) * (xf * nx) + beta.to(dtype) + xf).to(x.dtype)
 
 
@@ -46,9 +54,14 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C, T) -> (B, C, T), same dtype as ``x``."""
+        """(B, C, T) -> (B, C, T), same dtype as ``x``. Inside
+        :func:`~codecplatform.nn.conv.item_lengths` the mean over time of each item covers its own
+        steps only."""
         if x.dim() != 3 or x.shape[1] != self.channels:
             raise ValueError(f"GRN expects (batch, {self.channels}, time), got shape {tuple(x.shape)}")
+        keep = steps_in_use(x.shape[-1], x.device)
+        if keep is not None:
+            return grn(x * keep, self.gamma, self.beta, self.eps, keep)
         return grn(x, self.gamma, self.beta, self.eps)
 
     def extra_repr(self) -> str:
