@@ -1,26 +1,30 @@
-"""Does the MuCodec chain learn anything in a tiny end-to-end run? Every stage is trained (tiny configs,
-chained by checkpoint paths), then on held-out audio the reconstruction mel distance of
+"""Do MuCodec's codes carry the music? Every stage is trained (tiny configs, chained by checkpoint
+paths) on excerpts of training tracks; then on excerpts of held-out tracks (whole tracks, never trained
+on) the same run compares
 
   (a) the trained chain (MuEncoder -> tokenizer -> flow DiT -> Mel-VAE -> vocoder),
-  (b) the same chain untrained (random weights of the same geometry),
-  (c) the trained chain with the DiT sampled with the condition dropped (zeros, as the CFG branch):
-      what the codes contribute beyond the unconditional model,
-  (d) the trained vocoder alone on the input's own log-mel: the floor the vocoder sets on the audio
-      column (a tiny vocoder that is worse than the flow hides what the codes carry),
+  (b) the constant spectrum: the per-bin mean log-mel of the training audio, for every frame,
+  (c) the trained chain fed another held-out track's codes (mismatched): the same sampler, noise and
+      guidance, only the codes are wrong; a chain whose codes carry nothing scores as (a),
+  (d) the trained chain with the condition dropped (zeros, the CFG branch) at the same guidance,
+  (e) the trained vocoder alone on the input's own log-mel: the floor the vocoder sets on the audio
+      column,
 
-is compared, in the same run. Prints a table and writes JSON.
+on two metrics: log-mel L1 before the vocoder (the Mel-VAE decode of the generated latents against
+the input's log-mel, the Mel-VAE's own mel function) and the audio mel distance after the vocoder.
+Prints a table and writes JSON with the chain's gain over (b) and (c) in percent.
 
-    python benchmarks/mucodec_tiny_end_to_end.py [--data_dir ../shared/data/music] [--batches N ...]
+    python benchmarks/mucodec_tiny_end_to_end.py [--data_dir ../shared/data/music_large] [--batches N ...]
         [--work_dir outputs/benchmarks/mucodec_tiny] [--out outputs/benchmarks/mucodec_tiny_end_to_end.json]
 
 Stages (``codecplatform fit`` = ``cli_main(["fit", ...])``, each with its real YAML + tiny override):
 MuEncoder stage 1 (masked prediction) -> stage 2 (+ mel and CQT reconstruction; the lyrics CTC is off:
 the music has no transcripts) -> tokenizer (1 codebook of 64, on stage 2's encoder) ->
-Mel-VAE (exported) -> flow (DiT on the frozen Mel-VAE, codes from the trained tokenizer) -> vocoder.
-``E2E`` grows the tiny test geometries for this run (reasons and measurements in its comments).
-Data: ``--data_dir`` prepared like ``benchmarks/short_run_quality.py`` (``codecplatform prepare``'s
-function, into ``<work_dir>/manifests``; 44.1 kHz files are resampled to the stages' 24 / 48 kHz).
-Budget: sized for about 20 minutes on 2 CPU cores (``--batches`` per stage); ``--batches 2`` for a check.
+Mel-VAE (exported) -> flow (DiT on the frozen Mel-VAE, codes from the trained tokenizer, whose
+quantizer the flow starts from and trains on) -> vocoder. ``E2E`` grows the tiny test geometries.
+Data: every audio file of ``--data_dir`` is one track; ``--test_tracks`` of them (evenly spaced in name
+order) are held out; ``--excerpt_seconds`` from the middle of each track are written as 48 kHz stereo
+FLAC under ``<work_dir>/data/{train,test}`` and prepared into ``<work_dir>/manifests``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
 import torch
 import yaml
 
@@ -40,7 +45,7 @@ from codecplatform.config import compose_config, instantiate, merge_config
 from codecplatform.dsp.spectral import resample
 from codecplatform.metrics.reconstruction import MelDistance
 from codecplatform.mucodec.codec import MuCodec
-from datamodules.manifests import load_cuts, prepare_manifests
+from datamodules.manifests import AUDIO_EXTENSIONS, load_cuts, prepare_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
@@ -114,8 +119,22 @@ def last_checkpoint(cli: Any) -> str:
     return paths[0]
 
 
+REUSED: dict[str, int] = {}  # stage -> batches its reused checkpoint was trained for
+
+
+def reusable(stage: str, work: Path) -> str | None:
+    """The newest ``<work>/outputs/<stage>/checkpoints/last*.ckpt`` (``--reuse``), else None."""
+    paths = [p.resolve() for p in (work / "outputs" / stage / "checkpoints").glob("last*.ckpt") if p.exists()]
+    return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None
+
+
 def fit(stage: str, batches: int, manifests: dict[str, Path], work: Path, *extra: str) -> tuple[str, float]:
     real, tiny, _ = STAGES[stage]
+    if stage in REUSED and (path := reusable(stage, work)) is not None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        REUSED[stage] = int(state["state_dict"].get("batch_counter", torch.tensor(-1)))
+        print(f"\n== {stage}: reused {path} ({REUSED[stage]} batches) ==", flush=True)
+        return path, 0.0
     override = work / "overrides" / f"{stage}.yaml"
     override.parent.mkdir(parents=True, exist_ok=True)
     override.write_text(yaml.safe_dump(merge_config(E2E[stage], DATA), sort_keys=False))
@@ -149,10 +168,10 @@ def codec_config(paths: dict[str, str] | None, num_steps: int) -> dict[str, Any]
     tokenizer = stage_config("tokenizer")["model"]["init_args"]["tokenizer"]
     flow = stage_config("flow")["model"]["init_args"]
     vocoder = stage_config("vocoder")["model"]["init_args"]["vocoder"]
-    sizes = [tokenizer["init_args"]["quantizer"]["init_args"]["codebook_size"]] * tokenizer["init_args"]["quantizer"][
-        "init_args"
-    ].get("n_q", 1)
-    flow_args = {**flow["flow"], "init_args": {**flow["flow"]["init_args"], "codebook_sizes": sizes}}
+    flow_args = {
+        **flow["flow"],
+        "init_args": {**flow["flow"]["init_args"], "quantizer": tokenizer["init_args"]["quantizer"]},
+    }
     args: dict[str, Any] = {
         "tokenizer": tokenizer,
         "flow": flow_args,
@@ -171,39 +190,95 @@ def codec_config(paths: dict[str, str] | None, num_steps: int) -> dict[str, Any]
     return {"class_path": "codecplatform.mucodec.codec.MuCodec", "init_args": args}
 
 
-def held_out(manifest: Path, seconds: float, count: int) -> list[torch.Tensor]:
-    """Up to ``count`` windows (1, 2, T) at 48 kHz from the test recordings."""
+def excerpt_tracks(data_dir: Path, out: Path, seconds: float, test_tracks: int) -> dict[str, list[str]]:
+    """Write ``seconds`` from the middle of every track of ``data_dir`` (48 kHz stereo FLAC) to
+    ``out/train`` or, for ``test_tracks`` tracks evenly spaced in name order, ``out/test``."""
+    extensions = {*AUDIO_EXTENSIONS, ".opus"}
+    tracks = sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if len(tracks) < test_tracks + 1 or test_tracks < 2:
+        raise ValueError(f"{data_dir}: {len(tracks)} tracks; need >= 2 held out (--test_tracks) and 1 to train on")
+    step = len(tracks) / test_tracks
+    held = {tracks[int(i * step + step / 2)] for i in range(test_tracks)}
+    split: dict[str, list[str]] = {"train": [], "test": []}
+    for path in tracks:
+        name = "test" if path in held else "train"
+        target = out / name / f"{path.stem}.flac"
+        split[name].append(path.name)
+        if target.exists():
+            continue
+        info = sf.info(str(path))
+        n = min(info.frames, int(seconds * info.samplerate))
+        start = (info.frames - n) // 2
+        audio, rate = sf.read(str(path), start=start, frames=n, dtype="float32", always_2d=True)
+        x = torch.from_numpy(audio.T.copy())  # (C, T)
+        x = x.expand(2, -1) if x.shape[0] == 1 else x[:2]
+        x = resample(x.contiguous(), int(rate), 48000)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(target), x.T.numpy(), 48000, subtype="PCM_16")
+    return split
+
+
+def windows_of(manifest: Path, seconds: float, per_track: int) -> list[torch.Tensor]:
+    """``per_track`` windows (1, 2, T) at 48 kHz from every recording of ``manifest``, evenly spaced,
+    track after track (window i and i + per_track are the same position in consecutive tracks)."""
     out = []
+    n = int(seconds * 48000)
     for cut in load_cuts(manifest):
         audio = torch.from_numpy(cut.load_audio()).float()  # (C, T) at the cut's rate
         audio = audio.expand(2, -1) if audio.shape[0] == 1 else audio[:2]
         audio = resample(audio.contiguous(), int(cut.sampling_rate), 48000)
-        n = int(seconds * 48000)
-        for start in range(0, audio.shape[-1] - n + 1, n):
-            out.append(audio[None, :, start : start + n])
-            if len(out) >= count:
-                return out
+        if audio.shape[-1] < n:
+            continue
+        starts = torch.linspace(0, audio.shape[-1] - n, per_track).long().tolist()
+        out += [audio[None, :, s : s + n] for s in starts]
     return out
 
 
 @torch.no_grad()
-def mel_distances(codec: MuCodec, windows: list[torch.Tensor], drop_condition: bool = False) -> dict[str, float]:
+def chain_rows(
+    codec: MuCodec, windows: list[torch.Tensor], shift: int = 0, drop_condition: bool = False
+) -> dict[str, float]:
     """``audio``: MelDistance of the decoded audio (the whole chain, vocoder included); ``latent_mel``:
-    L1 between the Mel-VAE log-mel the flow generated and the input's log-mel (before the vocoder: the
-    tokenizer + flow + Mel-VAE part alone, undisturbed by an undertrained vocoder)."""
+    L1 between the Mel-VAE log-mel the flow generated and the input's log-mel (before the vocoder).
+    Window i is decoded from the codes of window (i + shift) mod n (``shift`` 0: its own codes)."""
     metric = MelDistance(48000)
-    mel_l1, count = 0.0, 0
+    codes = [codec.encode(x).codes for x in windows]
+    mel_l1 = 0.0
+    for i, x in enumerate(windows):
+        mel = codec.codes_to_mel(codes[(i + shift) % len(windows)], condition_scale=0.0 if drop_condition else 1.0)
+        metric.update(_vocode(codec, mel, x.shape[-1]), x)
+        mel_l1 += _mel_l1(codec, mel, x)
+    return {"audio": float(metric.compute()), "latent_mel": mel_l1 / len(windows)}
+
+
+def _vocode(codec: MuCodec, mel: torch.Tensor, length: int) -> torch.Tensor:
+    x_hat = codec.vocoder(mel)[..., :length]
+    return torch.nn.functional.pad(x_hat, (0, length - x_hat.shape[-1]))
+
+
+def _mel_l1(codec: MuCodec, mel: torch.Tensor, x: torch.Tensor) -> float:
+    target = codec.melvae.mel(x)
+    frames = min(target.shape[2], mel.shape[2])
+    return float((mel[:, :, :frames] - target[:, :, :frames]).abs().mean())
+
+
+@torch.no_grad()
+def mean_log_mel(codec: MuCodec, windows: list[torch.Tensor]) -> torch.Tensor:
+    """The per-(channel, bin) mean log-mel (C, n_mels) of ``windows`` (the Mel-VAE's mel function)."""
+    return torch.cat([codec.melvae.mel(x)[0] for x in windows], dim=1).mean(dim=1)
+
+
+@torch.no_grad()
+def constant_rows(codec: MuCodec, windows: list[torch.Tensor], mean: torch.Tensor) -> dict[str, float]:
+    """The constant spectrum ``mean`` (C, n_mels) in every frame, scored as :func:`chain_rows`."""
+    metric = MelDistance(48000)
+    mel_l1 = 0.0
     for x in windows:
-        encoded = codec.encode(x)
-        mel = codec.codes_to_mel(encoded.codes, condition_scale=0.0 if drop_condition else 1.0)
-        x_hat = codec.vocoder(mel)[..., : x.shape[-1]]
-        x_hat = torch.nn.functional.pad(x_hat, (0, x.shape[-1] - x_hat.shape[-1]))
-        metric.update(x_hat, x)
-        target = codec.melvae.mel(x)
-        frames = min(target.shape[2], mel.shape[2])
-        mel_l1 += float((mel[:, :, :frames] - target[:, :, :frames]).abs().mean())
-        count += 1
-    return {"audio": float(metric.compute()), "latent_mel": mel_l1 / max(count, 1)}
+        frames = codec.melvae.mel(x).shape[2]
+        mel = mean[None, :, None, :].expand(1, -1, frames, -1).contiguous()
+        metric.update(_vocode(codec, mel, x.shape[-1]), x)
+        mel_l1 += _mel_l1(codec, mel, x)
+    return {"audio": float(metric.compute()), "latent_mel": mel_l1 / len(windows)}
 
 
 @torch.no_grad()
@@ -212,19 +287,38 @@ def vocoder_alone(codec: MuCodec, windows: list[torch.Tensor]) -> dict[str, floa
     (``latent_mel`` is 0 by definition)."""
     metric = MelDistance(48000)
     for x in windows:
-        x_hat = codec.vocoder(codec.melvae.mel(x))[..., : x.shape[-1]]
-        metric.update(torch.nn.functional.pad(x_hat, (0, x.shape[-1] - x_hat.shape[-1])), x)
+        metric.update(_vocode(codec, codec.melvae.mel(x), x.shape[-1]), x)
     return {"audio": float(metric.compute()), "latent_mel": 0.0}
+
+
+def gains(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The chain's error below each baseline, percent of the baseline (positive: the chain is better)."""
+    chain = rows[CHAIN]
+    return {
+        name: {k: 100.0 * (rows[name][k] - chain[k]) / rows[name][k] for k in ("latent_mel", "audio")}
+        for name in (CONSTANT, MISMATCHED)
+    }
+
+
+CHAIN = "trained chain"
+CONSTANT = "constant spectrum (training mean log-mel)"
+MISMATCHED = "trained chain, another track's codes"
+DROPPED = "trained chain, condition dropped"
+VOCODER = "trained vocoder alone, on the input's log-mel"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music"))
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music_large"))
+    parser.add_argument("--test_tracks", type=int, default=6, help="tracks held out (never trained on)")
+    parser.add_argument("--excerpt_seconds", type=float, default=60.0, help="from the middle of each track")
     parser.add_argument("--batches", type=int, default=None, help="batches of every stage (default: per stage)")
+    parser.add_argument("--stage_batches", default="{}", help='JSON {"flow": 2000, ...}: per stage, over --batches')
     parser.add_argument("--num_steps", type=int, default=10, help="Euler steps of the decode")
-    parser.add_argument("--eval_seconds", type=float, default=2.0)
-    parser.add_argument("--eval_windows", type=int, default=8)
+    parser.add_argument("--eval_seconds", type=float, default=2.56)
+    parser.add_argument("--windows_per_track", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse", default="", help="comma-separated stages whose last.ckpt in work_dir is reused")
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny"))
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny_end_to_end.json"))
     opts = parser.parse_args(argv)
@@ -233,11 +327,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not Path(opts.data_dir).is_dir():
         print(f"mucodec_tiny_end_to_end: no data folder {opts.data_dir}: skipped")
         return {"skipped": f"no data folder {opts.data_dir}"}
-    manifests = prepare_manifests(
-        opts.data_dir, work / "manifests", val_fraction=0.2, test_fraction=0.2, seed=0, channels=2
-    )
+    start = time.perf_counter()
+    tracks = excerpt_tracks(Path(opts.data_dir), work / "data", opts.excerpt_seconds, opts.test_tracks)
+    train = prepare_manifests(work / "data" / "train", work / "manifests" / "train", 0.0, 0.0, channels=2)["train"]
+    test = prepare_manifests(work / "data" / "test", work / "manifests" / "test", 0.0, 0.0, channels=2)["train"]
+    manifests = {"train": train, "val": test, "test": test}  # val: monitoring only (last.ckpt is used)
+    times: dict[str, float] = {"data": time.perf_counter() - start}
     batches = {stage: opts.batches or default for stage, (_, _, default) in STAGES.items()}
-    times: dict[str, float] = {}
+    batches.update({k: int(v) for k, v in json.loads(opts.stage_batches).items()})
+    REUSED.clear()
+    REUSED.update({stage: -1 for stage in opts.reuse.split(",") if stage})
+    if set(REUSED) - set(STAGES):
+        raise ValueError(f"--reuse: unknown stages {sorted(set(REUSED) - set(STAGES))}; stages: {list(STAGES)}")
     paths: dict[str, str] = {}
     paths["muencoder_stage1"], times["muencoder_stage1"] = fit(
         "muencoder_stage1", batches["muencoder_stage1"], manifests, work
@@ -266,7 +367,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "class_path": "codecplatform.mucodec.flow.TokenizerCodeSource",
         "init_args": {"tokenizer": tokenizer, "checkpoint": paths["tokenizer"]},
     }
-    sizes = codec_config(None, 1)["init_args"]["flow"]["init_args"]["codebook_sizes"]
     paths["flow"], times["flow"] = fit(
         "flow",
         batches["flow"],
@@ -274,40 +374,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work,
         f"--model.init_args.melvae_checkpoint={melvae_dir}",
         f"--model.init_args.code_source={json.dumps(source)}",
-        f"--model.init_args.flow.init_args.codebook_sizes={json.dumps(sizes)}",
+        f"--model.init_args.flow.init_args.quantizer={json.dumps(tokenizer['init_args']['quantizer'])}",
     )
     paths["vocoder"], times["vocoder"] = fit("vocoder", batches["vocoder"], manifests, work)
 
-    print("\n== evaluation on held-out audio ==", flush=True)
-    windows = held_out(manifests["test"], opts.eval_seconds, opts.eval_windows)
-    if not windows:
-        raise ValueError(f"no held-out window of {opts.eval_seconds} s in {manifests['test']}")
+    print("\n== evaluation on held-out tracks ==", flush=True)
+    windows = windows_of(test, opts.eval_seconds, opts.windows_per_track)
+    if len(windows) < 2 * opts.windows_per_track:
+        raise ValueError(f"fewer than 2 held-out tracks of {opts.eval_seconds} s in {test}")
     start = time.perf_counter()
     trained = instantiate(codec_config(paths, opts.num_steps), MuCodec)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        untrained = instantiate(codec_config(None, opts.num_steps), MuCodec)
+    training_windows = windows_of(train, opts.eval_seconds, 4)
     rows = {
-        "trained chain": mel_distances(trained, windows),
-        "untrained chain": mel_distances(untrained, windows),
-        "trained, condition dropped": mel_distances(trained, windows, drop_condition=True),
-        "trained vocoder alone, on the input's log-mel": vocoder_alone(trained, windows),
+        CHAIN: chain_rows(trained, windows),
+        CONSTANT: constant_rows(trained, windows, mean_log_mel(trained, training_windows)),
+        MISMATCHED: chain_rows(trained, windows, shift=opts.windows_per_track),  # same place, next track
+        DROPPED: chain_rows(trained, windows, drop_condition=True),
+        VOCODER: vocoder_alone(trained, windows),
     }
     times["evaluation"] = time.perf_counter() - start
+    gain = gains(rows)
     result = {
         "mel_distance": rows,
-        "batches": batches,
+        "gain_percent": gain,
+        "target_met": all(v >= 10.0 for g in gain.values() for v in g.values()),
+        "batches": {**batches, **{k: v for k, v in REUSED.items() if v >= 0}},
+        "reused": sorted(k for k, v in REUSED.items() if v >= 0),
         "seconds": times,
         "total_seconds": sum(times.values()),
         "checkpoints": paths,
+        "tracks": tracks,
         "held_out_windows": len(windows),
         "window_seconds": opts.eval_seconds,
         "num_steps": opts.num_steps,
     }
-    print("\n| held-out reconstruction | mel distance (audio) | log-mel L1 before the vocoder |\n|---|---:|---:|")
+    print("\n| held-out reconstruction | log-mel L1 before the vocoder | mel distance (audio) |\n|---|---:|---:|")
     for name, value in rows.items():
-        print(f"| {name} | {value['audio']:.4f} | {value['latent_mel']:.4f} |")
+        print(f"| {name} | {value['latent_mel']:.4f} | {value['audio']:.4f} |")
+    for name, value in gain.items():
+        print(f"chain below {name}: log-mel L1 {value['latent_mel']:+.1f} %, audio {value['audio']:+.1f} %")
     print(
         f"\nstages and evaluation: {result['total_seconds'] / 60:.1f} min; "
         + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
