@@ -286,6 +286,11 @@ class AudioWindowDataset(torch.utils.data.Dataset):
         audio = map_channels(audio, self.channels, f"recording {cut_source(cut)}")
         return audio[:, : self.num_samples]  # (C, <= T)
 
+    def finish_window(self, audio: np.ndarray) -> np.ndarray:
+        """Normalize (``normalize_db`` / ``normalize_lufs``) and zero-pad a raw window:
+        (C, <= T) -> (C, T); also for windows read elsewhere (``datamodules.shards``)."""
+        return self._finish(audio)
+
     def _finish(self, audio: np.ndarray) -> np.ndarray:
         """Normalize (``normalize_db``) and zero-pad a raw window: (C, <= T) -> (C, T)."""
         if self.normalize_db is not None:

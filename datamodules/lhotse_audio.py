@@ -26,6 +26,7 @@ from datamodules.augment import Augmentation
 from datamodules.dataset import AudioWindowDataset, cut_domain
 from datamodules.manifests import load_cuts
 from datamodules.sampling import BalancedStreamSampler, CutStream, Shard, rank_shards, with_draw_key
+from datamodules.shards import ShardWindowStream
 
 
 class CountedCutSampler(SimpleCutSampler):
@@ -147,7 +148,11 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             manifest (deterministic); None keeps all.
         drop_last: drop the last incomplete training batch (finite mode).
         train_shar: Shar folder (``codecplatform prepare --shar_dir``: ``DIR/train``), or
-            ``{domain: folder}``; instead of ``train_cuts``. Always stream mode.
+            ``{domain: folder}``; instead of ``train_cuts``. Always stream mode. One folder without
+            ``domain_weights`` and full-band quota is read sequentially by every loader worker
+            (:class:`~datamodules.shards.ShardWindowStream`: shards split across ranks and workers,
+            a shuffle buffer of ``shard_buffer_mb``); otherwise the balanced sampler loads a whole
+            shard per source in the main process.
         infinite: stream mode for a single ``train_cuts`` manifest too.
         domain_weights: ``{domain: weight}`` (e.g. ``{speech: 1, music: 1, general: 1}``, DAC's
             equal shares); the domains must be those of the data. None: one pool, natural shares.
@@ -167,6 +172,8 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             (``datamodules.dataset.DecodedAudioCache``): a compressed file (Ogg, MP3) is decoded once
             instead of once per window. Worth it when the data fits (1 hour of 48 kHz stereo: 1.3 GB
             per process); 0: off.
+        shard_buffer_mb: MB of decoded segments the shuffle buffer of each loading process holds
+            when reading ``train_shar`` sequentially (bounds its memory, whatever the corpus size).
     """
 
     def __init__(
@@ -194,8 +201,12 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         normalize_lufs: float | None = None,
         return_text: bool = False,
         decode_cache_mb: float = 0.0,
+        shard_buffer_mb: float = 256.0,
     ) -> None:
         super().__init__()
+        if shard_buffer_mb <= 0:
+            raise ValueError(f"shard_buffer_mb must be > 0, got {shard_buffer_mb}")
+        self.shard_buffer_mb = shard_buffer_mb
         if return_text and augmentation is not None:
             raise ValueError("return_text cannot be combined with an augmentation (it mixes and refills windows)")
         if decode_cache_mb < 0:
@@ -277,6 +288,11 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             or min_full_band_per_batch > 0
         )
 
+        # one Shar folder, no per-batch composition: every worker reads its shards sequentially
+        self.sequential_shards = isinstance(train_shar, str) and domain_weights is None and min_full_band_per_batch == 0
+        if self.sequential_shards and return_text:
+            raise ValueError("return_text needs supervisions, which train_shar segments do not carry: use train_cuts")
+        self._train_stream: ShardWindowStream | None = None
         self._cuts: dict[str, CutSet] = {}  # "train": draws of full cuts; "val"/"test": windows
         self._train_sampler: CountedCutSampler | BalancedStreamSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
@@ -446,10 +462,64 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             )
         return sampler
 
+    def _shard_loader(self, world_size: int, rank: int) -> DataLoader:
+        """The sequential shard reader's DataLoader (each worker yields whole batches)."""
+        assert isinstance(self.train_shar, str)
+        finisher = AudioWindowDataset(
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+            segment_seconds=self.segment_seconds,
+            random_offset=False,
+            normalize_db=self.normalize_db,
+            normalize_lufs=self.normalize_lufs,
+        )
+        stream = ShardWindowStream(
+            self.train_shar,
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+            segment_seconds=self.segment_seconds,
+            batch_size=self._cuts_per_batch(self.segment_seconds),
+            buffer_mb=self.shard_buffer_mb,
+            seed=self.seed,
+            world_size=world_size,
+            rank=rank,
+            finish=finisher.finish_window,
+            augmentation=self.augmentation,
+        )
+        stream.worker_plan(max(1, self.num_workers), 0)  # refuses too few shards before any worker starts
+        if self._pending_sampler_state is not None:
+            self._restore_stream(stream, self._pending_sampler_state, world_size)
+            self._pending_sampler_state = None
+        self._train_stream = stream
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _restore_stream(self, stream: ShardWindowStream, state: dict[str, Any], world_size: int) -> None:
+        if state["mode"] != "shards":
+            raise ValueError(
+                f"cannot resume the train sampler: the checkpoint ran in {state['mode']} mode, this run reads "
+                "train_shar sequentially (shards mode)"
+            )
+        for key, now in (("world_size", world_size), ("seed", self.seed), ("num_workers", self.num_workers)):
+            if state.get(key) != now:
+                raise ValueError(
+                    f"cannot resume the train sampler: the checkpoint ran with {key}={state.get(key)}, this run "
+                    f"with {key}={now} (the shard order depends on it)"
+                )
+        self._position = {"epoch": state["epoch"], "batches": state["batches"]}
+        stream.start_at(state["batches"])
+
     def train_dataloader(self) -> DataLoader:
         """Batches (B, C, T) of training windows, sharded by rank: finite epochs of shuffled draws
-        (see ``_train_draws``) or an endless stream (stream mode, no ``len``)."""
+        (see ``_train_draws``), an endless stream (stream mode, no ``len``), or sequential shards."""
         world_size, rank = self._world_size_rank()
+        if self.sequential_shards:
+            return self._shard_loader(world_size, rank)
         if self.infinite:
             sampler: CountedCutSampler | BalancedStreamSampler = self._stream_sampler(world_size, rank)
         else:
@@ -529,19 +599,15 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         """``{"train_sampler": {"mode", "epoch", "batches", "world_size", "seed"}}``: the batches
         the training loop consumed (in this epoch; stream mode: in all), the same on every rank.
         A resumed run skips exactly those (each rank recomputes its own position from them)."""
-        if self._train_sampler is None and self._pending_sampler_state is not None:
+        built = self._train_sampler is not None or self._train_stream is not None
+        if not built and self._pending_sampler_state is not None:
             return {"train_sampler": copy.deepcopy(self._pending_sampler_state)}
-        if self._train_sampler is None:
+        if not built:
             return {}
         world_size = self._world_size_rank()[0]
-        return {
-            "train_sampler": {
-                "mode": "stream" if self.infinite else "epoch",
-                **self._position,
-                "world_size": world_size,
-                "seed": self.seed,
-            }
-        }
+        mode = "shards" if self.sequential_shards else ("stream" if self.infinite else "epoch")
+        extra = {"num_workers": self.num_workers} if self.sequential_shards else {}
+        return {"train_sampler": {"mode": mode, **self._position, "world_size": world_size, "seed": self.seed, **extra}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the train sampler's position now or when the train DataLoader is built."""
@@ -554,7 +620,10 @@ class LhotseAudioDataModule(pl.LightningDataModule):
                 f"version (keys {sorted(state)}); resume without it or start a new run"
             )
         self._pending_sampler_state = copy.deepcopy(state)
-        if self._train_sampler is not None:
+        if self._train_stream is not None:
+            self._restore_stream(self._train_stream, self._pending_sampler_state, self._world_size_rank()[0])
+            self._pending_sampler_state = None
+        elif self._train_sampler is not None:
             self._restore_sampler(self._train_sampler, self._pending_sampler_state, self._world_size_rank()[0])
             self._pending_sampler_state = None
 
@@ -562,7 +631,7 @@ class LhotseAudioDataModule(pl.LightningDataModule):
         self, sampler: CountedCutSampler | BalancedStreamSampler, state: dict[str, Any], world_size: int
     ) -> None:
         mode = "stream" if self.infinite else "epoch"
-        if state["mode"] != mode:
+        if state["mode"] == "shards" or state["mode"] != mode:
             raise ValueError(
                 f"cannot resume the train sampler: the checkpoint ran in {state['mode']} mode, this run in "
                 f"{mode} mode (infinite/train_shar/domain_weights/min_full_band_per_batch changed)"

@@ -48,8 +48,11 @@ present, else ``song.txt`` (one supervision over the whole recording, ``custom.k
 "transcript"``). Sidecars are read as UTF-8 (undecodable bytes replaced); an empty one is ignored.
 
 ``--shar_dir DIR`` also exports each split as lhotse Shar shards (``DIR/{split}/cuts.000000.jsonl.gz``
-+ ``recording.000000.tar`` with FLAC audio, ``--shard_size`` cuts per shard, cut order shuffled
-by ``--seed`` so that every shard is a random sample of the split): see :func:`export_shar`.
++ ``recording.000000.tar``, FLAC audio, about ``--shard_size`` segments per shard, recordings
+shuffled by ``--seed``), decoded once per file in ``--num_workers`` processes at ``--sample_rate``
+and ``--channels``, cut into segments of ``--segment_seconds`` (default: whole recordings),
+resumable: see :mod:`datamodules.shards`. ``--group_regex`` keeps groups of files (versions of one
+piece, a speaker, an album) in one split: see :func:`group_key`.
 """
 
 from __future__ import annotations
@@ -58,10 +61,9 @@ import argparse
 import hashlib
 import json
 import math
-import random
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +72,8 @@ import numpy as np
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.utils import fastcopy
+
+from datamodules.shards import export_shar
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -312,9 +316,7 @@ def _probe(path: Path, recording_id: str, settings: ProbeSettings) -> ProbedFile
     try:
         recording = Recording.from_file(path, recording_id=recording_id)
         if decoded is not None and decoded != recording.num_samples:  # the header miscounts
-            recording = fastcopy(
-                recording, num_samples=decoded, duration=decoded / recording.sampling_rate
-            )
+            recording = fastcopy(recording, num_samples=decoded, duration=decoded / recording.sampling_rate)
         if soundfile_error is not None:
             band_db = _check_with_lhotse(recording, settings)
     except _ProbeFailed as failed:
@@ -392,9 +394,9 @@ def probe_audio_dir(
 ) -> tuple[list[ProbedFile], list[FileProblem]]:
     """Find audio files under ``audio_dir`` (recursively) and probe each one.
 
-    Files are found by :func:`find_audio` (extension, else content). Every file is read in full (in blocks, so memory stays small); see the module docstring for
-    the problem kinds. Bad files are reported as :class:`FileProblem` and skipped; the scan never
-    stops on a bad file.
+    Files are found by :func:`find_audio` (extension, else content). Every file is read in full
+    (in blocks, so memory stays small); see the module docstring for the problem kinds. Bad files
+    are reported as :class:`FileProblem` and skipped; the scan never stops on a bad file.
 
     Args:
         audio_dir: folder to scan.
@@ -606,9 +608,7 @@ def split_recordings(
         members[name].append(moved)
 
     split_of = {key: name for name, ids in members.items() for key in ids}
-    return {
-        name: RecordingSet.from_recordings(r for r in recs if split_of[group_of[r.id]] == name) for name in SPLITS
-    }
+    return {name: RecordingSet.from_recordings(r for r in recs if split_of[group_of[r.id]] == name) for name in SPLITS}
 
 
 def _format_problems(problems: Sequence[FileProblem]) -> str:
@@ -658,26 +658,6 @@ def build_cuts(
     return CutSet.from_cuts(cuts), SupervisionSet.from_segments(all_supervisions)
 
 
-def export_shar(cuts: CutSet, out_dir: str | Path, shard_size: int = 1000, seed: int = 0) -> list[Path]:
-    """Write ``cuts`` as lhotse Shar shards with FLAC audio into ``out_dir``.
-
-    The cut order is shuffled with ``seed`` first, so every shard is a random sample of the set
-    (training streams shuffle shard order and the cuts inside a shard, not across shards).
-    Layout: ``out_dir/cuts.{i:06d}.jsonl.gz`` + ``out_dir/recording.{i:06d}.tar``.
-
-    Returns:
-        The cut manifest of every shard, in shard order.
-    """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    shuffled = list(cuts)
-    random.Random(seed).shuffle(shuffled)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = CutSet.from_cuts(shuffled).to_shar(out_dir, fields={"recording": "flac"}, shard_size=shard_size)
-    return [Path(p) for p in written["cuts"]]
-
-
 def prepare_manifests(
     audio_dir: str | Path,
     out_dir: str | Path,
@@ -693,6 +673,7 @@ def prepare_manifests(
     shar_dir: str | Path | None = None,
     shard_size: int = 1000,
     group_regex: str | None = None,
+    segment_seconds: float | None = None,
 ) -> dict[str, Path]:
     """Scan ``audio_dir``, split the usable recordings and write lhotse manifests to ``out_dir``.
 
@@ -715,8 +696,12 @@ def prepare_manifests(
         domain: ``speech``, ``music``, ``general`` for every file, or ``auto`` (top folder name).
         full_band_cutoff: the top band starts at this fraction of the reference Nyquist.
         full_band_db: full-band threshold of the top band's power share, dB.
-        shar_dir: also export every split as Shar shards to ``shar_dir/{split}``.
-        shard_size: cuts per Shar shard.
+        shar_dir: also export every split as Shar shards to ``shar_dir/{split}``
+            (:func:`datamodules.shards.export_shar`: decoded once, in ``num_workers`` processes,
+            at ``min_sample_rate`` and ``channels`` when given; resumable).
+        shard_size: segments (cuts) per Shar shard.
+        segment_seconds: cut the shards' audio into segments of this length; None: whole
+            recordings.
         group_regex: regular expression over each file's path relative to ``audio_dir``; files
             with the same key (:func:`group_key`) land in the same split. None: every file its own
             group.
@@ -730,6 +715,10 @@ def prepare_manifests(
     """
     if domain != "auto" and domain not in DOMAINS:
         raise ValueError(f"domain must be 'auto' or one of {DOMAINS}, got {domain!r}")
+    if segment_seconds is not None and segment_seconds <= 0:
+        raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
+    if segment_seconds is not None and shar_dir is None:
+        raise ValueError("segment_seconds cuts the Shar shards: give shar_dir too")
     settings = ProbeSettings(min_sample_rate, channels, full_band_cutoff, full_band_db)
     try:
         pattern = None if group_regex is None else re.compile(group_regex)
@@ -766,8 +755,22 @@ def prepare_manifests(
         cut_paths[name] = out_dir / f"cuts_{name}.jsonl.gz"
         split_cuts.to_file(cut_paths[name])
         if shar_dir is not None and len(split_cuts):
-            shards = export_shar(split_cuts, Path(shar_dir) / name, shard_size=shard_size, seed=seed)
-            print(f"{name}: {len(shards)} Shar shard(s) -> {Path(shar_dir) / name}")
+            report = export_shar(
+                split_cuts,
+                Path(shar_dir) / name,
+                shard_size=shard_size,
+                seed=seed,
+                segment_seconds=segment_seconds,
+                sample_rate=min_sample_rate,
+                channels=channels,
+                num_workers=num_workers,
+            )
+            for source, error in report.failed:
+                print(f"  unreadable  {source}  ({error}): left out of the shards")
+            print(
+                f"{name}: {report.written} Shar shard(s) written ({report.segments} segments, "
+                f"{report.seconds / 3600:.2f} h), {report.skipped} already complete -> {Path(shar_dir) / name}"
+            )
     hours = sum(r.duration for r in recordings) / 3600
     sizes = ", ".join(
         f"{name} {len(recs)} ({len({groups[r.id] for r in recs})} group(s))" for name, recs in splits.items()
@@ -828,7 +831,13 @@ def prepare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full_band_cutoff", type=float, default=0.85, help="top band start / Nyquist")
     parser.add_argument("--full_band_db", type=float, default=-60.0, help="full-band threshold, dB")
     parser.add_argument("--shar_dir", type=Path, default=None, help="also write Shar shards per split here")
-    parser.add_argument("--shard_size", type=int, default=1000, help="cuts per Shar shard")
+    parser.add_argument("--shard_size", type=int, default=1000, help="segments (cuts) per Shar shard")
+    parser.add_argument(
+        "--segment_seconds",
+        type=float,
+        default=None,
+        help="cut the shards' audio into segments of this length (default: whole recordings)",
+    )
     parser.add_argument(
         "--group_regex",
         default=None,
@@ -852,6 +861,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
             shar_dir=args.shar_dir,
             shard_size=args.shard_size,
             group_regex=args.group_regex,
+            segment_seconds=args.segment_seconds,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"codecplatform prepare: error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from datamodules.manifests import group_key, load_cuts, prepare_manifests, probe_audio_dir
 
@@ -112,7 +113,7 @@ def test_lhotse_window_at_the_end_of_a_miscounted_ogg_fails_and_the_probed_lengt
     from lhotse import Recording
 
     header_cut = Recording.from_file(MUSIC_OGG).to_cut()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="can't extend empty axis"):
         header_cut.truncate(offset=(header_cut.num_samples - 50) / 44100, duration=40 / 44100).load_audio()
     from datamodules.manifests import ProbeSettings, _probe
 
@@ -121,3 +122,139 @@ def test_lhotse_window_at_the_end_of_a_miscounted_ogg_fails_and_the_probed_lengt
     cut = item.recording.to_cut().resample(24000)
     window = cut.truncate(offset=(cut.num_samples - 15360) / 24000, duration=0.64).load_audio()
     assert window.shape == (2, 15360) and np.abs(window[:, -100:]).max() > 0
+
+
+# ------------------------------------------------------------------------------------ shards
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """7 recordings of 1.1-2.3 s (16 kHz stereo tones; one will be deleted before sharding) ->
+    manifests (all in train) -> segment shards of 0.5 s at 8 kHz mono, about 4 segments a shard."""
+    root = tmp_path_factory.mktemp("shards")
+    (root / "audio").mkdir()
+    for i in range(7):
+        sf.write(root / "audio" / f"r{i}.wav", _tone(1.1 + 0.2 * i, 200 + 50 * i, SR, 2), SR)
+    paths = prepare_manifests(root / "audio", root / "manifests", 0.0, 0.0)
+    (root / "audio" / "r6.wav").unlink()  # decodes no more: named and left out
+    return {"root": root, "train": paths["train"]}
+
+
+def _export(sharded: dict[str, Path], **kwargs: object):
+    from datamodules.shards import export_shar
+
+    args = {"shard_size": 4, "segment_seconds": 0.5, "sample_rate": 8000, "channels": 1, "num_workers": 1}
+    return export_shar(load_cuts(sharded["train"]), sharded["root"] / "shar", **{**args, **kwargs})
+
+
+def test_shards_hold_fixed_length_segments_of_every_readable_recording_and_resume(sharded: dict[str, Path]) -> None:
+    from lhotse import CutSet
+
+    report = _export(sharded)
+    assert [Path(s).name for s, _ in report.failed] == ["r6.wav"]
+    shar = sharded["root"] / "shar"
+    manifests = sorted(shar.glob("cuts.*.jsonl.gz"))
+    assert len(manifests) == report.written >= 3 and report.skipped == 0
+    segments = list(CutSet.from_shar(in_dir=shar))
+    assert len(segments) == report.segments
+    assert {c.custom["source"] for c in segments} == {f"r{i}" for i in range(6)}
+    original = {c.id: c for c in load_cuts(sharded["train"])}
+    for cut in segments:
+        assert cut.sampling_rate == 8000 and cut.num_samples == 4000  # every segment full length
+        audio = cut.load_audio()
+        assert audio.shape == (1, 4000)
+        source = original[cut.custom["source"]].resample(8000)
+        expected = source.truncate(offset=cut.custom["source_start"], duration=0.5).load_audio().mean(axis=0)
+        assert np.abs(audio[0] - expected)[16:-16].max() < 2e-3  # FLAC, 16 bit (edges: resampled apart)
+    # a second run skips the finished shards; one lost shard (a killed run) is written again
+    again = _export(sharded)
+    assert (again.written, again.skipped) == (0, len(manifests))
+    manifests[1].unlink()
+    again = _export(sharded)
+    assert (again.written, again.skipped) == (1, len(manifests) - 1) and manifests[1].is_file()
+    with pytest.raises(ValueError, match="another corpus or other settings"):
+        _export(sharded, segment_seconds=0.25)
+
+
+def test_shard_assignment_is_disjoint_across_ranks_and_workers() -> None:
+    from datamodules.shards import shard_assignment
+
+    seen = [shard_assignment(11, 2, r, 3, w) for r in range(2) for w in range(3)]
+    assert sorted(i for s in seen for i in s) == list(range(11)) and all(seen)
+    assert set(shard_assignment(11, 2, 0, 3, 0)) == {0, 6}
+    with pytest.raises(ValueError, match="fewer|needs at least one"):
+        shard_assignment(5, 2, 0, 3, 0)
+
+
+def _stream(shar: Path, **kwargs: object):
+    from datamodules.shards import ShardWindowStream
+
+    args = {"sample_rate": 8000, "channels": 1, "segment_seconds": 0.125, "batch_size": 3, "buffer_mb": 0.05}
+    return ShardWindowStream(shar, **{**args, **kwargs})
+
+
+def _batches(stream, n: int, workers: int = 0) -> list:
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_shard_stream_resumes_exactly_and_bounds_its_buffer(sharded: dict[str, Path]) -> None:
+    _export(sharded)
+    shar = sharded["root"] / "shar"
+    stream = _stream(shar)
+    assigned, plan = stream.worker_plan(1, 0)
+    capacity = plan.capacity
+    assert capacity == int(0.05 * 2**20 // (4000 * 4)) == 3  # buffer_mb over one segment's float32
+    for _ in range(200):
+        plan.draw()
+        assert len(plan.buffer) <= capacity
+    uninterrupted = _batches(stream, 12)
+    assert all(b.shape == (3, 1, 1000) for b in uninterrupted)
+    assert len({b.numpy().tobytes() for b in uninterrupted}) == 12  # windows differ
+    resumed = _stream(shar)
+    resumed.start_at(5)
+    assert all(torch.equal(a, b) for a, b in zip(_batches(resumed, 7), uninterrupted[5:]))
+    # two loader workers: worker k % 2 yields batch k; resume after 5 of them
+    two = _batches(_stream(shar), 8, workers=2)
+    resumed = _stream(shar)
+    resumed.start_at(5)
+    assert all(torch.equal(a, b) for a, b in zip(_batches(resumed, 3, workers=2), two[5:]))
+    assert not any(torch.equal(a, b) for a, b in zip(two[:4], uninterrupted[:4]))  # another split, other batches
+
+
+def test_two_ranks_read_disjoint_shards(sharded: dict[str, Path]) -> None:
+    _export(sharded)
+    shar = sharded["root"] / "shar"
+    sources = []
+    for rank in (0, 1):
+        stream = _stream(shar, world_size=2, rank=rank)
+        assigned, plan = stream.worker_plan(1, 0)
+        refs = [plan.draw()[1] for _ in range(60)]
+        sources.append({stream.shards[assigned[ref[1]]].name for ref in refs})
+    assert sources[0] and sources[1] and not sources[0] & sources[1]
+
+
+def test_datamodule_reads_train_shar_sequentially_and_resumes_from_its_state(sharded: dict[str, Path]) -> None:
+    from datamodules.lhotse_audio import LhotseAudioDataModule
+
+    _export(sharded)
+
+    def make() -> LhotseAudioDataModule:
+        dm = LhotseAudioDataModule(
+            train_shar=str(sharded["root"] / "shar"), sample_rate=8000, batch_size=2, segment_seconds=0.125
+        )
+        return dm
+
+    dm = make()
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    uninterrupted = [next(it) for _ in range(6)]
+    state = {"mode": "shards", "epoch": 0, "batches": 4, "world_size": 1, "seed": 0, "num_workers": 0}
+    resumed = make()
+    resumed.load_state_dict({"train_sampler": state})
+    it = iter(resumed.train_dataloader())
+    assert torch.equal(next(it), uninterrupted[4]) and torch.equal(next(it), uninterrupted[5])
+    assert resumed.state_dict()["train_sampler"]["mode"] == "shards"
+    wrong = make()
+    wrong.load_state_dict({"train_sampler": {**state, "num_workers": 2}})
+    with pytest.raises(ValueError, match="num_workers"):
+        wrong.train_dataloader()
