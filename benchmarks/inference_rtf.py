@@ -17,16 +17,17 @@ Families and their real configs (weights random: speed does not depend on them):
 Rows per family and bitrate: ``ours`` (:meth:`Codec.prepare_for_inference`: weight norm folded,
 in-place activations, ``torch.inference_mode``; the default of ``codecplatform encode/decode``),
 ``ours_unprepared`` (the same weights as ``Codec.from_checkpoint`` loads them: weight norm computed
-at every call, ``no_grad``) and ``reference`` (the official package's ``encode``/``decode`` of
-the same weights, under ``no_grad``); for causal codecs ``stream`` (``codec.stream()`` fed one code
+at every call, ``no_grad``) and ``reference`` (the official package's ``encode``/``decode`` of the
+same weights, under ``no_grad``); for causal codecs ``stream`` (``codec.stream()`` fed one code
 frame of audio per call, EnCodec: 320 samples = 13.3 ms), ``stream_xN`` (N frames per call,
 ``--stream_frames``), ``streams_N`` (N concurrent one-frame streams of different signals in one
 ``codec.stream(batch=N)``, ``--streams``: ``RTF`` counts the audio of all N, ``per_stream_rtf`` one
-stream's, ``vs_whole`` = N streams' audio per second / whole-file RTF) and ``stream_floor`` (the weight-read floor of one-frame streaming: one
-matrix-vector product with every weight matrix per frame, see :func:`weight_read_floor`; its
-``vs_whole`` is the best a one-frame stream could reach), and for EnCodec ``onnxruntime`` (the
-graphs of ``codecplatform export``, one intra-op thread). Variants are interleaved within each
-repeat; the median is reported. ``vs_ref`` = RTF / reference RTF, measured in the same run.
+stream's, ``vs_whole`` = N streams' audio per second / whole-file RTF) and ``stream_floor`` (the
+weight-read floor of one-frame streaming: one matrix-vector product with every weight matrix per
+frame, see :func:`weight_read_floor`; its ``vs_whole`` is the best a one-frame stream could reach),
+and for EnCodec ``onnxruntime`` (the graphs of ``codecplatform export``, one intra-op thread).
+Variants are interleaved within each repeat; the median is reported. ``vs_ref`` = RTF / reference
+RTF, measured in the same run.
 On a GPU (when present): batch 1 and batch 8, ours vs reference.
 
 Timings on a shared machine are noisy: the load average at start and end is recorded; with one
@@ -298,7 +299,9 @@ def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[di
             if family == "encodec24" and not opts.no_onnx:
                 o_enc, o_dec = onnx_coders(ours, n_q, x, folder, opts.threads)
                 fns["onnxruntime"] = o_enc if op == "encode" else o_dec
-            medians = interleaved(fns, opts.repeats, clock=time.process_time if opts.clock == "cpu" else time.perf_counter)
+            medians = interleaved(
+                fns, opts.repeats, clock=time.process_time if opts.clock == "cpu" else time.perf_counter
+            )
             ref = medians.get("reference")
             for variant, sec in medians.items():
                 streams = int(variant.removeprefix("streams_")) if variant.startswith("streams_") else 1

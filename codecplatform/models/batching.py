@@ -206,4 +206,3 @@ def decode_batch(
         y = ys[0] if codec.segment_stride is None else linear_overlap_add(ys, codec.segment_stride)
         out[b, :, : lengths[b]] = y[0, :, : lengths[b]]
     return out
-

@@ -171,7 +171,6 @@ class StreamBatch:
         """(N, C, n) audio, one chunk per stream -> per stream the (K, m) codes of the frames its
         chunk completes; only the streams in ``active`` (indices or an (N,) mask; default all) are
         fed, the others get None and keep their state."""
-        codec = self.codec
         if chunk.dim() != 3 or chunk.shape[0] != self.batch:
             raise ValueError(f"chunk must be ({self.batch}, channels, samples), got shape {tuple(chunk.shape)}")
         slots = self._slots(active)

@@ -33,7 +33,9 @@ VARIANTS = {  # name -> (family, base config, extra override)
 def tiny_codec(name: str, init: bool = True) -> Codec:
     family, base, extra = VARIANTS[name]
     torch.manual_seed(0)
-    config = merge_config(compose_config(EXPERIMENTS / family / base), compose_config(EXPERIMENTS / "tiny" / f"{family}.yaml"))
+    config = merge_config(
+        compose_config(EXPERIMENTS / family / base), compose_config(EXPERIMENTS / "tiny" / f"{family}.yaml")
+    )
     codec = Codec.from_config(merge_config(config, extra)["model"]["init_args"]["codec"])
     if not init:
         return codec.eval()

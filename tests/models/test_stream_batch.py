@@ -17,7 +17,8 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 def tiny_encodec(init: bool = True) -> Codec:
     torch.manual_seed(0)
     config = merge_config(
-        compose_config(EXPERIMENTS / "encodec" / "24khz_mono.yaml"), compose_config(EXPERIMENTS / "tiny" / "encodec.yaml")
+        compose_config(EXPERIMENTS / "encodec" / "24khz_mono.yaml"),
+        compose_config(EXPERIMENTS / "tiny" / "encodec.yaml"),
     )
     codec = Codec.from_config(config["model"]["init_args"]["codec"])
     if not init:
@@ -46,7 +47,9 @@ def test_streams_starting_and_stopping_at_different_calls_equal_their_own_stream
     # slot -> [(first call, last call)] of the streams it carries
     plan = {0: [(0, 23)], 1: [(0, 8), (11, 23)], 2: [(4, 19)], 3: [(2, 12), (13, 23)]}
     torch.manual_seed(1)
-    signals = {(slot, span): 0.1 * torch.randn(1, (span[1] - span[0] + 1) * hop) for slot in plan for span in plan[slot]}
+    signals = {
+        (slot, span): 0.1 * torch.randn(1, (span[1] - span[0] + 1) * hop) for slot in plan for span in plan[slot]
+    }
     got = {key: ([], []) for key in signals}
     with codec.stream(n_q=n_q, batch=len(plan)) as s:
         for t in range(calls):
