@@ -438,6 +438,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "paper_encodec_24khz_6kbps_rtf": PAPER,
         "rows": rows,
     }
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["variant"] == "ours" and row["vs_ref"] is not None and row["device"] == "cpu":
+            ratios.setdefault((row["family"], row["op"]), []).append(row["vs_ref"])
+    for (family, op), values in ratios.items():
+        print(f"{family} {op}: ours / reference {min(values):.2f}-{max(values):.2f} over the bitrates")
     print(
         f"load average at the end {results['load_average_end'][0]:.2f}; EnCodec paper (24 kHz, 6 kbps, one "
         f"thread, other machine): RTF encode {PAPER['encode']}, decode {PAPER['decode']}"
