@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max_batches", type=int, default=None, help="override the config's training length")
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --trainer.precision=bf16-mixed")
-    opts = parser.parse_args(argv)
+    # overrides start with "--" like this script's options: whatever it does not know is passed on
+    # to the CLI, which names a mistyped key in one line
+    opts, passed_on = parser.parse_known_args(argv)
+    opts.overrides = [*opts.overrides, *passed_on]
     # cli_main gets its arguments as a list; LightningCLI warns (printing the whole config) whenever
     # sys.argv holds anything else, such as this script's own options.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -77,3 +77,29 @@ def test_the_verdict_lines_name_the_measured_values():
     assert "3.894 > 3.682 > 3.551 > 3.426" in texts[1]
     assert "38.5" in texts[2]
     assert "1.900 vs 2.000" in texts[3]
+
+
+def test_overrides_written_as_options_reach_the_cli(tmp_path, monkeypatch):
+    """``python -m codecplatform.quickstart --trainer.precision=bf16-mixed`` (as its help shows) passes
+    the override on, after the data and config arguments, instead of refusing it."""
+    from codecplatform import quickstart
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_cli_main(args):
+        seen.append(args)
+        raise Stop
+
+    monkeypatch.setattr(quickstart, "cli_main", fake_cli_main)
+    data = tmp_path / "data"
+    (data / "manifests").mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (data / "manifests" / f"cuts_{split}.jsonl.gz").touch()
+    with pytest.raises(Stop):
+        quickstart.main(["--data_dir", str(data), "--trainer.precision=bf16-mixed", "--max_batches", "3"])
+    (args,) = seen
+    assert args[0] == "fit" and args[-2:] == ["--trainer.precision=bf16-mixed", "--model.init_args.max_batches=3"]
+    assert f"--data.init_args.test_cuts={data / 'manifests' / 'cuts_test.jsonl.gz'}" in args
