@@ -108,12 +108,12 @@ def residual_stack(
             loss_mask = n_q > 0
             out = layers[k](stage_input, loss_mask, everything)
         q = out.z_q.detach() if detach_outputs else out.z_q
-        used = stage_input + (q - stage_input).detach() if straight_through and not inference else q
-        used = used * mask[:, None, None]
+        kept = stage_input + (q - stage_input).detach() if straight_through and not inference else q
+        kept = kept * mask[:, None, None]  # what the examples using stage k add to their sum
         if mask_residual:
             q = q * mask[:, None, None]
         residual = residual - q
-        z_q = z_q + used
+        z_q = z_q + kept
         codes.append(out.codes)
         losses.append(out.losses)
         active.append(loss_mask)
