@@ -13,8 +13,8 @@ windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as th
    count, into the work folder; ``--group_regex`` keeps versions of one piece in one split). The test
    manifest is the held-out audio of every row.
 2. every family (``short_run_quality.SMALL_CONFIGS``) trains for ``--budget`` seconds of wall clock
-   (``trainer.max_time``; its ``max_batches`` lifted), then its last weights are tested at every
-   bitrate (``codecplatform test`` into the fit's MLflow run).
+   (``trainer.max_time``; its ``max_batches`` lifted, no validation), then its last weights are tested
+   at every bitrate (``codecplatform test`` into the fit's MLflow run).
 3. Opus and MP3 code the same test windows (the first family's data settings, or 24 kHz mono with
    ``--classical_only``) at ``--opus_kbps`` / ``--mp3_kbps``
    (:mod:`codecplatform.metrics.classical`), logged as runs with the families' metric names.
@@ -187,6 +187,7 @@ def run_family(family: str, opts: argparse.Namespace, work: Path, overrides: lis
             *common,
             f"--trainer.max_time={max_time(opts.budget)}",
             "--model.init_args.max_batches=1000000000",
+            "--trainer.limit_val_batches=0",  # the whole budget trains; the last weights are tested
             f"--trainer.logger.init_args.run_name={family}-{opts.budget:g}s",
         ]
     )
