@@ -102,6 +102,7 @@ def mlflow_server(tmp_path_factory):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the server's job consumers (huey) end with it
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -119,11 +120,19 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        import os
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=20)
+                time.sleep(1)  # the group's other members end on the same signal
+            except subprocess.TimeoutExpired:
+                continue
         log.close()
 
 
