@@ -31,6 +31,15 @@ of the 24 kHz EnCodec with its batch of 64 ran out of 23 GB of RAM). On a GPU ma
 
 there the step runs on the GPU and the loader on the CPU cores, which is the setting that matters
 for training (per rank: run it once per GPU's share of the CPU cores).
+
+Per loading process, by source (``--per_worker``): the audio seconds one loading process delivers
+per second and its peak memory, for per-window decode of an Ogg Vorbis folder and of an Opus
+folder (manifests from ``codecplatform prepare``), the decode cache, and prepared segment shards
+(``--shar_dir``, read by the sequential shard reader), each in a fresh process (``num_workers: 0``:
+the process is the worker), with ratios against per-window Ogg Vorbis decode in the same run::
+
+    python benchmarks/data_throughput.py --per_worker --ogg_dir DIR --opus_dir DIR --shar_dir DIR/train
+        [--opus_cuts MANIFEST] [--sample_rate 24000 --channels 1 --window 0.5 --batch 8 --seconds 20 --cache_mb 2000]
 """
 
 from __future__ import annotations
@@ -179,8 +188,124 @@ def measure_model(cli: CodecCLI, batch: torch.Tensor, steps: int, accelerator: s
     }
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process now, MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _source_row(spec: dict[str, Any], queue: Any) -> None:
+    """One row of --per_worker, in its own process: build the loader, time it, report peak RSS."""
+    import resource
+
+    from datamodules.lhotse_audio import LhotseAudioDataModule
+
+    torch.set_num_threads(1)
+    base = _rss_mb()
+    data = {"train_cuts": spec.get("train_cuts"), "train_shar": spec.get("train_shar")}
+    dm = LhotseAudioDataModule(
+        **{k: v for k, v in data.items() if v is not None},
+        sample_rate=spec["sample_rate"],
+        channels=spec["channels"],
+        segment_seconds=spec["window"],
+        batch_size=spec["batch"],
+        num_workers=0,
+        infinite=spec.get("train_cuts") is not None,
+        decode_cache_mb=spec.get("cache_mb", 0.0),
+        shard_buffer_mb=spec.get("buffer_mb", 256.0),
+    )
+    iterator = iter(dm.train_dataloader())
+    start = time.perf_counter()
+    next(iterator)
+    first = time.perf_counter() - start
+    audio, batches = 0.0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < spec["seconds"] or batches < 2:
+        batch = next(iterator)
+        audio += batch.shape[0] * batch.shape[-1] / spec["sample_rate"]
+        batches += 1
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB (Linux)
+    queue.put(
+        {
+            "row": spec["row"],
+            "first_batch_s": first,
+            "batches": batches,
+            "audio_s_per_s": audio / elapsed,
+            "peak_rss_mb": peak,
+            "rss_before_mb": base,
+        }
+    )
+
+
+def main_per_worker(argv: list[str]) -> dict:
+    """``--per_worker``: audio seconds per second and peak memory of one loading process, by source."""
+    import multiprocessing
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per_worker", action="store_true")
+    parser.add_argument("--ogg_dir", required=True, help="folder of Ogg Vorbis files (per-window decode)")
+    parser.add_argument("--opus_dir", default=None, help="folder of Opus files (per-window decode)")
+    parser.add_argument("--opus_cuts", default=None, help="instead of --opus_dir: its prepared cut manifest")
+    parser.add_argument("--shar_dir", default=None, help="segment shards (prepare --shar_dir ... DIR/train)")
+    parser.add_argument("--sample_rate", type=int, default=24000)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--window", type=float, default=0.5, help="window seconds")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
+    parser.add_argument("--cache_mb", type=float, default=2000.0, help="decode_cache_mb of the cache row")
+    parser.add_argument("--buffer_mb", type=float, default=256.0, help="shard_buffer_mb of the shard row")
+    parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "data_throughput_per_worker.json"))
+    opts = parser.parse_args(argv)
+    common = {"sample_rate": opts.sample_rate, "channels": opts.channels, "window": opts.window}
+    common.update(batch=opts.batch, seconds=opts.seconds)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = {"ogg": opts.ogg_dir, "opus": opts.opus_dir}
+        cuts = {}
+        for name, folder in sources.items():
+            if folder is not None:
+                paths = prepare_manifests(folder, Path(tmp) / name, 0.0, 0.0, num_workers=2)
+                cuts[name] = str(paths["train"])
+        if opts.opus_cuts is not None:
+            cuts["opus"] = opts.opus_cuts
+        specs = [{"row": "per-window decode, Ogg Vorbis", "train_cuts": cuts["ogg"]}]
+        if "opus" in cuts:
+            specs.append({"row": "per-window decode, Opus", "train_cuts": cuts["opus"]})
+        specs.append({"row": f"decode cache ({opts.cache_mb:g} MB), Ogg Vorbis", "train_cuts": cuts["ogg"]})
+        specs[-1]["cache_mb"] = opts.cache_mb
+        if opts.shar_dir is not None:
+            specs.append({"row": f"segment shards (buffer {opts.buffer_mb:g} MB)", "train_shar": opts.shar_dir})
+            specs[-1]["buffer_mb"] = opts.buffer_mb
+        context = multiprocessing.get_context("spawn")
+        for spec in specs:
+            queue = context.Queue()
+            process = context.Process(target=_source_row, args=({**common, **spec}, queue))
+            process.start()
+            rows.append(queue.get())
+            process.join()
+            print(rows[-1], flush=True)
+    reference = rows[0]["audio_s_per_s"]
+    for row in rows:
+        row["vs_ogg_per_window"] = row["audio_s_per_s"] / reference
+    print(f"{'source':<40}{'audio s/s':>11}{'x Ogg':>8}{'peak RSS MB':>13}{'RSS before MB':>15}")
+    for row in rows:
+        print(
+            f"{row['row']:<40}{row['audio_s_per_s']:>11.1f}{row['vs_ogg_per_window']:>8.1f}"
+            f"{row['peak_rss_mb']:>13.0f}{row['rss_before_mb']:>15.0f}"
+        )
+    results = {"settings": {**common, "cpu_cores": os.cpu_count()}, "rows": rows}
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--per_worker" in argv:
+        return main_per_worker(argv)
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")

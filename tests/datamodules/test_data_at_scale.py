@@ -258,3 +258,54 @@ def test_datamodule_reads_train_shar_sequentially_and_resumes_from_its_state(sha
     wrong.load_state_dict({"train_sampler": {**state, "num_workers": 2}})
     with pytest.raises(ValueError, match="num_workers"):
         wrong.train_dataloader()
+
+
+def test_lightning_kill_and_resume_on_shards_trains_on_the_uninterrupted_batches(
+    sharded: dict[str, Path], tmp_path: Path
+) -> None:
+    import lightning.pytorch as pl
+
+    from datamodules.lhotse_audio import LhotseAudioDataModule
+
+    _export(sharded)
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+            self.seen: list[bytes] = []
+
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+            self.seen.append(batch.numpy().tobytes())
+            return (self.scale * batch).pow(2).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def fit(max_steps: int, run: str, ckpt_path: str | None = None) -> Recorder:
+        dm = LhotseAudioDataModule(
+            train_shar=str(sharded["root"] / "shar"),
+            sample_rate=8000,
+            batch_size=2,
+            segment_seconds=0.125,
+            num_workers=1,
+        )
+        model = Recorder()
+        trainer = pl.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            use_distributed_sampler=False,
+            callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / run, save_last=True, every_n_train_steps=3)],
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model
+
+    uninterrupted = fit(7, "whole")
+    first = fit(3, "killed")  # the workers prefetch ahead; the checkpoint holds the 3 batches trained on
+    assert first.seen == uninterrupted.seen[:3]
+    resumed = fit(7, "resumed", ckpt_path=str(tmp_path / "killed" / "last.ckpt"))
+    assert resumed.seen == uninterrupted.seen[3:] and len(set(uninterrupted.seen)) == 7
