@@ -66,13 +66,14 @@ def is_causal(codec: Codec, part: str) -> bool:
     cache = codec.__dict__.setdefault("_causal_parts", {})
     if part not in cache:
         hop, probe = codec.hop_length, 64
+        device = next(codec.parameters()).device
         if part == "encoder":
             lookahead = codec.encoder_lookahead
-            x = torch.zeros(1, codec.channels, probe * hop)
+            x = torch.zeros(1, codec.channels, probe * hop, device=device)
             exact = streams_exactly(codec.encoder, x, probe) if lookahead == 0 else False
         else:
             lookahead = codec.decoder_lookahead
-            z = torch.zeros(1, codec.quantizer.dimension, probe)
+            z = torch.zeros(1, codec.quantizer.dimension, probe, device=device)
             exact = streams_exactly(codec.decoder, z, probe * hop) if lookahead == 0 else False
         cache[part] = exact
     return cache[part]
