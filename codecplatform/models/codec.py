@@ -229,7 +229,7 @@ class Codec(ChunkedCoding, AudioCodec):
                 encoded = EncodedAudio(codes=encoded, scale=None, length=0)
             total = max(int(v) for v in (lengths.tolist() if isinstance(lengths, Tensor) else lengths))
             return decode_batch(self, encoded, check_lengths(lengths, encoded.codes.shape[0], total), to_latent)
-        if bool((encoded.codes if isinstance(encoded, Tensor) else encoded.codes).lt(0).any()):
+        if bool((encoded if isinstance(encoded, Tensor) else encoded.codes).lt(0).any()):
             raise ValueError("the codes hold -1 (padding of a batch encoded with lengths): pass the same lengths")
         return self._decode(self._as_encoded(encoded), to_latent)
 

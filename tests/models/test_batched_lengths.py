@@ -92,3 +92,11 @@ def test_lengths_are_checked():
         codec.encode(x, lengths=[80])
     with pytest.raises(ValueError, match=r"whole numbers in 1\.\.80"):
         codec.encode(x, lengths=[80, 81])
+
+
+def test_bare_codes_decode_and_padding_codes_are_refused():
+    codec = tiny_codec("encodec_causal", init=False)
+    codes = torch.zeros(1, 2, 5, dtype=torch.long)
+    assert codec.decode(codes).shape == (1, 1, 5 * codec.hop_length)
+    with pytest.raises(ValueError, match="pass the same lengths"):
+        codec.decode(codes - 1)
