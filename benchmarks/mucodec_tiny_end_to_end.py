@@ -14,7 +14,7 @@ on two metrics: log-mel L1 before the vocoder (the Mel-VAE decode of the generat
 the input's log-mel, the Mel-VAE's own mel function) and the audio mel distance after the vocoder.
 Prints a table and writes JSON with the chain's gain over (b) and (c) in percent.
 
-    python benchmarks/mucodec_tiny_end_to_end.py [--data_dir ../shared/data/music_large] [--batches N ...]
+    python benchmarks/mucodec_tiny_end_to_end.py [--data_dir MUSIC_LARGE] [--batches N ...]
         [--work_dir outputs/benchmarks/mucodec_tiny] [--out outputs/benchmarks/mucodec_tiny_end_to_end.json]
 
 Stages (``codecplatform fit`` = ``cli_main(["fit", ...])``, each with its real YAML + tiny override):
