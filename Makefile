@@ -26,8 +26,10 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/python -m codecplatform.quickstart
 
+# Two pytest workers (pytest-xdist): tests run on one torch thread each, so the second core would idle;
+# a test file stays on one worker, and tests/conftest.py keeps the shared DDP and MLflow-server fixtures on one.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/python -m ruff check codecplatform datamodules callbacks tests benchmarks

@@ -154,3 +154,14 @@ def latest_checkpoint():
         return paths[0]
 
     return find
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """``make test`` runs on two workers (pytest-xdist, ``--dist loadgroup``): each test file stays on
+    one worker (its module fixtures are built once), and the users of an expensive session fixture
+    (the two-rank fits, the mlflow server) share one worker, so it is built once too."""
+    shared = ("ddp_fits", "mlflow_server")
+    for item in items:
+        used = [name for name in shared if name in getattr(item, "fixturenames", ())]
+        item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
