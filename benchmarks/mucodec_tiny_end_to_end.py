@@ -40,6 +40,7 @@ import soundfile as sf
 import torch
 import yaml
 
+from codecplatform.checkpoints.io import read_checkpoint
 from codecplatform.cli import cli_main
 from codecplatform.config import compose_config, instantiate, merge_config
 from codecplatform.dsp.spectral import resample
@@ -131,7 +132,7 @@ def reusable(stage: str, work: Path) -> str | None:
 def fit(stage: str, batches: int, manifests: dict[str, Path], work: Path, *extra: str) -> tuple[str, float]:
     real, tiny, _ = STAGES[stage]
     if stage in REUSED and (path := reusable(stage, work)) is not None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path, "training checkpoint", required={"state_dict": dict})
         REUSED[stage] = int(state["state_dict"].get("batch_counter", torch.tensor(-1)))
         print(f"\n== {stage}: reused {path} ({REUSED[stage]} batches) ==", flush=True)
         return path, 0.0

@@ -44,8 +44,14 @@ def run(seed: int, mode: str, steps: int, eval_at: list[int]) -> dict[int, dict[
     held_out = latents(basis, 256, 16, data)
     variance = held_out.var()
     rvq = ResidualVectorQuantizer(
-        dimension=DIM, n_q=N_Q, codebook_size=ENTRIES, decay=0.9, kmeans_iters=10, threshold_ema_dead_code=0.1,
-        dropout=DiscreteLevelDropout(levels=list(COUNTS)), dropout_mode=mode,
+        dimension=DIM,
+        n_q=N_Q,
+        codebook_size=ENTRIES,
+        decay=0.9,
+        kmeans_iters=10,
+        threshold_ema_dead_code=0.1,
+        dropout=DiscreteLevelDropout(levels=list(COUNTS)),
+        dropout_mode=mode,
     )
     stream = torch.Generator().manual_seed(1000 + seed)  # the same batches and counts for both modes
     results = {}

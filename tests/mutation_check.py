@@ -75,8 +75,8 @@ MUTATIONS = (
     Mutation(
         "factorized_commitment_detached",  # the commitment loss no longer pulls the encoder
         "codecplatform/quantizers/factorized.py",
-        "commit = F.mse_loss(z_e, e_k.detach(), reduction=\"none\")",
-        "commit = F.mse_loss(z_e.detach(), e_k.detach(), reduction=\"none\")",
+        'commit = F.mse_loss(z_e, e_k.detach(), reduction="none")',
+        'commit = F.mse_loss(z_e.detach(), e_k.detach(), reduction="none")',
         ("tests/quantizers/test_factorized.py",),
     ),
     Mutation(
@@ -180,10 +180,16 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, 
 
 def copy_tree(dest: Path) -> Path:
     """The files git knows (tracked and untracked-not-ignored) copied to ``dest``, with the venv linked."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():

@@ -102,4 +102,4 @@ def test_the_start_page_sets_model_training_and_each_codec_experiments_view(mlfl
     assert json.loads(defaults[WORKFLOW_KEY]) == "machine_learning"
     assert json.loads(defaults[runs_state_key(with_view)]) == runs_view()
     assert runs_state_key(without_view) not in defaults
-    assert "<div id=\"root\">" in page or 'id="root"' in page  # still MLflow's page
+    assert '<div id="root">' in page or 'id="root"' in page  # still MLflow's page

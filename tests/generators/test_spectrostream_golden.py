@@ -42,8 +42,9 @@ def test_stft_front_end_and_inverse_match_the_official(golden):
     audio = golden["stft_audio"].transpose(1, 2)  # [b, t, c] -> (B, C, T)
     ours = channels_last(stft_2d(audio, **SIZES))
     torch.testing.assert_close(ours, golden["stft_spectrum"], rtol=1e-5, atol=2e-5)
-    torch.testing.assert_close(channels_last(STFTAnalysis(480, 240, 480)(audio)), golden["stft_spectrum"],
-                               rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(
+        channels_last(STFTAnalysis(480, 240, 480)(audio)), golden["stft_spectrum"], rtol=1e-5, atol=2e-5
+    )
     spectrum = golden["istft_spectrum"].permute(0, 3, 1, 2)  # [b, n, f, 2C] -> (B, 2C, N, F)
     for synthesis in (istft_2d(spectrum, **SIZES), STFTSynthesis(480, 240, 480)(spectrum)):
         torch.testing.assert_close(synthesis.transpose(1, 2), golden["istft_audio"], rtol=1e-5, atol=1e-6)
@@ -62,8 +63,9 @@ def test_residual_quantizer_matches_the_official(golden):
     codes = rvq.encode(z)  # (B, K, T')
     assert torch.equal(codes.transpose(1, 2)[valid], golden["rvq_codes"][valid].long())
     assert torch.equal(rvq.encode(z, n_q=2).transpose(1, 2)[valid], golden["rvq_codes_2"][valid].long())
-    torch.testing.assert_close(rvq.decode(codes).transpose(1, 2)[valid], golden["rvq_decoded"][valid],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        rvq.decode(codes).transpose(1, 2)[valid], golden["rvq_decoded"][valid], rtol=1e-5, atol=1e-6
+    )
     out = rvq(z)  # the training-path loop at inference: every stage, the sum
     torch.testing.assert_close(out.z_q.transpose(1, 2)[valid], golden["rvq_quantized"][valid], rtol=1e-5, atol=1e-6)
     assert torch.equal(out.codes.transpose(1, 2)[valid], golden["rvq_encodings"].argmax(-1)[valid])

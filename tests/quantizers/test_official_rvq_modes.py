@@ -16,7 +16,12 @@ def spectro_rvq(mode: str) -> ResidualVectorQuantizer:
     torch.manual_seed(0)
     # random entries (no k-means), no dead-code replacement: one step's EMA update is exact arithmetic
     return ResidualVectorQuantizer(
-        dimension=4, n_q=3, codebook_size=8, decay=0.5, kmeans_init=False, threshold_ema_dead_code=0.0,
+        dimension=4,
+        n_q=3,
+        codebook_size=8,
+        decay=0.5,
+        kmeans_init=False,
+        threshold_ema_dead_code=0.0,
         dropout_mode=mode,
     )
 
@@ -82,7 +87,11 @@ def test_per_stage_gradient_is_the_sum_of_the_band_filters(length):
     scales = [4, 2, 1, 1]
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(
-        dimension=6, n_q=4, codebook_size=16, kmeans_iters=3, stage_hook=BandLimit(scales),
+        dimension=6,
+        n_q=4,
+        codebook_size=16,
+        kmeans_iters=3,
+        stage_hook=BandLimit(scales),
         straight_through="per_stage",
     ).train()
     z = torch.randn(2, 6, length, requires_grad=True)
