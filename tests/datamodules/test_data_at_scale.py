@@ -23,8 +23,6 @@ def _tone(seconds: float, freq: float, sr: int = SR, channels: int = 1) -> np.nd
 
 
 def test_opus_and_files_without_an_audio_extension_are_found_by_content(tmp_path: Path) -> None:
-    if "OPUS" not in sf.available_subtypes("OGG"):
-        pytest.skip("this libsndfile writes no Ogg Opus")
     sf.write(tmp_path / "song.opus", _tone(0.5, 440, 48000, 2), 48000, format="OGG", subtype="OPUS")
     sf.write(tmp_path / "take.data", _tone(0.5, 330), SR, format="WAV")  # audio, unknown extension
     (tmp_path / "COPYRIGHT").write_text("licence text, not audio\n" * 20)
@@ -89,8 +87,6 @@ def _lower_first_audio_granule(ogg: bytes, frames: int) -> bytes:
 def test_ogg_whose_header_counts_more_frames_than_it_decodes(tmp_path: Path) -> None:
     """libsndfile counts a Vorbis stream whose first audio page has a lowered granule position
     (encoder start trimming) as longer than it decodes; prepare records the decoded length."""
-    if "VORBIS" not in sf.available_subtypes("OGG"):
-        pytest.skip("this libsndfile writes no Ogg Vorbis")
     noise = 0.3 * np.random.default_rng(0).standard_normal(3 * SR)
     raw = io.BytesIO()
     sf.write(raw, noise, SR, format="OGG", subtype="VORBIS")
