@@ -19,6 +19,9 @@ that a failing part fails its own tests and the ones after it, not the ones befo
 - ``callbacks`` (tests/callbacks/test_callbacks_ddp.py): codebook, audio and throughput callbacks, one
   training batch, 2 validation batches of 2; rank zero writes ``module.pt``, ``metrics.json`` and the
   callbacks' files under ``artifacts/``.
+- ``shard_resume`` (tests/datamodules/test_data_at_scale.py): a recording module on segment shards (written
+  by :func:`run` before the job), 7 steps uninterrupted, 3 steps with a checkpoint, then resumed from
+  it to 7; ``rank<r>.pt``: each fit's batches as bytes.
 """
 
 from __future__ import annotations
@@ -125,6 +128,45 @@ SCRIPT = textwrap.dedent(
         metrics = {{k: float(v) for k, v in t.callback_metrics.items()}}
         (folder / "metrics.json").write_text(json.dumps(metrics))
     done(folder, t)
+
+    # shard_resume: the shards were written by run() before the job started
+    import lightning.pytorch as pl
+    from datamodules.lhotse_audio import LhotseAudioDataModule
+
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch.numpy().tobytes())
+            return (self.scale * batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+    def shard_fit(folder, max_steps, run, ckpt_path=None):
+        dm = LhotseAudioDataModule(train_shar=str(OUT / "shard_data" / "shar"), sample_rate=8000, batch_size=2,
+                                   segment_seconds=0.125, num_workers=1)
+        module = Recorder()
+        t = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=max_steps, logger=False,
+                    enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                    default_root_dir=str(folder),
+                    callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(folder / run), save_last=True,
+                                                            every_n_train_steps=3)])
+        t.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return t, module.seen
+
+
+    folder = part("shard_resume")
+    t, whole = shard_fit(folder, 7, "whole")
+    t, killed = shard_fit(folder, 3, "killed")
+    t, resumed = shard_fit(folder, 7, "resumed", ckpt_path=str(folder / "killed" / "last.ckpt"))
+    torch.save({{"whole": whole, "killed": killed, "resumed": resumed}}, folder / f"rank{{t.global_rank}}.pt")
+    done(folder, t)
     """
 )
 
@@ -144,9 +186,35 @@ class DDPFits:
         return folder
 
 
+def _write_shards(root: Path) -> None:
+    """Part ``shard_resume``'s data, written before the job (both ranks would write it at once): 6 tones
+    of 1.1-2.1 s at 16 kHz -> segment shards of 0.5 s at 8 kHz mono, 4 segments a shard (5 shards)."""
+    import numpy as np
+    import soundfile as sf
+
+    from datamodules.manifests import load_cuts, prepare_manifests
+    from datamodules.shards import export_shar
+
+    (root / "audio").mkdir(parents=True)
+    for i in range(6):
+        t = np.arange(int((1.1 + 0.2 * i) * 16000)) / 16000
+        sf.write(root / "audio" / f"r{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), 16000)
+    paths = prepare_manifests(root / "audio", root / "manifests", 0.0, 0.0)
+    export_shar(
+        load_cuts(paths["train"]),
+        root / "shar",
+        shard_size=4,
+        segment_seconds=0.5,
+        sample_rate=8000,
+        channels=1,
+        num_workers=1,
+    )
+
+
 def run(out: Path) -> DDPFits:
     script = out / "script" / "ddp_fits.py"  # a folder of its own: the script's folder is on sys.path
     script.parent.mkdir()
+    _write_shards(out / "shard_data")
     script.write_text(
         SCRIPT.format(lightning=str(TESTS / "lightning"), callbacks=str(TESTS / "callbacks"), out=str(out))
     )

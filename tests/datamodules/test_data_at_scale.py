@@ -305,3 +305,13 @@ def test_lightning_kill_and_resume_on_shards_trains_on_the_uninterrupted_batches
     assert first.seen == uninterrupted.seen[:3]
     resumed = fit(7, "resumed", ckpt_path=str(tmp_path / "killed" / "last.ckpt"))
     assert resumed.seen == uninterrupted.seen[3:] and len(set(uninterrupted.seen)) == 7
+
+
+def test_two_rank_ddp_kill_and_resume_on_shards_trains_each_rank_on_its_uninterrupted_batches(ddp_fits) -> None:
+    folder = ddp_fits.part("shard_resume")
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for seen in ranks:
+        assert len(seen["whole"]) == 7 and len(set(seen["whole"])) == 7
+        assert seen["killed"] == seen["whole"][:3]
+        assert seen["resumed"] == seen["whole"][3:]
+    assert not set(ranks[0]["whole"]) & set(ranks[1]["whole"])  # each rank reads its own shards
