@@ -172,8 +172,9 @@ class LhotseAudioDataModule(pl.LightningDataModule):
             (``datamodules.dataset.DecodedAudioCache``): a compressed file (Ogg, MP3) is decoded once
             instead of once per window. Worth it when the data fits (1 hour of 48 kHz stereo: 1.3 GB
             per process); 0: off.
-        shard_buffer_mb: MB of decoded segments the shuffle buffer of each loading process holds
-            when reading ``train_shar`` sequentially (bounds its memory, whatever the corpus size).
+        shard_buffer_mb: MB of audio data each loading process may hold when reading ``train_shar``
+            sequentially: its shuffle buffer of decoded segments, the shard reader and the batch
+            being built (bounds its memory, whatever the corpus size; ``ShardWindowStream.capacity``).
     """
 
     def __init__(

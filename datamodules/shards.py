@@ -49,6 +49,9 @@ from codecplatform.dsp.channels import map_channels
 from datamodules.sampling import Shard, draws_per_cut, shar_shards
 
 PLAN_SUFFIX = ".plan.json"  # beside the shard folder: lhotse reads every file inside it as a field
+#: MB of a reading worker's memory outside the shuffle buffer that ``buffer_mb`` must also cover: the shard
+#: reader (lhotse's Shar iterator, the FLAC decoder), measured at 9 MB on 10 s segments (RESULTS.md), with margin.
+READER_RESERVE_MB = 16.0
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -407,8 +410,9 @@ class ShardWindowStream(torch.utils.data.IterableDataset):
         channels: channels C of the batches (``map_channels``).
         segment_seconds: window length; T = round(segment_seconds x sample_rate).
         batch_size: windows per batch B.
-        buffer_mb: MB of decoded segments (float32) the shuffle buffer of each worker holds (at
-            least one segment).
+        buffer_mb: MB a worker's data may take: the shuffle buffer of decoded segments (float32),
+            the reader and the batch being built (:meth:`capacity`; the buffer holds at least one
+            segment, so a setting below ``READER_RESERVE_MB`` plus two segments is exceeded).
         seed: seed of every order and offset.
         world_size: ranks.
         rank: this rank.
@@ -452,11 +456,15 @@ class ShardWindowStream(torch.utils.data.IterableDataset):
         self.start_batch = batches
 
     def capacity(self, segments: Sequence[Sequence[_SegmentInfo]]) -> int:
-        """Segments the buffer holds: ``buffer_mb`` over the longest segment's float32 size, at
-        least one, at most the worker's segments (then it holds all of them)."""
+        """Segments the buffer holds, so that the worker's data stays under ``buffer_mb``: what is
+        left after :data:`READER_RESERVE_MB`, two copies of the segment being read (decoded and
+        converted) and two of the batch being built (windows and their stack), over the longest
+        segment's float32 size; at least one, at most the worker's segments (then all of them)."""
         longest = max(s.samples for shard in segments for s in shard)
-        fits = int(self.buffer_mb * 2**20 // (longest * self.channels * 4))
-        return min(max(1, fits), sum(len(shard) for shard in segments))
+        segment = longest * self.channels * 4
+        batch = self.batch_size * self.window * self.channels * 4
+        spare = self.buffer_mb * 2**20 - READER_RESERVE_MB * 2**20 - 2 * segment - 2 * batch
+        return min(max(1, int(spare // segment)), sum(len(shard) for shard in segments))
 
     def _segments(self, shard: Shard) -> list[_SegmentInfo]:
         out = []
@@ -529,6 +537,7 @@ class ShardWindowStream(torch.utils.data.IterableDataset):
 
 __all__ = [
     "PLAN_SUFFIX",
+    "READER_RESERVE_MB",
     "ShardReport",
     "ShardWindowStream",
     "export_shar",

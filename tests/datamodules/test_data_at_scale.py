@@ -183,7 +183,7 @@ def test_shard_assignment_is_disjoint_across_ranks_and_workers() -> None:
 def _stream(shar: Path, **kwargs: object):
     from datamodules.shards import ShardWindowStream
 
-    args = {"sample_rate": 8000, "channels": 1, "segment_seconds": 0.125, "batch_size": 3, "buffer_mb": 0.05}
+    args = {"sample_rate": 8000, "channels": 1, "segment_seconds": 0.125, "batch_size": 3, "buffer_mb": 16.1}
     return ShardWindowStream(shar, **{**args, **kwargs})
 
 
@@ -199,7 +199,8 @@ def test_shard_stream_resumes_exactly_and_bounds_its_buffer(sharded: dict[str, P
     stream = _stream(shar)
     assigned, plan = stream.worker_plan(1, 0)
     capacity = plan.capacity
-    assert capacity == int(0.05 * 2**20 // (4000 * 4)) == 3  # buffer_mb over one segment's float32
+    # 16.1 MB less the reader's 16, two segments of 4000 float32 and two batches of 3 x 1000: 3 segments
+    assert capacity == int((16.1 * 2**20 - 16 * 2**20 - 2 * 4000 * 4 - 2 * 3 * 1000 * 4) // (4000 * 4)) == 3
     for _ in range(200):
         plan.draw()
         assert len(plan.buffer) <= capacity
