@@ -48,7 +48,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -58,13 +57,14 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from codecplatform.cli import CodecCLI, expand_args
 from datamodules.manifests import prepare_manifests
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from train_throughput import measure_step  # noqa: E402  (the one timed training step)
 
 
 def write_corpus(folder: Path, files: int, seconds: float, rate: int, channels: int, fmt: str) -> None:
@@ -124,68 +124,6 @@ def measure_loader(
         "epoch_restarts": restarts,
     }
     return timing, first_batch
-
-
-class _SameBatch(Dataset):
-    """``n`` times the same (B, C, T) batch: a loader that costs nothing."""
-
-    def __init__(self, batch: torch.Tensor, n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.batch
-
-
-class _StepTimer(Callback):
-    """Wall time of every training step (batch start to batch end, device synchronized)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def _sync(self, trainer: Trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-
-    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
-        self._sync(trainer)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self._sync(trainer)
-        self.times.append(time.perf_counter() - self._start)
-
-
-def measure_model(cli: CodecCLI, batch: torch.Tensor, steps: int, accelerator: str, precision: str) -> dict:
-    """Median training-step time of the config's LightningModule on ``batch`` (B, C, T); the first
-    step (k-means init, allocation, autotuning) is left out."""
-    module = cli.model
-    module.max_batches = steps + 1
-    timer = _StepTimer()
-    trainer = Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision,
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, DataLoader(_SameBatch(batch, steps + 1), batch_size=None))
-    step = statistics.median(timer.times[1:])
-    return {
-        "step_s": step,
-        "steps_timed": len(timer.times) - 1,
-        "first_step_s": timer.times[0],
-        "device": str(trainer.strategy.root_device),
-        "precision": precision,
-    }
 
 
 def _rss_mb() -> float:
@@ -377,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         cli = build(configs, [*data_overrides, *overrides])
         sample_rate = cli.datamodule.sample_rate
-        model = measure_model(cli, batch, opts.model_batches, opts.accelerator, opts.precision)
+        model = measure_step(cli.model, batch, opts.model_batches, opts.accelerator, opts.precision)
     batch_audio = batch.shape[0] * batch.shape[-1] / sample_rate
     consumed = batch_audio / model["step_s"]
     for row in rows:
