@@ -95,13 +95,20 @@ def dac_models(folder: Path) -> tuple[Any, Codec, Codec, dict[float, int]]:
     return official, ours.prepare_for_inference(), Codec.from_checkpoint(checkpoint), points
 
 
-def config_models(config: str) -> tuple[None, Codec, Codec, dict[float, int]]:
-    codec_config = compose_config(REPO / "experiments" / config)["model"]["init_args"]["codec"]
+def initialised_codec(codec_config: dict[str, Any]) -> Codec:
+    """The codec of ``codec_config`` (``{class_path, init_args}``), random weights, its codebooks
+    k-means initialised on noise (untrained EMA codebooks are all zero: every code would be 0), eval mode."""
     torch.manual_seed(0)
     codec = Codec.from_config(codec_config)
     codec.train()
-    with torch.no_grad():  # k-means initialisation of the codebooks
+    with torch.no_grad():
         codec(0.1 * torch.randn(1, codec.channels, 20 * codec.hop_length))
+    return codec.eval()
+
+
+def config_models(config: str) -> tuple[None, Codec, Codec, dict[float, int]]:
+    codec_config = compose_config(REPO / "experiments" / config)["model"]["init_args"]["codec"]
+    codec = initialised_codec(codec_config)
     state = codec.state_dict()
     unprepared = Codec.from_config(codec_config)
     unprepared.load_state_dict(state)
