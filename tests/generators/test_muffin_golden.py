@@ -1,13 +1,16 @@
 """MUFFIN against the official code (dianwen-ng/MUFFIN, commit in the fixtures): the tiny encoder,
 decoder and MBS-RVQ with the official weights, on the official inputs, give the official outputs;
 one training step of the quantizer (per-stage straight-through, EMA update) matches too.
-Fixtures: ``tests/fixtures/muffin/make_muffin_golden.py``."""
+The official weights (``weights.pt``, the official ``g_<step>`` format) are read through the importer's
+key map (:func:`codecplatform.checkpoints.muffin.convert_muffin_checkpoint`), so these tests also check
+the MUFFIN import. Fixtures: ``tests/fixtures/muffin/make_muffin_golden.py``."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
+from codecplatform.checkpoints.muffin import convert_muffin_checkpoint
 from codecplatform.generators.muffin import MuffinDecoder, MuffinEncoder
 from codecplatform.quantizers.band_limit import BandLimit
 from codecplatform.quantizers.ema_residual import ResidualVectorQuantizer
@@ -18,9 +21,13 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 
 @pytest.fixture(scope="module")
 def official():
-    weights = torch.load(FIXTURES / "weights.pt", weights_only=True)
+    converted = convert_muffin_checkpoint(torch.load(FIXTURES / "weights.pt", weights_only=True))
+    weights = {
+        part: {k[len(part) + 1 :]: v for k, v in converted.items() if k.startswith(part + ".")}
+        for part in ("encoder", "decoder", "quantizer")
+    }
     golden = torch.load(FIXTURES / "golden.pt", weights_only=True)
-    config = weights["config"]
+    config = golden["config"]
     encoder = MuffinEncoder(**config["encoder"]).eval()
     decoder = MuffinDecoder(**config["decoder"]).eval()
     encoder.load_state_dict(weights["encoder"])
