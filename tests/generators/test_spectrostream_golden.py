@@ -1,8 +1,10 @@
 """SpectroStream against the official JAX code (magenta/magenta-realtime ``magenta_rt/jax/spectrostream.py``
 on google/sequence-layers; commits in the script): the STFT front end, the inverse STFT, the residual
 vector quantizer and the encoder and decoder (official layout at widths 2 .. 32, the official weights
-converted to ours) give the official outputs on the official inputs. Fixtures:
-``tests/fixtures/spectrostream/make_spectrostream_golden.py``."""
+converted to ours) give the official outputs on the official inputs. The official weights are the
+released layout (flax paths in safetensors) read through the importer's key map
+(:mod:`codecplatform.checkpoints.spectrostream`), so these tests also check the SpectroStream import.
+Fixtures: ``tests/fixtures/spectrostream/make_spectrostream_golden.py``."""
 
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from codecplatform.checkpoints.spectrostream import convert_spectrostream_params, read_parameter_file
 from codecplatform.dsp.stft2d import istft_2d, stft_2d
 from codecplatform.generators.spectrostream import (
     SpectroStreamDecoder,
@@ -26,6 +29,14 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "spectrostream"
 def load(name: str) -> dict[str, torch.Tensor]:
     with np.load(FIXTURES / name) as data:
         return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+def official_weights(part: str) -> dict[str, torch.Tensor]:
+    """Our ``part`` (encoder, decoder, quantizer) state dict from the released-layout fixture files."""
+    params = {**read_parameter_file(FIXTURES / "encoder.safetensors")}
+    params.update(read_parameter_file(FIXTURES / "soundstream.safetensors"))
+    converted = convert_spectrostream_params(params)
+    return {k[len(part) + 1 :]: v for k, v in converted.items() if k.startswith(part + ".")}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +66,9 @@ def test_stft_front_end_and_inverse_match_the_official(golden):
 
 def test_residual_quantizer_matches_the_official(golden):
     codebooks = golden["rvq_codebooks"]  # (K, entries, D)
-    rvq = ResidualVectorQuantizer(dimension=8, n_q=4, codebook_size=16, kmeans_init=False).eval()
-    for layer, entries in zip(rvq.layers, codebooks):
-        layer.embed.copy_(entries)
+    rvq = ResidualVectorQuantizer(dimension=8, n_q=4, codebook_size=16).eval()
+    rvq.load_state_dict(official_weights("quantizer"))  # the released embedding (K, N, D), imported
+    assert all(torch.equal(layer.embed, entries) for layer, entries in zip(rvq.layers, codebooks))
     z = golden["rvq_embeddings"].transpose(1, 2)  # [b, t, d] -> (B, D, T')
     valid = golden["rvq_mask"]  # [b, t]: the official masks padded frames to 0
     codes = rvq.encode(z)  # (B, K, T')
@@ -75,8 +86,8 @@ def test_encoder_and_decoder_match_the_official():
     golden = load("codec_golden.npz")
     tiny = dict(channels=2, dimension=8, base_depth=2, norm="none")  # official ratios, mults, fusion, look-ahead 1
     encoder, decoder = SpectroStreamEncoder(**tiny).eval(), SpectroStreamDecoder(**tiny).eval()
-    encoder.load_state_dict(load("encoder_weights.npz"))
-    decoder.load_state_dict(load("decoder_weights.npz"))
+    encoder.load_state_dict(official_weights("encoder"))
+    decoder.load_state_dict(official_weights("decoder"))
     with torch.no_grad():
         z = encoder(golden["audio"].transpose(1, 2))  # (1, 8, 4)
         torch.testing.assert_close(z.transpose(1, 2), golden["z"], rtol=1e-5, atol=2e-5)
