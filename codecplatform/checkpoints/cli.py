@@ -4,6 +4,9 @@
         --source weights_44khz_8kbps_0.0.1.pth --out dac_44khz.ckpt
     codecplatform import-checkpoint --family encodec --variant 24khz \\
         --source encodec_24khz-d7cc33bc.th --out encodec_24khz.ckpt
+    codecplatform import-checkpoint --family muffin --variant 75hz --source g_00500000 --out muffin_75hz.ckpt
+    codecplatform import-checkpoint --family spectrostream \\
+        --source encoder.safetensors mrt2_small.safetensors --out spectrostream.ckpt
 
 For DAC ``--variant`` may be left out when the file carries ``DAC.save``'s metadata (it names the
 architecture); a variant that contradicts the metadata is an error. Prints the parameter count
@@ -28,10 +31,14 @@ from pathlib import Path
 from codecplatform.checkpoints.base import CheckpointImporter
 from codecplatform.checkpoints.dac import DACImporter
 from codecplatform.checkpoints.encodec import EncodecImporter
+from codecplatform.checkpoints.muffin import MuffinImporter
+from codecplatform.checkpoints.spectrostream import SpectroStreamImporter
 
 USAGE_ERROR = 2
 
-IMPORTERS: dict[str, type[CheckpointImporter]] = {cls.family: cls for cls in (DACImporter, EncodecImporter)}
+IMPORTERS: dict[str, type[CheckpointImporter]] = {
+    cls.family: cls for cls in (DACImporter, EncodecImporter, MuffinImporter, SpectroStreamImporter)
+}
 
 
 def importer_class(name: str) -> type[CheckpointImporter]:
@@ -70,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         for name, cls in IMPORTERS.items()
     )
     parser.add_argument("--variant", default=None, help=variants)
-    parser.add_argument("--source", required=True, help="the official weights file")
+    several = ", ".join(name for name, cls in IMPORTERS.items() if cls.multiple_sources)
+    parser.add_argument("--source", required=True, nargs="+", help=f"the official weights file (several for {several})")
     parser.add_argument("--out", required=True, help="where to write the checkpoint")
     return parser
 
@@ -96,22 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unknown {family} variant {args.variant!r}: choose one of {choices}")
     if args.variant is None and not importer.variant_from_file:
         return _fail(f"--variant is required for {family}: choose one of {choices}")
-    source = Path(args.source)
-    if not source.is_file():
-        return _fail(f"source file not found: {source}")
+    sources = [Path(s) for s in args.source]
+    if len(sources) > 1 and not importer.multiple_sources:
+        return _fail(f"{family} takes one --source file, got {len(sources)}")
+    for source in sources:
+        if not source.is_file():
+            return _fail(f"source file not found: {source}")
     try:
-        out = importer.import_file(source, args.variant, args.out)
+        out = importer.import_file(sources if importer.multiple_sources else sources[0], args.variant, args.out)
     except (ValueError, KeyError, RuntimeError) as error:
         print(f"import-checkpoint: conversion failed: {error}", file=sys.stderr)
         return 1
 
-    from codecplatform.models.codec import Codec
+    from codecplatform.models.base import AudioCodec
 
-    codec = Codec.from_checkpoint(out)
+    codec = AudioCodec.from_checkpoint(out)
     counts = codec.num_parameters()
+    parts = ", ".join(f"{name} {count:,}" for name, count in counts.items() if name != "total")
     print(
-        f"imported {family} {args.variant or '(variant from metadata)'}: {counts['total']:,} parameters "
-        f"(encoder {counts['encoder']:,}, quantizer {counts['quantizer']:,}, decoder {counts['decoder']:,})"
+        f"imported {family} {args.variant or '(variant from the file)'}: {counts['total']:,} parameters"
+        + (f" ({parts})" if parts else "")
     )
     print(f"wrote {Path(out).resolve()}")
     return 0

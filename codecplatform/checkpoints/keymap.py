@@ -57,11 +57,11 @@ def check_converted(
     official_key: Callable[[str], str] = lambda key: key,
 ) -> None:
     """Raise ValueError before anything is written when ``converted`` does not fit ``model``: one line
-    naming ``source``, ``what`` it should be, the first missing entries (named by ``official_key``,
-    the file's names), the unexpected ones and the shape mismatches."""
+    naming ``source``, ``what`` it should be, the first missing entries, the unexpected ones and the
+    shape mismatches, each named by ``official_key`` (our key -> the file's name)."""
     own = model.state_dict()
     missing = [official_key(k) for k in own if k not in converted]
-    unexpected = [k for k in converted if k not in own]
+    unexpected = [official_key(k) for k in converted if k not in own]
     shapes = [
         f"{official_key(k)} {tuple(converted[k].shape)} (expected {tuple(v.shape)})"
         for k, v in own.items()

@@ -189,6 +189,13 @@ def _module_of(layer_path: str) -> str | None:
     return None
 
 
+def _our_key(path: str) -> str | None:
+    """A normalized official path (``decoder/decoder_0/conv2d_3x3/kernel``) -> our key, None if unknown."""
+    layer, _, leaf = path.rpartition("/")
+    module = _module_of(layer) if leaf in ("kernel", "bias") else None
+    return None if module is None else f"{module}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
 def _kernel_to_torch(kernel: Tensor, module: str) -> Tensor:
     if module.startswith(("encoder.output.", "decoder.input.")):  # frame-wise 1x1: Conv1d (out, in, 1)
         return kernel[0, 0].transpose(0, 1).unsqueeze(-1).contiguous()
@@ -224,15 +231,14 @@ def convert_spectrostream_params(
                         twice.append(key)
                     out[f"quantizer.layers.{k}.{name}"] = tensor
             continue
-        layer, _, leaf = path.rpartition("/")
-        module = _module_of(layer) if leaf in ("kernel", "bias") else None
-        if module is None:
+        ours = _our_key(path)
+        if ours is None:
             unknown.append(key)
             continue
-        ours = f"{module}.{'weight' if leaf == 'kernel' else 'bias'}"
+        module, _, leaf = ours.rpartition(".")
         if ours in out:
             twice.append(key)
-        out[ours] = _kernel_to_torch(value, module) if leaf == "kernel" else value.contiguous()
+        out[ours] = _kernel_to_torch(value, module) if leaf == "weight" else value.contiguous()
     if unknown:
         raise ValueError(
             f"unknown parameters in {source} ({len(unknown)}; not SpectroStream encoder/decoder/quantizer "
@@ -294,7 +300,10 @@ def import_spectrostream(
     variant = variant or VARIANTS[0]
     config = copy.deepcopy(config) if config is not None else spectrostream_codec_config(variant, n_q)
     codec = Codec.from_config(config)
-    check_converted(codec, converted, names, f"the SpectroStream {variant} model", _official_path)
+    origin = {_our_key(_parameter_path(k)): k for k in params}
+    check_converted(
+        codec, converted, names, f"the SpectroStream {variant} model", lambda k: origin.get(k) or _official_path(k)
+    )
     codec.load_state_dict(converted, strict=True)
     return write_codec_checkpoint(codec, config, paths[0], "spectrostream", variant, out)
 

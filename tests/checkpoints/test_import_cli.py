@@ -108,8 +108,15 @@ def test_family_is_a_name_or_an_importer_class_path(tmp_path, capsys):
     from codecplatform.checkpoints.cli import IMPORTERS, importer_class
     from codecplatform.checkpoints.dac import DACImporter
     from codecplatform.checkpoints.encodec import EncodecImporter
+    from codecplatform.checkpoints.muffin import MuffinImporter
+    from codecplatform.checkpoints.spectrostream import SpectroStreamImporter
 
-    assert IMPORTERS == {"dac": DACImporter, "encodec": EncodecImporter}
+    assert IMPORTERS == {
+        "dac": DACImporter,
+        "encodec": EncodecImporter,
+        "muffin": MuffinImporter,
+        "spectrostream": SpectroStreamImporter,
+    }
     assert all(issubclass(cls, CheckpointImporter) for cls in IMPORTERS.values())
     assert importer_class("codecplatform.checkpoints.dac.DACImporter") is DACImporter
     source = official_file(tmp_path)
