@@ -22,15 +22,17 @@ MuEncoder stage 1 (masked prediction) -> stage 2 (+ mel and CQT reconstruction; 
 the music has no transcripts) -> tokenizer (1 codebook of 64, on stage 2's encoder) ->
 Mel-VAE (exported) -> flow (DiT on the frozen Mel-VAE, codes from the trained tokenizer, whose
 quantizer the flow starts from and trains on) -> vocoder. ``E2E`` grows the tiny test geometries.
-Data: every audio file of ``--data_dir`` is one track; ``--test_tracks`` of them (evenly spaced in name
-order) are held out; ``--excerpt_seconds`` from the middle of each track are written as 48 kHz stereo
-FLAC under ``<work_dir>/data/{train,test}`` and prepared into ``<work_dir>/manifests``.
+Data: every audio file of ``--data_dir`` is one track; ``--test_tracks`` groups of them (``--group_regex``:
+versions of one piece are one group; evenly spaced in key order) are held out whole;
+``--excerpt_seconds`` from the middle of each track are written as 48 kHz stereo FLAC under
+``<work_dir>/data/{train,test}`` and prepared into ``<work_dir>/manifests``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -45,8 +47,9 @@ from codecplatform.cli import cli_main
 from codecplatform.config import compose_config, instantiate, merge_config
 from codecplatform.dsp.spectral import resample
 from codecplatform.metrics.reconstruction import MelDistance
+from codecplatform.mucodec.bundle import save_bundle
 from codecplatform.mucodec.codec import MuCodec
-from datamodules.manifests import AUDIO_EXTENSIONS, load_cuts, prepare_manifests
+from datamodules.manifests import AUDIO_EXTENSIONS, group_key, load_cuts, prepare_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = REPO / "experiments"
@@ -105,6 +108,9 @@ E2E: dict[str, dict[str, Any]] = {
         "data": {"init_args": {"batch_size": 8}},
     },
 }
+# music_large holds versions of one piece (``original_soundtrack__track3`` and
+# ``aftermath_soundtrack__track3_enhanced``): one group, held out or trained on together
+PIECE_REGEX = r"(?:.*__)?(.+?)(?:_enhanced)?\.[^.]+$"
 DATA = {"data": {"init_args": {"decode_cache_mb": 1024}}}
 
 
@@ -191,15 +197,27 @@ def codec_config(paths: dict[str, str] | None, num_steps: int) -> dict[str, Any]
     return {"class_path": "codecplatform.mucodec.codec.MuCodec", "init_args": args}
 
 
-def excerpt_tracks(data_dir: Path, out: Path, seconds: float, test_tracks: int) -> dict[str, list[str]]:
+def excerpt_tracks(
+    data_dir: Path, out: Path, seconds: float, test_tracks: int, group_regex: str | None = None
+) -> dict[str, list[str]]:
     """Write ``seconds`` from the middle of every track of ``data_dir`` (48 kHz stereo FLAC) to
-    ``out/train`` or, for ``test_tracks`` tracks evenly spaced in name order, ``out/test``."""
+    ``out/train`` or ``out/test``. Tracks are grouped by ``group_regex`` (``group_key``; versions of one
+    piece are one group, each other track a group of its own); ``test_tracks`` groups, evenly spaced
+    in key order, are held out whole, so no version of a held-out piece is trained on."""
     extensions = {*AUDIO_EXTENSIONS, ".opus"}
     tracks = sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-    if len(tracks) < test_tracks + 1 or test_tracks < 2:
-        raise ValueError(f"{data_dir}: {len(tracks)} tracks; need >= 2 held out (--test_tracks) and 1 to train on")
-    step = len(tracks) / test_tracks
-    held = {tracks[int(i * step + step / 2)] for i in range(test_tracks)}
+    pattern = None if group_regex is None else re.compile(group_regex)
+    groups: dict[str, list[Path]] = {}
+    for path in tracks:
+        relative = path.relative_to(data_dir).as_posix()
+        groups.setdefault(group_key(relative, pattern) or relative, []).append(path)
+    if len(groups) < test_tracks + 1 or test_tracks < 2:
+        raise ValueError(
+            f"{data_dir}: {len(groups)} groups of tracks; need >= 2 held out (--test_tracks) and 1 to train on"
+        )
+    keys = sorted(groups)
+    step = len(keys) / test_tracks
+    held = {path for i in range(test_tracks) for path in groups[keys[int(i * step + step / 2)]]}
     split: dict[str, list[str]] = {"train": [], "test": []}
     for path in tracks:
         name = "test" if path in held else "train"
@@ -311,14 +329,25 @@ VOCODER = "trained vocoder alone, on the input's log-mel"
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music_large"))
-    parser.add_argument("--test_tracks", type=int, default=6, help="tracks held out (never trained on)")
+    parser.add_argument("--test_tracks", type=int, default=6, help="groups of tracks held out (never trained on)")
+    parser.add_argument(
+        "--group_regex",
+        default=PIECE_REGEX,
+        help="groups versions of one piece (datamodules.manifests.group_key); '': every track its own group",
+    )
     parser.add_argument("--excerpt_seconds", type=float, default=60.0, help="from the middle of each track")
     parser.add_argument("--batches", type=int, default=None, help="batches of every stage (default: per stage)")
     parser.add_argument("--stage_batches", default="{}", help='JSON {"flow": 2000, ...}: per stage, over --batches')
     parser.add_argument("--num_steps", type=int, default=10, help="Euler steps of the decode")
     parser.add_argument("--eval_seconds", type=float, default=2.56)
     parser.add_argument("--windows_per_track", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (2 on the 2-core machine shared with other runs: Mel-VAE steps 8-17x slower)",
+    )
+    parser.add_argument("--stop_after", default=None, help="train up to this stage, write the times, no evaluation")
     parser.add_argument("--reuse", default="", help="comma-separated stages whose last.ckpt in work_dir is reused")
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny"))
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny_end_to_end.json"))
@@ -329,7 +358,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"mucodec_tiny_end_to_end: no data folder {opts.data_dir}: skipped")
         return {"skipped": f"no data folder {opts.data_dir}"}
     start = time.perf_counter()
-    tracks = excerpt_tracks(Path(opts.data_dir), work / "data", opts.excerpt_seconds, opts.test_tracks)
+    tracks = excerpt_tracks(
+        Path(opts.data_dir), work / "data", opts.excerpt_seconds, opts.test_tracks, opts.group_regex or None
+    )
     train = prepare_manifests(work / "data" / "train", work / "manifests" / "train", 0.0, 0.0, channels=2)["train"]
     test = prepare_manifests(work / "data" / "test", work / "manifests" / "test", 0.0, 0.0, channels=2)["train"]
     manifests = {"train": train, "val": test, "test": test}  # val: monitoring only (last.ckpt is used)
@@ -340,10 +371,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     REUSED.update({stage: -1 for stage in opts.reuse.split(",") if stage})
     if set(REUSED) - set(STAGES):
         raise ValueError(f"--reuse: unknown stages {sorted(set(REUSED) - set(STAGES))}; stages: {list(STAGES)}")
+    if opts.stop_after is not None and opts.stop_after not in STAGES:
+        raise ValueError(f"--stop_after: unknown stage {opts.stop_after!r}; stages: {list(STAGES)}")
     paths: dict[str, str] = {}
+
+    def stopped(stage: str) -> dict[str, Any] | None:
+        if opts.stop_after != stage:
+            return None
+        result = {"stopped_after": stage, "batches": batches, "seconds": times, "checkpoints": paths, "tracks": tracks}
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"stopped after {stage}: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+        return result
+
     paths["muencoder_stage1"], times["muencoder_stage1"] = fit(
         "muencoder_stage1", batches["muencoder_stage1"], manifests, work
     )
+    if (done := stopped("muencoder_stage1")) is not None:
+        return done
     paths["muencoder_stage2"], times["muencoder_stage2"] = fit(
         "muencoder_stage2",
         batches["muencoder_stage2"],
@@ -353,6 +398,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         '--model.init_args.loss_weights={"ce": 1.0, "mel": 1.0, "cqt": 1.0}',  # no lyrics in the music
         "--data.init_args.return_text=false",
     )
+    if (done := stopped("muencoder_stage2")) is not None:
+        return done
     paths["tokenizer"], times["tokenizer"] = fit(
         "tokenizer",
         batches["tokenizer"],
@@ -360,9 +407,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work,
         f"--model.init_args.muencoder_checkpoint={paths['muencoder_stage2']}",
     )
+    if (done := stopped("tokenizer")) is not None:
+        return done
     melvae_dir = work / "melvae_export"
     _, times["melvae"] = fit("melvae", batches["melvae"], manifests, work, f"--model.init_args.export_dir={melvae_dir}")
     paths["melvae"] = str(melvae_dir)
+    if (done := stopped("melvae")) is not None:
+        return done
     tokenizer = stage_config("tokenizer")["model"]["init_args"]["tokenizer"]
     source = {
         "class_path": "codecplatform.mucodec.flow.TokenizerCodeSource",
@@ -377,14 +428,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"--model.init_args.code_source={json.dumps(source)}",
         f"--model.init_args.flow.init_args.quantizer={json.dumps(tokenizer['init_args']['quantizer'])}",
     )
+    if (done := stopped("flow")) is not None:
+        return done
     paths["vocoder"], times["vocoder"] = fit("vocoder", batches["vocoder"], manifests, work)
 
+    if (done := stopped("vocoder")) is not None:
+        return done
     print("\n== evaluation on held-out tracks ==", flush=True)
     windows = windows_of(test, opts.eval_seconds, opts.windows_per_track)
     if len(windows) < 2 * opts.windows_per_track:
         raise ValueError(f"fewer than 2 held-out tracks of {opts.eval_seconds} s in {test}")
     start = time.perf_counter()
     trained = instantiate(codec_config(paths, opts.num_steps), MuCodec)
+    bundled = save_bundle(trained, codec_config(paths, opts.num_steps), work / "mucodec_tiny.ckpt")
     training_windows = windows_of(train, opts.eval_seconds, 4)
     rows = {
         CHAIN: chain_rows(trained, windows),
@@ -404,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": times,
         "total_seconds": sum(times.values()),
         "checkpoints": paths,
+        "bundle": str(bundled),  # the trained chain in one file (benchmarks/inference_rtf.py --mucodec_checkpoint)
         "tracks": tracks,
         "held_out_windows": len(windows),
         "window_seconds": opts.eval_seconds,
