@@ -1,7 +1,9 @@
 """MuCodec parts against the official code's outputs (tests/fixtures/mucodec/golden.pt, made by
 make_golden.py beside it from xuyaoxun/MuCodec at the commit it records): the quantizer's codes and
 ``from_codes``, one DiT step, the whole decode (condition path + Euler sampler with CFG and an
-in-context prompt) and the MuEncoder's hidden states, same weights, float tolerance."""
+in-context prompt) and the MuEncoder's hidden states, same weights, float tolerance. The weights are in
+the official layout (``PromptCondAudioDiffusion`` / ``MuQ`` state dicts, as in the released mucodec.pt)
+and are read through the importer's key map (:func:`codecplatform.checkpoints.mucodec.convert_mucodec_state`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codecplatform.checkpoints.mucodec import convert_mucodec_state
 from codecplatform.mucodec.flow import FlowMatchingDiT
 from codecplatform.mucodec.muencoder import MuEncoder
 from codecplatform.quantizers.factorized import FactorizedResidualVectorQuantizer
@@ -18,15 +21,23 @@ GOLDEN = torch.load(Path(__file__).resolve().parents[1] / "fixtures" / "mucodec"
 TOL = dict(atol=2e-5, rtol=1e-4)
 
 
+def ours(official: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Official state -> our ``prefix`` part, float32 (the fixture stores float16-exact weights)."""
+    converted = convert_mucodec_state(official)
+    return {
+        k[len(prefix) :]: v.float() if v.is_floating_point() else v
+        for k, v in converted.items()
+        if k.startswith(prefix)
+    }
+
+
 @pytest.fixture(scope="module")
 def flow() -> FlowMatchingDiT:
     golden = GOLDEN["flow"]
     config = golden["config"]
     quantizer = FactorizedResidualVectorQuantizer(**config["quantizer"], stale_tolerance=200)
     model = FlowMatchingDiT(dict(config["transformer"]), quantizer, latent_channels=32, latent_bins=32)
-    state = {k: v.float() for k, v in golden["state"].items()}
-    state.update({k: v for k, v in model.state_dict().items() if k.endswith("stale_steps")})
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(ours(golden["official_state"], "flow."), strict=True)
     return model.eval()
 
 
@@ -68,7 +79,8 @@ def test_muencoder_hidden_states_match_the_official():
     assert "muencoder" in GOLDEN, f"the fixture lacks the official MuEncoder's output: {GOLDEN.get('muencoder_error')}"
     golden = GOLDEN["muencoder"]
     encoder = MuEncoder(**golden["config"], feature_layer=2).eval()
-    encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in golden["state"].items()})
+    official = {f"muencoder.model.{k}": v for k, v in golden["official_state"].items()}
+    encoder.load_state_dict(ours(official, "tokenizer.encoder."))
     with torch.no_grad():
         states = encoder(golden["audio"].float()).hidden_states
     torch.testing.assert_close(torch.stack(states), golden["layer_results"], **TOL)
