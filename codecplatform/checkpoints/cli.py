@@ -7,6 +7,7 @@
     codecplatform import-checkpoint --family muffin --variant 75hz --source g_00500000 --out muffin_75hz.ckpt
     codecplatform import-checkpoint --family spectrostream \\
         --source encoder.safetensors mrt2_small.safetensors --out spectrostream.ckpt
+    codecplatform import-checkpoint --family mucodec --source mucodec.pt audioldm_48k.pth --out mucodec.ckpt
 
 For DAC ``--variant`` may be left out when the file carries ``DAC.save``'s metadata (it names the
 architecture); a variant that contradicts the metadata is an error. Prints the parameter count
@@ -31,13 +32,14 @@ from pathlib import Path
 from codecplatform.checkpoints.base import CheckpointImporter
 from codecplatform.checkpoints.dac import DACImporter
 from codecplatform.checkpoints.encodec import EncodecImporter
+from codecplatform.checkpoints.mucodec import MuCodecImporter
 from codecplatform.checkpoints.muffin import MuffinImporter
 from codecplatform.checkpoints.spectrostream import SpectroStreamImporter
 
 USAGE_ERROR = 2
 
 IMPORTERS: dict[str, type[CheckpointImporter]] = {
-    cls.family: cls for cls in (DACImporter, EncodecImporter, MuffinImporter, SpectroStreamImporter)
+    cls.family: cls for cls in (DACImporter, EncodecImporter, MuffinImporter, SpectroStreamImporter, MuCodecImporter)
 }
 
 

@@ -108,6 +108,7 @@ def test_family_is_a_name_or_an_importer_class_path(tmp_path, capsys):
     from codecplatform.checkpoints.cli import IMPORTERS, importer_class
     from codecplatform.checkpoints.dac import DACImporter
     from codecplatform.checkpoints.encodec import EncodecImporter
+    from codecplatform.checkpoints.mucodec import MuCodecImporter
     from codecplatform.checkpoints.muffin import MuffinImporter
     from codecplatform.checkpoints.spectrostream import SpectroStreamImporter
 
@@ -116,6 +117,7 @@ def test_family_is_a_name_or_an_importer_class_path(tmp_path, capsys):
         "encodec": EncodecImporter,
         "muffin": MuffinImporter,
         "spectrostream": SpectroStreamImporter,
+        "mucodec": MuCodecImporter,
     }
     assert all(issubclass(cls, CheckpointImporter) for cls in IMPORTERS.values())
     assert importer_class("codecplatform.checkpoints.dac.DACImporter") is DACImporter
