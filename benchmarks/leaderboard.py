@@ -25,7 +25,8 @@ windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as th
 5. ``codecplatform compare`` over this invocation's runs (tag ``leaderboard=<id>``): one rate-quality
    plot per metric and its tables in ``<work_dir>/comparison``; then ``leaderboard.md`` (one table,
    rows = codec x bitrate, and per family the bitrate where it beats Opus on mel distance or by how
-   much it misses) and ``leaderboard.json``.
+   much it misses) and ``leaderboard.json``; the experiment's saved UI view "leaderboard" (every run's
+   per-bitrate ``mel_distance`` and ``si_sdr`` columns, its address printed at the end).
 
 A private MLflow store (``<work_dir>/mlflow.db``, experiment ``leaderboard``) keeps the runs.
 """
@@ -402,6 +403,13 @@ def main(argv: list[str] | None = None) -> dict:
     run_ids = [r["run_id"] for r in [*results["families"].values(), *results["classical"].values()] if "run_id" in r]
     for run_id in run_ids:
         client.set_tag(run_id, "leaderboard", stamp)
+    if run_ids:  # the UI's "leaderboard" view: every run's per-bitrate mel distance and SI-SDR columns
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        keys = {key for run_id in run_ids for key in client.get_run(run_id).data.metrics}
+        view = compare.leaderboard_view(keys)
+        compare.save_view(client, experiment_id, compare.LEADERBOARD_VIEW_ID, "leaderboard", view)
+        url = compare.view_url(compare.UI_SERVER, experiment_id, compare.LEADERBOARD_VIEW_ID)
+        results["ui"] = f"mlflow ui --app-name codecplatform --backend-store-uri {uri}, then {url}"
     results["rows"] = leaderboard_rows(results)
     if run_ids:
         status = compare.main(
@@ -427,6 +435,8 @@ def main(argv: list[str] | None = None) -> dict:
     (work / "leaderboard.json").write_text(json.dumps(results, indent=1, default=str))
     print("\n" + header + text)
     print(f"wrote {work / 'leaderboard.md'}, {work / 'leaderboard.json'}, {work / 'comparison'}")
+    if "ui" in results:
+        print(f"in the MLflow UI: {results['ui']}")
     return results
 
 

@@ -43,6 +43,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ MODEL_TRAINING_KIND = "custom_model_development"
 SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
 VIEW_ID = "codecplatform-quality"
 VIEW_NAME = "codec quality"
+LEADERBOARD_VIEW_ID = "codecplatform-leaderboard"  # benchmarks/leaderboard.py's per-bitrate view
 #: The columns of that view: describe() tags, then the test metrics at the full bitrate.
 VIEW_TAGS = ("family", "sample_rate", "max_kbps")
 VIEW_METRICS = (
@@ -517,22 +519,39 @@ def runs_view() -> dict[str, Any]:
     return {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
 
 
+def leaderboard_view(metric_keys: Iterable[str], names: Sequence[str] = ("mel_distance", "si_sdr")) -> dict[str, Any]:
+    """The runs-table state of the "leaderboard" view: the family and bitrate tags, then for each of
+    ``names`` its per-bitrate columns ``test/<kbps>kbps/<name>`` found in ``metric_keys``, by bitrate;
+    with a run per codec (families and Opus/MP3 alike) the table reads as rate-quality rows."""
+    found = [m for m in (_PER_BITRATE.match(k) for k in metric_keys) if m and m["stage"] == "test"]
+    columns = [f"tags.`{tag}`" for tag in VIEW_TAGS]
+    for name in names:
+        labels = sorted({float(m["kbps"]): m.group(0) for m in found if m["name"] == name}.items())
+        columns += [f"metrics.`{key}`" for _, key in labels]
+    return {"selectedColumns": columns, "orderByKey": "tags.`family`", "orderByAsc": True}
+
+
+def save_view(client: Any, experiment_id: str, view_id: str, name: str, state: dict[str, Any]) -> None:
+    """Save ``state`` as the experiment's runs view ``view_id`` (shown as ``name`` in the UI's Views
+    menu), replacing a view of that id."""
+    now = int(time.time() * 1000)
+    value = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, SAVED_VIEW_PREFIX + view_id, json.dumps(value))
+
+
 def prepare_experiment(client: Any, experiment_id: str) -> None:
     """Tag the experiment as model training (MLflow 3) and save the "codec quality" runs view, each
     only where the experiment does not have it yet (a user's later choice stays)."""
     tags = client.get_experiment(experiment_id).tags
     if EXPERIMENT_KIND_TAG not in tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
-    key = SAVED_VIEW_PREFIX + VIEW_ID
-    if key not in tags:
-        now = int(time.time() * 1000)
-        value = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now, "state": json.dumps(runs_view())}
-        client.set_experiment_tag(experiment_id, key, json.dumps(value))
+    if SAVED_VIEW_PREFIX + VIEW_ID not in tags:
+        save_view(client, experiment_id, VIEW_ID, VIEW_NAME, runs_view())
 
 
-def view_url(server: str, experiment_id: str) -> str:
-    """The UI address of the experiment's runs in the "codec quality" view (model-training workflow)."""
-    query = f"viewStateShareKey={VIEW_ID}&{MODEL_TRAINING_QUERY}"
+def view_url(server: str, experiment_id: str, view_id: str = VIEW_ID) -> str:
+    """The UI address of the experiment's runs in a saved view (default "codec quality"; model-training workflow)."""
+    query = f"viewStateShareKey={view_id}&{MODEL_TRAINING_QUERY}"
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 

@@ -93,3 +93,29 @@ def test_a_user_clicking_from_the_home_page_sees_the_codec_runs_with_their_metri
         page.click_text(experiment)
         page.wait_for_text("Token Usage", timeout=120)  # MLflow's GenAI overview
         assert "workflowType=genai" in page.url(), page.url()
+
+
+@pytest.mark.slow
+def test_leaderboard_view_lists_families_and_classical_codecs_with_per_bitrate_columns(mlflow_server, tmp_path):
+    """benchmarks/leaderboard.py's saved view on family runs and an Opus run (logged as the benchmark
+    logs them): one row per codec, a column per bitrate for mel distance and SI-SDR."""
+    from codecplatform.metrics.classical import ClassicalTable, log_classical_run
+
+    browser()
+    experiment = "ui_leaderboard"
+    ids = log_runs(mlflow_server, experiment=experiment)
+    columns = [{"label": f"{k}kbps", "kbps": float(k), "true_kbps": k + 0.1} for k in (6, 12)]
+    table = ClassicalTable("opus", 24000, 1, 4.0, columns, {"mel_distance": [2.6, 2.1], "si_sdr": [-2.3, 11.8]})
+    opus = log_classical_run(table, mlflow_server, experiment=experiment, run_name="opus-reference")
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    keys = {key for run_id in [*ids.values(), opus] for key in client.get_run(run_id).data.metrics}
+    state = compare.leaderboard_view(keys)
+    first = ["metrics.`test/0.75kbps/mel_distance`", "metrics.`test/0.861kbps/mel_distance`"]
+    assert state["selectedColumns"][3:5] == first  # after the family, sample_rate and max_kbps tags
+    compare.save_view(client, experiment_id, compare.LEADERBOARD_VIEW_ID, "leaderboard", state)
+    page = render(compare.view_url(mlflow_server, experiment_id, compare.LEADERBOARD_VIEW_ID), tmp_path)
+    # (the UI orders metric columns by name and renders those in the window: the lowest bitrates')
+    assert "You're viewing a shared view" in page and "Sort: family" in page
+    for text in ("opus-reference", "encodec-small", "dac-44khz", "test/0.75kbps/mel_distance", "test/1.5kbps/si_sdr"):
+        assert text in page, text

@@ -57,3 +57,12 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
     assert "mel_distance_44k" in compared["metrics"]
     table = (work / "leaderboard.md").read_text()
     assert "| opus | 24 | " in table and "- encodec (" in table and "Opus on mel distance" in table
+    from mlflow.tracking import MlflowClient
+
+    from codecplatform import compare
+
+    experiment = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_experiment_by_name("leaderboard")
+    saved = json.loads(experiment.tags[compare.SAVED_VIEW_PREFIX + compare.LEADERBOARD_VIEW_ID])
+    columns = json.loads(saved["state"])["selectedColumns"]  # the UI's "leaderboard" view
+    assert {"metrics.`test/6kbps/mel_distance`", "metrics.`test/16kbps/si_sdr`"} <= set(columns)
+    assert f"metrics.`test/{encodec['table']['columns'][0]['label']}/mel_distance`" in columns
