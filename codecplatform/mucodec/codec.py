@@ -8,7 +8,8 @@
     decode: codes -> flow-matching DiT (Euler, ``num_steps`` 50, classifier-free guidance
             ``guidance_scale`` 1.5; windows of 1024 codes, hop 768, the previous window's last 128
             latent frames as in-context prompt) -> normalized Mel-VAE latents -> denormalized ->
-            Mel-VAE decoder -> log-mel (windows crossfaded) -> HiFi-GAN vocoder
+            Mel-VAE decoder -> log-mel (windows crossfaded) -> HiFi-GAN vocoder (as the official
+            inference: chunks of 1024 mel frames every 256, crossfaded; ``HifiGanVocoder.synthesize``)
             -> audio (B, C, length) at 48 kHz, C = the Mel-VAE's channels (``channels=1`` mixes down)
 
 Rates: 25 Hz codes; 1 x 16384 codes = 0.35 kbps, 4 x 10000 = 1.33 kbps. The flow is conditioned on
@@ -47,7 +48,7 @@ from codecplatform.mucodec.flow import FlowMatchingDiT, crossfade
 from codecplatform.mucodec.melvae import MelVAE
 from codecplatform.mucodec.tokenizer import MuCodecTokenizer
 from codecplatform.mucodec.vocoder import CHECKPOINT_CONFIG_KEY as VOCODER_CONFIG_KEY
-from codecplatform.mucodec.vocoder import HifiGanVocoder
+from codecplatform.mucodec.vocoder import CHUNK_FRAMES, HOP_FRAMES, HifiGanVocoder
 from codecplatform.types import EncodedAudio
 
 FIELD = "model.init_args.codec.init_args"
@@ -90,6 +91,8 @@ class MuCodec(AudioCodec):
         seed: the decode's noise generator seed.
         encode_window_seconds: ``encode`` runs the tokenizer on independent windows of this length
             (40.96 s; a whole number of latent frames: 0.08 s steps at 25 Hz, 2 codes per frame).
+        vocoder_chunk_frames, vocoder_hop_frames: ``decode`` vocodes the mel in chunks of this many
+            frames every hop (1024, 256, the official inference's); None: one pass over the whole mel.
     """
 
     def __init__(
@@ -108,10 +111,18 @@ class MuCodec(AudioCodec):
         hop_codes: int = 768,
         seed: int = 0,
         encode_window_seconds: float = 40.96,
+        vocoder_chunk_frames: int | None = CHUNK_FRAMES,
+        vocoder_hop_frames: int = HOP_FRAMES,
     ):
         super().__init__()
         if num_steps < 1:
             raise ValueError(f"{FIELD}.num_steps must be >= 1, got {num_steps}")
+        if vocoder_chunk_frames is not None and not 1 <= vocoder_hop_frames <= vocoder_chunk_frames:
+            raise ValueError(
+                f"{FIELD}: vocoder_hop_frames={vocoder_hop_frames} must be in [1, vocoder_chunk_frames="
+                f"{vocoder_chunk_frames}]"
+            )
+        self.vocoder_chunk_frames, self.vocoder_hop_frames = vocoder_chunk_frames, vocoder_hop_frames
         window = encode_window_seconds * float(tokenizer.frame_rate) / flow.codes_per_frame
         if window < 1 or abs(window - round(window)) > 1e-6:
             raise ValueError(
@@ -296,7 +307,7 @@ class MuCodec(AudioCodec):
         tc = codes.shape[-1]
         length = encoded.length if isinstance(encoded, EncodedAudio) else tc * self.samples_per_frame
         mel = self.codes_to_mel(codes.long(), num_steps, guidance_scale)  # (B, C, N, n_mels)
-        audio = self.vocoder(mel)  # (B, C, N * hop)
+        audio = self.vocoder.synthesize(mel, self.vocoder_chunk_frames, self.vocoder_hop_frames)  # (B, C, N * hop)
         if audio.shape[-1] < length:  # codes given without their audio (a bare tensor) or cut short
             audio = nn.functional.pad(audio, (0, length - audio.shape[-1]))
         audio = audio[..., :length]

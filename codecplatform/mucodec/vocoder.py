@@ -17,6 +17,9 @@ Shapes:
     mel    (B, C, N, n_mels)         time major, as the Mel-VAE's (``mel(x)``: N = 1 + T // hop)
     output (B, C, N * hop)           the generator gives N * hop + 16 samples (transformers' padding of
                                      the kernel-10 / rate-5 upsampler adds one sample there): cropped
+
+Inference on long mels (:meth:`HifiGanVocoder.synthesize`) runs in crossfaded chunks of 1024 frames
+every 256, as the official MuCodec inference does.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from codecplatform.dsp.spectral import log_mel_spectrogram, mel_filterbank
 
 CONFIG_FILE = "vocoder.json"
 CHECKPOINT_CONFIG_KEY = "vocoder_config"  # a vocoder stage checkpoint's copy of HifiGanVocoder.config()
+# official inference (https://github.com/xuyaoxun/MuCodec tools/get_melvaehifigan48k.py, vocoder_chunk_infer)
+CHUNK_FRAMES, HOP_FRAMES = 1024, 256
 MEL_FIELDS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max", "clamp_eps")
 
 
@@ -186,6 +191,49 @@ class HifiGanVocoder(nn.Module):
         if audio.shape[-1] < length:
             audio = nn.functional.pad(audio, (0, length - audio.shape[-1]))
         return audio[:, :length].reshape(b, c, length)
+
+    @torch.no_grad()
+    def synthesize(self, mel: Tensor, chunk_frames: int | None = CHUNK_FRAMES, hop_frames: int = HOP_FRAMES) -> Tensor:
+        """Inference on mels of any length: (B, C, N, n_mels) -> (B, C, N * hop), vocoded in chunks.
+
+        As the official inference (MuCodec ``vocoder_chunk_infer``): chunks of ``chunk_frames`` mel
+        frames start every ``hop_frames``; each chunk is vocoded on its own and crossfaded linearly
+        into the output over its overlap with the previous one (``chunk_frames - hop_frames`` frames:
+        the output so far fades out while the chunk fades in), the last chunk ending at N. Away from
+        the chunk borders (multiples of ``hop_frames``, farther than the generator's receptive field)
+        the result equals one pass; the generator never sees more than ``chunk_frames`` frames, so
+        its activations are bounded by a chunk, not the file. ``chunk_frames`` None, or N <=
+        ``chunk_frames``: one pass (:meth:`forward`; the official code instead crops a short input
+        to a multiple of ``chunk_frames`` samples).
+
+        Raises:
+            ValueError: ``chunk_frames`` < 1 or ``hop_frames`` outside [1, ``chunk_frames``].
+        """
+        if chunk_frames is not None and (chunk_frames < 1 or not 1 <= hop_frames <= chunk_frames):
+            raise ValueError(
+                f"vocoder chunks: need chunk_frames >= 1 and 1 <= hop_frames <= chunk_frames, "
+                f"got {chunk_frames} and {hop_frames}"
+            )
+        n = mel.shape[2] if mel.dim() == 4 else 0
+        if chunk_frames is None or n <= chunk_frames:
+            return self(mel)
+        hop = self.hop_length
+        overlap = (chunk_frames - hop_frames) * hop
+        ramp = torch.linspace(0, 1, overlap, device=mel.device)
+        out: Tensor | None = None
+        start = 0
+        while True:
+            piece = self(mel[:, :, start : start + chunk_frames])  # (B, C, frames * hop)
+            if out is None:
+                out = piece.new_empty(*piece.shape[:2], n * hop)
+                out[..., : piece.shape[-1]] = piece
+            else:
+                s = start * hop  # the output so far ends at s + overlap (the previous chunk was whole)
+                out[..., s : s + overlap] = out[..., s : s + overlap] * (1 - ramp) + piece[..., :overlap] * ramp
+                out[..., s + overlap : s + piece.shape[-1]] = piece[..., overlap:]
+            if start + chunk_frames >= n:
+                return out
+            start += hop_frames
 
     # -- files -----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
