@@ -21,6 +21,9 @@ Log keys (valid MLflow metric keys):
   ``<stage>/<kbps>kbps/<name>`` one bitrate, kbps = ``codec.bitrate(n_q)`` rounded to 3 decimals with
                                 trailing zeros dropped, e.g. ``test/6kbps/mel_distance``,
                                 ``test/1.5kbps/codebook_efficiency``, ``val/0.861kbps/si_sdr``.
+A metric that cannot score at all (its ``unavailable`` attribute says why, e.g. a speech metric
+without its model directory) gives no value: the row ``skipped/<name>`` holds the number of examples
+it did not score (its ``skipped`` state, summed over ranks), logged as ``<stage>/skipped/<name>``.
 Codebook rows: ``codebook_entropy`` (bits per frame, summed over the used codebooks),
 ``codebook_efficiency`` (that sum / the bits allotted, DAC's bitrate efficiency),
 ``codebook_perplexity`` (mean over the used codebooks), ``codebook_min_perplexity`` (the least used
@@ -226,6 +229,12 @@ class BitrateEvaluator(nn.Module):
         for k in self.eval_n_q[stage]:
             label = self.bitrate_labels[k]
             for name, metric in self.metrics[stage][f"nq{k}"].items():
+                if getattr(metric, "unavailable", None):  # no model to score with: a counted skip, no value
+                    with metric.sync_context():
+                        skipped = float(metric.skipped)
+                    metric.reset()
+                    table.setdefault(f"skipped/{name}", {})[label] = skipped
+                    continue
                 value = metric.compute()
                 metric.reset()
                 if not isinstance(value, Tensor) or value.numel() != 1:

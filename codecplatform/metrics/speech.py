@@ -4,8 +4,11 @@ Both are torchmetrics ``Metric``s updated as ``metric.update(x_hat, x)`` with (B
 ``sample_rate`` (mixed to mono and resampled to 16 kHz), so ``BitrateEvaluator(test_metrics=...)``
 takes them like ViSQOL. Nothing is downloaded: each needs a local directory written by
 ``save_pretrained`` (e.g. ``microsoft/wavlm-base-plus-sv`` or ``openai/whisper-small`` fetched by the
-user beforehand). Without one (``None``) the metric is skipped: a warning says so once and ``compute``
-gives NaN (the tables show ``nan``).
+user beforehand). Without one (``None``) the metric is skipped: one warning when it is built, its
+``unavailable`` attribute says why, ``update`` counts the examples it did not score in the ``skipped``
+state (summed over ranks) and ``BitrateEvaluator`` logs that count as ``<stage>/skipped/<name>`` in
+place of a value (``compute`` alone gives NaN). Why: a missing model is a counted skip in the logs and
+tables, never a NaN row.
 
 * :class:`SpeakerSimilarity`: cosine similarity of the x-vectors of ``x`` and ``x_hat`` from
   transformers ``WavLMForXVector`` or ``UniSpeechSatForXVector`` (the class named in the directory's
@@ -49,6 +52,15 @@ def _check_dir(path: str | None, field: str) -> Path | None:
     return directory
 
 
+def _skip(metric: str, reason: str) -> str:
+    """Warn once that ``metric`` is skipped for ``reason``; -> the reason (the metric's ``unavailable``)."""
+    warnings.warn(
+        f"{metric} skipped: {reason}; evaluations log the examples not scored as <stage>/skipped/<name>",
+        stacklevel=3,
+    )
+    return reason
+
+
 def word_edit_distance(reference: list[str], hypothesis: list[str]) -> int:
     """Levenshtein distance between two word lists (substitutions, insertions, deletions)."""
     previous = list(range(len(hypothesis) + 1))
@@ -89,14 +101,16 @@ class SpeakerSimilarity(Metric):
         self.sample_rate = sample_rate
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         directory = _check_dir(speaker_model_dir, "speaker_model_dir")
         self.model: Any = None
         self.feature_extractor: Any = None
+        self.unavailable: str | None = None
         if directory is None:
-            warnings.warn(
-                "speaker_similarity skipped: speaker_model_dir is not set (a local WavLMForXVector or "
-                "UniSpeechSatForXVector save_pretrained directory); it reports NaN",
-                stacklevel=2,
+            self.unavailable = _skip(
+                "speaker_similarity",
+                "speaker_model_dir is not set (a local WavLMForXVector or UniSpeechSatForXVector "
+                "save_pretrained directory)",
             )
             return
         from transformers import AutoConfig, UniSpeechSatForXVector, WavLMForXVector
@@ -124,6 +138,7 @@ class SpeakerSimilarity(Metric):
     @torch.no_grad()
     def update(self, x_hat: Tensor, x: Tensor) -> None:
         if self.model is None:
+            self.skipped += x.shape[0]
             return
         a, b = _mono_16k(x, self.sample_rate), _mono_16k(x_hat, self.sample_rate)
         similarity = F.cosine_similarity(self.embed(a), self.embed(b), dim=-1)
@@ -161,14 +176,16 @@ class WordErrorRate(Metric):
         self.sample_rate, self.language, self.max_new_tokens = sample_rate, language, max_new_tokens
         self.add_state("errors", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("words", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         directory = _check_dir(asr_model_dir, "asr_model_dir")
         self.model: Any = None
         self.tokenizer: Any = None
+        self.unavailable: str | None = None
         if directory is None:
-            warnings.warn(
-                "wer skipped: asr_model_dir is not set (a local WhisperForConditionalGeneration + WhisperProcessor "
-                "save_pretrained directory); it reports NaN",
-                stacklevel=2,
+            self.unavailable = _skip(
+                "wer",
+                "asr_model_dir is not set (a local WhisperForConditionalGeneration + WhisperProcessor "
+                "save_pretrained directory)",
             )
             return
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -213,6 +230,7 @@ class WordErrorRate(Metric):
     @torch.no_grad()
     def update(self, x_hat: Tensor, x: Tensor) -> None:
         if self.model is None:
+            self.skipped += x.shape[0]
             return
         references = self.transcribe(_mono_16k(x, self.sample_rate))
         hypotheses = self.transcribe(_mono_16k(x_hat, self.sample_rate))

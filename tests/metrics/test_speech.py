@@ -1,5 +1,5 @@
 """Speech metrics from local checkpoint directories: tiny random WavLM x-vector and Whisper models are
-written with save_pretrained and loaded by path; without a directory the metric is skipped (NaN)."""
+written with save_pretrained and loaded by path; without a directory the metric is skipped and counted."""
 
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ def test_word_edit_distance():
 
 
 def test_skipped_without_directories():
-    with pytest.warns(UserWarning, match="speaker_similarity skipped"):
+    """Without a model: one warning, the reason in ``unavailable``, the examples given counted in
+    ``skipped`` (BitrateEvaluator logs that count; tests/mucodec/test_eval_module.py)."""
+    with pytest.warns(UserWarning, match="speaker_similarity skipped: speaker_model_dir is not set"):
         sim = SpeakerSimilarity(16000)
-    with pytest.warns(UserWarning, match="wer skipped"):
+    with pytest.warns(UserWarning, match="wer skipped: asr_model_dir is not set"):
         wer = WordErrorRate(16000)
-    x = torch.randn(1, 1, 16000)
-    sim.update(x, x)
-    wer.update(x, x)
-    assert math.isnan(float(sim.compute())) and math.isnan(float(wer.compute()))
+    x = torch.randn(3, 1, 16000)
+    for metric in (sim, wer):
+        metric.update(x, x)
+        metric.update(x[:1], x[:1])
+        assert int(metric.skipped) == 4 and "is not set" in metric.unavailable
+        assert math.isnan(float(metric.compute()))  # alone, compute has no value to give
     with pytest.raises(FileNotFoundError, match="speaker_model_dir=.*nowhere"):
         SpeakerSimilarity(16000, speaker_model_dir="/nowhere")
 
