@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from codecplatform.cli import cli_main
-from codecplatform.config import compose_config, instantiate
+from codecplatform.cli import CodecCLI, cli_main
+from codecplatform.config import compose_config, expand_config, instantiate
 from codecplatform.mucodec.flow import FlowMatchingDiT, RandomProjectionCodeSource
 from codecplatform.mucodec.melvae import MelVAE
 from codecplatform.mucodec.stages.flow import FlowModule
@@ -76,21 +76,35 @@ def test_melvae_then_flow_chained_by_checkpoint_path(make_manifests, in_tmp_dir,
     assert int(with_stats.normalizer.count) == 2
 
 
-def test_melvae_with_the_adversarial_option(make_manifests, in_tmp_dir):
-    manifests = make_manifests(48000, 2, n_files=5)
-    disc = '[{"class_path": "codecplatform.mucodec.melvae.MelPatchDiscriminator", "init_args": {"channels": [4, 8]}}]'
-    cli = fit(
-        "melvae",
-        manifests,
-        f"--model.init_args.discriminators={disc}",
-        '--model.init_args.loss_weights={"mel": 1.0, "kl": 1.0e-4, "adv": 0.5, "feat": 1.0}',
+def test_melvae_recipe_trains_the_vae_and_its_discriminator(make_manifests, in_tmp_dir):
+    """The recipe's adversarial term (PatchGAN, hinge, adaptive weight; from batch 25000, here from 0):
+    a batch steps both networks, logs the adversarial loss and its adaptive weight."""
+    recipe = compose_config(EXPERIMENTS / "mucodec" / "melvae.yaml")["model"]["init_args"]
+    assert recipe["discriminators"][0]["class_path"].endswith("MelPatchDiscriminator")
+    assert recipe["discriminator_schedule"]["init_args"]["start_step"] == 25000
+    assert recipe["loss_weights"]["adv"] == 0.5 and recipe["balancer"]["class_path"].endswith(
+        "AdaptiveAdversarialWeight"
     )
-    assert int(cli.model.batch_counter) == 1
+    manifests = make_manifests(48000, 2, n_files=5)
+    configs = (EXPERIMENTS / "mucodec" / "melvae.yaml", EXPERIMENTS / "tiny" / "mucodec_melvae.yaml")
+    args = [a for config in configs for item in expand_config(config) for a in ("--config", item)]
+    args.append("--trainer.logger=false")
+    args += [f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()]
+    cli = CodecCLI(args=[*args, "--model.init_args.discriminator_schedule.init_args.start_step=0"], run=False)
+    module = cli.model
+    before = {
+        "vae": [p.detach().clone() for p in module.vae.parameters()],
+        "discriminator": [p.detach().clone() for p in module.gan.discriminator.parameters()],
+    }
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    assert int(module.batch_counter) == 1
     metrics = finite_metrics(cli)
-    assert {"train/g/adv", "train/g/feat", "train/g/kl", "train/d/loss", "val/mel_distance"} <= set(metrics)
-    # no discriminator_optimizer given: the Mel-VAE's default, the LDM autoencoder's Adam for both networks
-    _, d_opt = cli.trainer.optimizers
-    assert type(d_opt) is torch.optim.Adam and d_opt.defaults["lr"] == 1e-4 and d_opt.defaults["betas"] == (0.5, 0.9)
+    assert {"train/g/adv", "train/g/kl", "train/d/loss", "train/balancer/adv", "val/mel_distance"} <= set(metrics)
+    assert metrics["train/balancer/adv"] > 0  # the adaptive weight of adv
+    for name, params in (("vae", module.vae.parameters()), ("discriminator", module.gan.discriminator.parameters())):
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], params)), f"the {name} did not change"
+    d_opt = cli.trainer.optimizers[1]
+    assert type(d_opt) is torch.optim.Adam and d_opt.defaults["betas"] == (0.5, 0.9)
 
 
 def test_flow_trains_on_a_random_tiny_vae_without_stage_files(make_manifests, in_tmp_dir):

@@ -5,9 +5,11 @@ float32, cropped to whole latent frames) -> VAE with a posterior sample -> losse
 
   ``mel``  L1 between the log-mels (``LogMelL1Loss``);
   ``kl``   KL of the posterior to N(0, I), averaged over latent elements;
-  ``adv``, ``feat`` only with ``discriminators`` (off by default): then the step is the platform's
-           ``GANStep`` (discriminator step, generator step), with the log-mel as the "signal" it
-           compares, e.g. a ``MelPatchDiscriminator``.
+  ``adv``, ``feat`` only with ``discriminators`` (off by default; the recipe, melvae.yaml, turns them
+           on): then the step is the platform's ``GANStep`` (discriminator step, generator step), with
+           the log-mel as the "signal" it compares, e.g. a ``MelPatchDiscriminator``; an
+           ``AdaptiveAdversarialWeight`` balancer scales ``adv`` by the gradient ratio at the VAE
+           decoder's output convolution (LDM's adaptive weight).
 
 Weights: one ``loss_weights`` dict (log keys ``train/g/<name>``). Without discriminators the step is a
 single optimizer step (non-finite gradients skipped and counted in ``skipped_steps``, optional
@@ -38,6 +40,7 @@ from codecplatform.lightning.base import TrainingModule
 from codecplatform.lightning.gan_step import GANStep, GeneratorOutput
 from codecplatform.lightning.schedule import DiscriminatorSchedule
 from codecplatform.losses.adversarial import FeatureMatchingLoss, GANLoss
+from codecplatform.losses.balancer import Balancer
 from codecplatform.mucodec.melvae import CHECKPOINT_CONFIG_KEY, LogMelL1Loss, MelVAE, gaussian_kl
 
 MEL, KL = "mel", "kl"
@@ -50,6 +53,8 @@ class MelVAEModule(TrainingModule):
         vae: the Mel-VAE (its ``audio_channels`` and ``sample_rate`` must be the data's).
         loss_weights: ``mel``, ``kl`` (and ``adv``, ``feat`` with discriminators).
         discriminators: None (default) for no adversarial loss; else discriminators of log-mels.
+        balancer: with discriminators, e.g. ``AdaptiveAdversarialWeight`` (given the decoder's last
+            layer here); None: plain weights.
         gan_loss, feature_loss, discriminator_optimizer, discriminator_scheduler,
             discriminator_schedule, discriminator_grad_clip: of the adversarial step (see ``GANStep``).
         generator_optimizer, generator_scheduler: of the VAE (scheduler stepped per batch).
@@ -68,6 +73,7 @@ class MelVAEModule(TrainingModule):
         vae: MelVAE,
         loss_weights: dict[str, float] | None = None,
         discriminators: list[Discriminator] | None = None,
+        balancer: Balancer | None = None,
         gan_loss: GANLoss | None = None,
         feature_loss: FeatureMatchingLoss | None = None,
         generator_optimizer: OptimizerCallable | None = None,
@@ -91,6 +97,10 @@ class MelVAEModule(TrainingModule):
         self.generator_optimizer, self.generator_scheduler = generator_optimizer, generator_scheduler
         self.mel_loss = LogMelL1Loss()
         self.gan: GANStep | None = None
+        if balancer is not None and not discriminators:
+            raise ValueError("model.init_args.balancer needs discriminators (it weighs the adversarial loss)")
+        if hasattr(balancer, "use_last_layer"):
+            balancer.use_last_layer(vae.vae.decoder.conv_out.weight)
         if discriminators:
             self.gan = GANStep(
                 discriminators,
@@ -98,6 +108,7 @@ class MelVAEModule(TrainingModule):
                 self.loss_weights,
                 gan_loss=gan_loss,
                 feature_loss=feature_loss,
+                balancer=balancer,
                 generator_optimizer=generator_optimizer,
                 discriminator_optimizer=discriminator_optimizer,
                 generator_scheduler=generator_scheduler,
