@@ -4,6 +4,7 @@
     codecplatform prepare --audio_dir DIR --out_dir DIR
     codecplatform encode in.wav out.cpc --checkpoint model.ckpt [--bandwidth KBPS]   (codecplatform.inference)
     codecplatform decode out.cpc out.wav [--checkpoint model.ckpt]
+    codecplatform tokenize --checkpoint model.ckpt --audio_dir DIR --out DIR   (codecplatform.tokenize_corpus)
     codecplatform compare [--experiment NAME] [--filter family=dac] --out_dir DIR   (codecplatform.compare)
 
 Experiment YAMLs hold changes only. A YAML may start with ``_base_: [paths]`` (relative to the
@@ -21,7 +22,7 @@ from typing import Any
 from codecplatform.config import ConfigError, check_config_args, compose_args, expand_config, split_cli_args
 
 # Fast start: this module imports neither Lightning nor torch at import time. The light subcommands
-# (prepare, compare, import-checkpoint, encode, decode, export) are dispatched by `cli_main` before
+# (prepare, compare, import-checkpoint, encode, decode, tokenize, export) are dispatched by `cli_main` before
 # anything of Lightning is imported (importing it takes seconds); `CodecCLI` (a LightningCLI subclass)
 # is built on first use, through the module's __getattr__. tests/test_export_and_cli_start.py checks
 # that the light subcommands never import Lightning.
@@ -32,10 +33,11 @@ training (LightningCLI; --config experiments/<family>/<variant>.yaml):
 light (no Lightning import):
   prepare             audio folder -> lhotse manifests
   encode / decode     audio file <-> .cpc bitstream with a codec checkpoint
+  tokenize            a corpus (manifest or folder) -> codes beside its lhotse cuts (resumable)
   import-checkpoint   official EnCodec / DAC weights -> codec checkpoint
   export              codec checkpoint -> ONNX encoder and decoder (checked with onnxruntime)
   compare             MLflow runs -> rate/quality tables"""
-LIGHT_SUBCOMMANDS = ("prepare", "compare", "import-checkpoint", "encode", "decode", "export")
+LIGHT_SUBCOMMANDS = ("prepare", "compare", "import-checkpoint", "encode", "decode", "tokenize", "export")
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -350,6 +352,10 @@ def cli_main(args: list[str] | None = None) -> Any:
         from codecplatform.inference import decode_main, encode_main
 
         return (encode_main if args[0] == "encode" else decode_main)(args[1:])
+    if args and args[0] == "tokenize":
+        from codecplatform.tokenize_corpus import tokenize_main
+
+        return tokenize_main(args[1:])
     if args and args[0] == "export":
         from codecplatform.export import main as export_main
 
