@@ -46,16 +46,23 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 
-def build_module(configs: Sequence[str | Path], changes: dict[str, Any] | None = None) -> tuple[LightningModule, dict]:
-    """The LightningModule of ``configs`` (each composed with its ``_base_`` chain, later files win)
-    with ``changes`` merged into the plain config last, built from the model section as ``fit``
-    builds it, without the data module (no lhotse, no manifests). -> (module, the composed config)."""
-    from codecplatform.config import compose_config, instantiate, merge_config
+def compose(configs: Sequence[str | Path | dict[str, Any]]) -> dict[str, Any]:
+    """``configs`` merged in order into plain data, later wins: config files (each with its
+    ``_base_`` chain) and mappings of changes (e.g. a stage checkpoint set to null)."""
+    from codecplatform.config import compose_config, merge_config
 
     config: dict[str, Any] = {}
-    for path in configs:
-        config = merge_config(config, compose_config(path))
-    config = merge_config(config, changes or {})
+    for item in configs:
+        config = merge_config(config, item if isinstance(item, dict) else compose_config(item))
+    return config
+
+
+def build_module(configs: Sequence[str | Path | dict[str, Any]]) -> tuple[LightningModule, dict[str, Any]]:
+    """The LightningModule of ``configs`` (:func:`compose`), built from the model section as ``fit``
+    builds it, without the data module (no lhotse, no manifests). -> (module, the composed config)."""
+    from codecplatform.config import instantiate
+
+    config = compose(configs)
     return instantiate(config["model"], LightningModule), config
 
 
@@ -69,14 +76,16 @@ def synthetic_batch(config: dict[str, Any], batch: int, seconds: float, hop: int
 
 
 def compile_parts(module: torch.nn.Module, parts: Sequence[str], backend: str = "inductor") -> None:
-    """``nn.Module.compile`` in place on each dotted attribute of ``module`` (``codec.encoder``)."""
+    """``nn.Module.compile`` in place on each dotted attribute of ``module`` (``codec.encoder``; a
+    ModuleList: each of its modules), so that calling the part runs the compiled forward."""
     for part in parts:
         target = module
         for name in part.split("."):
             if not hasattr(target, name):
                 raise AttributeError(f"{type(module).__name__} has no part {part!r} to compile")
             target = getattr(target, name)
-        target.compile(backend=backend)
+        for each in target if isinstance(target, torch.nn.ModuleList) else [target]:
+            each.compile(backend=backend)
 
 
 class _SameBatch(Dataset):
