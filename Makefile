@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MLFLOW_URI := sqlite:///mlflow.db
 
-.PHONY: install lock quickstart test lint bench ui notebook clean
+.PHONY: install lock quickstart test lint bench gpu-suite ui notebook clean
 
 LOCK := requirements.lock
 UV   := $(BIN)/uv
@@ -44,6 +44,12 @@ bench: install
 	$(BIN)/python benchmarks/cli_start.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/short_run_quality.py --data_dir ../shared/data/music
+
+# A GPU machine's measurements in one table, under 8 minutes (benchmarks/gpu_suite.py; docs/benchmarks.md
+# lists the wheels a machine without network needs). No install step: the .venv's python or python3.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-suite:
+	$(GPU_PYTHON) benchmarks/gpu_suite.py $(GPU_SUITE_ARGS)
 
 # Prints the address that opens the experiment's runs ("codec quality" view) in model-training mode;
 # the server's start page sets that mode and view as the browser's defaults (codecplatform/ui_app.py).
