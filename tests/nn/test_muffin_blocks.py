@@ -72,3 +72,48 @@ def test_grn_gradients_and_checks():
     assert grn(torch.randn(1, 2, 6, dtype=torch.bfloat16)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="GRN expects"):
         grn(torch.randn(1, 3, 6))
+
+
+def test_modified_snake_training_node_matches_the_formula_gradients():
+    """Eager float32 training runs one hand-written autograd node: same forward bits as the formula,
+    gradients of x, alpha, beta, gamma as autograd of the formula in float64 (float rounding)."""
+    from codecplatform.nn.snake import modified_snake
+
+    torch.manual_seed(0)
+    x = 3 * torch.randn(2, 5, 40)
+    params = [torch.rand(1, 5, 1) + 0.2, torch.randn(1, 5, 1), torch.randn(1, 5, 1)]
+    grad_out = torch.randn(2, 5, 40)
+    leaves = [t.clone().requires_grad_() for t in (x, *params)]
+    y = modified_snake(*leaves)
+    assert type(y.grad_fn).__name__ == "_ModifiedSnakeBackward"
+    got = torch.autograd.grad(y, leaves, grad_out)
+    leaves64 = [t.double().requires_grad_() for t in (x, *params)]
+    x64, a, b, g = leaves64
+    y64 = x64 + b * torch.sin(a * x64) ** 2 / (a + 1e-8) - g
+    want = torch.autograd.grad(y64, leaves64, grad_out.double())
+    with torch.no_grad():
+        assert torch.equal(y, modified_snake(x, *params))  # the inference path's bits
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    for name, a_grad, w_grad in zip(["x", "alpha", "beta", "gamma"], got, want):
+        torch.testing.assert_close(a_grad.double(), w_grad, rtol=1e-4, atol=1e-4, msg=f"d/d{name}")
+    only_x = torch.autograd.grad(modified_snake(leaves[0], *params), leaves[0], grad_out)[0]  # params frozen
+    torch.testing.assert_close(only_x, got[0])
+
+
+def test_grn_gradient_is_finite_on_an_all_zero_step():
+    """A time step that is zero in every channel (padding) has norm 0 and a finite gradient, as
+    linalg.vector_norm's; elsewhere output and gradients equal the vector_norm formula."""
+    torch.manual_seed(2)
+    grn = GRN(4)
+    with torch.no_grad():
+        grn.gamma.normal_()
+    x = torch.randn(2, 4, 12)
+    x[:, :, 8:] = 0
+    x.requires_grad_()
+    grn(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(grn.gamma.grad).all()
+    ref = x.detach().clone().requires_grad_()
+    gx = torch.linalg.vector_norm(ref, dim=1, keepdim=True)
+    y = grn.gamma * (ref * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-8))) + grn.beta + ref
+    y.square().sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
