@@ -392,6 +392,8 @@ def run_infer(row: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     peak = peak_memory_gb(str(device))
     audio = batch * samples / codec.sample_rate
     note = f"{codec.n_q} codebooks, {samples / codec.sample_rate:.3g} s clips"
+    if family.infer and not settings.smoke:
+        note += " (the DiT samples whole windows: one per clip)"
     return [
         _line(row, setting=op, batch=batch, audio_s_per_s=audio / medians[op], peak_gb=peak, note=note)
         for op in ("encode", "decode")
@@ -400,15 +402,13 @@ def run_infer(row: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
 
 def run_ddp(row: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     import torch
-    from lightning.pytorch.strategies import DDPStrategy
     from train_throughput import build_module
 
     family = FAMILIES[row["family"]]
     module, config = build_module(family.configs(settings.smoke))
     data = config["data"]["init_args"]
-    backend = "nccl" if settings.device == "cuda" else "gloo"
-    # experiments/launch/ddp.yaml's strategy: each of the two backward passes leaves a network without gradients
-    strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=backend)
+    # experiments/launch/ddp.yaml's strategy (NCCL on CUDA, gloo on the CPU); a fresh one per Trainer
+    strategy = "ddp_find_unused_parameters_true"
     environment = dict(os.environ)
     wanted, hop = settings.batch or int(data["batch_size"]), int(module.codec.hop_length)
     try:
@@ -498,7 +498,7 @@ def run_data(row: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     total = data_time + sum(r["step_time"] for r in timed)
     fraction = data_time / total
     batch = cli.datamodule.batch_size
-    note = f"data time {100 * fraction:.1f} % of the step, {settings.data_workers} workers, {len(timed)} batches"
+    note = f"waits for data {100 * fraction:.1f} % of the time, {settings.data_workers} workers, {len(timed)} batches"
     line = _line(
         row,
         setting=f"{precision}, data module",
@@ -706,6 +706,9 @@ def run_rows(rows: list[dict[str, Any]], settings: Settings, emit: Callable[[dic
     rows that cannot start before the deadline are skipped. -> whether a fresh worker should go on."""
     torch_ready = False
     for row in rows:
+        if not torch_ready and row["group"] != "sleep" and time.time() < settings.deadline:
+            _torch_setup(settings)  # imports torch and Lightning: before the row's clock starts
+            torch_ready = True
         remaining = settings.deadline - time.time()
         if remaining < row["min_s"]:
             result = {"id": row["id"], "status": "skipped", "lines": [_skipped(row, "time budget spent")]}
@@ -713,9 +716,6 @@ def run_rows(rows: list[dict[str, Any]], settings: Settings, emit: Callable[[dic
             continue
         timeout = min(row["timeout"], remaining)
         emit({"start": row["id"], "timeout": timeout})
-        if not torch_ready and row["group"] != "sleep":
-            _torch_setup(settings)
-            torch_ready = True
         settings.row_deadline = time.time() + timeout
         result = run_row(row, settings)
         emit({"result": result})
