@@ -787,7 +787,8 @@ def supervise(rows: list[dict[str, Any]], settings: Settings, out: Path, grace: 
         killed = None
         while True:
             exited = process.poll() is not None
-            lines = events.read_text().splitlines()
+            text = events.read_text()
+            lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines only
             for text in lines[read:]:
                 event = json.loads(text)
                 if "start" in event:
@@ -824,14 +825,12 @@ def supervise(rows: list[dict[str, Any]], settings: Settings, out: Path, grace: 
                 _line(row, setting=row.get("mode") or "-", status=results[row["id"]]["status"], note=reason)
             ]
             pending = [r for r in pending if r["id"] != row["id"]]
-        elif process.returncode not in (0, RESTART) and pending:  # died between rows (e.g. on import)
+        elif process.returncode not in (0, RESTART) and pending:  # killed or died between rows (e.g. on import)
             for row in pending:
-                note = f"worker exited with {process.returncode}: {_tail(log)}"
-                results[row["id"]] = {
-                    "id": row["id"],
-                    "status": "error",
-                    "lines": [_line(row, setting="-", status="error", note=note)],
-                }
+                status, note = ("skipped", killed) if killed else ("error", f"worker exited with {process.returncode}")
+                note = note if killed else f"{note}: {_tail(log)}"
+                results[row["id"]] = {"id": row["id"], "status": status}
+                results[row["id"]]["lines"] = [_line(row, setting="-", status=status, note=note)]
             break
     return results
 
