@@ -15,7 +15,7 @@ Rows (``audio s/s``: audio seconds per wall second, for inference the real-time 
   :func:`train_throughput.measure_step` (warm-up untimed, median of ``--steps``). ``compile``:
   bf16-mixed with the family's parts compiled (inductor). Largest batch (``--search_modes``):
   doubling from the timed batch, one step each, until CUDA runs out of memory, ``--search_cap`` or
-  the row's time (probes without cuDNN autotuning).
+  ``--search_seconds`` (probes without cuDNN autotuning).
 - ``infer``: encode and decode of a batch of noise clips, all codebooks, prepared codec
   (``inference_rtf.ours_coders`` and ``interleaved``).
 - ``data``: EnCodec fed by its data module from generated WAV files; data time fraction = data
@@ -152,6 +152,7 @@ class Settings:
     compile_warmup: int
     batch: int | None  # every training row's batch (None: the config's)
     search_cap: int
+    search_seconds: float  # time the doubling of one row may take
     infer_batch: int
     infer_seconds: float
     repeats: int
@@ -216,7 +217,8 @@ def _torch_setup(settings: Settings) -> None:
 def _is_oom(error: BaseException) -> bool:
     import torch
 
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+    text = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text
 
 
 def _recover(module: Any, requires_grad: dict[Any, bool]) -> None:
@@ -276,6 +278,7 @@ def _largest_batch(
 
     requires_grad = {p: p.requires_grad for p in module.parameters()}
     largest, peak, wall = x.shape[0], None, 0.0
+    deadline = min(settings.row_deadline - 5, time.time() + settings.search_seconds)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # autotuning every new shape would take most of the time
     try:
@@ -285,8 +288,8 @@ def _largest_batch(
                 return largest, f"search cap {settings.search_cap}", peak
             if batch * x[0].numel() * 4 > 16e9:
                 return largest, "host batch over 16 GB", peak
-            if wall and time.time() + 3 * wall > settings.row_deadline - 5:
-                return largest, "row time", peak
+            if wall and time.time() + 3 * wall > deadline:  # the next probe takes about twice the last
+                return largest, "search time", peak
             start, oom = time.time(), False
             probe = x.repeat(batch // x.shape[0], 1, 1)
             try:
@@ -887,6 +890,7 @@ def _settings(opts: argparse.Namespace, device: str) -> Settings:
         compile_warmup=1 if smoke else 2,
         batch=opts.batch or (1 if smoke else None),
         search_cap=opts.search_cap or (2 if smoke else 4096),
+        search_seconds=opts.search_seconds,
         infer_batch=opts.infer_batch or (2 if smoke else 16),
         infer_seconds=opts.infer_seconds or (0.5 if smoke else 10.0),
         repeats=1 if smoke else 3,
@@ -910,6 +914,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--search_modes", nargs="*", default=["bf16-mixed"], help="rows that search the largest batch")
     parser.add_argument("--search_cap", type=int, default=None, help="largest batch tried (4096; smoke 2)")
+    parser.add_argument("--search_seconds", type=float, default=30.0, help="time of one row's largest-batch search")
     parser.add_argument("--batch", type=int, default=None, help="training rows' batch (the config's; smoke 1)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (3; smoke 1)")
     parser.add_argument("--infer_batch", type=int, default=None, help="clips per inference batch (16; smoke 2)")
