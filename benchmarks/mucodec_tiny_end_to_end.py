@@ -347,12 +347,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=1,
         help="torch threads (2 on the 2-core machine shared with other runs: Mel-VAE steps 8-17x slower)",
     )
+    parser.add_argument("--codebook_size", type=int, default=TOKENIZER["codebook_size"], help="the tokenizer's codes")
     parser.add_argument("--stop_after", default=None, help="train up to this stage, write the times, no evaluation")
     parser.add_argument("--reuse", default="", help="comma-separated stages whose last.ckpt in work_dir is reused")
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny"))
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "mucodec_tiny_end_to_end.json"))
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
+    TOKENIZER["codebook_size"] = opts.codebook_size  # read by E2E["tokenizer"] (the stage and the evaluated codec)
     work = Path(opts.work_dir).resolve()
     if not Path(opts.data_dir).is_dir():
         print(f"mucodec_tiny_end_to_end: no data folder {opts.data_dir}: skipped")
@@ -465,6 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "held_out_windows": len(windows),
         "window_seconds": opts.eval_seconds,
         "num_steps": opts.num_steps,
+        "codebook_size": opts.codebook_size,
     }
     print("\n| held-out reconstruction | log-mel L1 before the vocoder | mel distance (audio) |\n|---|---:|---:|")
     for name, value in rows.items():
