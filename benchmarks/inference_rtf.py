@@ -30,6 +30,14 @@ Variants are interleaved within each repeat; the median is reported. ``vs_ref`` 
 RTF, measured in the same run.
 On a GPU (when present): batch 1 and batch 8, ours vs reference.
 
+MuCodec (``--mucodec_checkpoint`` a bundled MuCodec, e.g. the trained tiny chain that
+``benchmarks/mucodec_tiny_end_to_end.py`` writes; ``--mucodec_real``: experiments/mucodec/codec_1x16384.yaml,
+random weights): RTF of ``encode`` and ``decode`` and of their parts (``muencoder``: the tokenizer on
+24 kHz audio; ``dit``: the flow's Euler sampling, CFG included; ``melvae``: the Mel-VAE decoder;
+``vocoder``), per Euler step count (``--mucodec_steps``); with ``--mucodec_audio`` (a folder of held-out
+audio) the log-mel L1 (the Mel-VAE's mel) and mel distance of each step count's decode against the input.
+The real-size DiT is timed for ``--mucodec_real_steps`` Euler steps (each step is the same computation).
+
 Timings on a shared machine are noisy: the load average at start and end is recorded; with one
 thread, ``--clock cpu`` times each call by the CPU time of this process instead of the wall clock.
 """
@@ -44,6 +52,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +60,7 @@ from typing import Any
 import torch
 
 from codecplatform.config import compose_config
+from codecplatform.dsp.spectral import resample
 from codecplatform.models.codec import Codec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,6 +283,163 @@ def interleaved(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+# ------------------------------------------------------------------------------------ MuCodec
+def mucodec_real() -> Any:
+    """experiments/mucodec/codec_1x16384.yaml's MuCodec (the Mel-VAE of mucodec/melvae.yaml), random weights."""
+    from codecplatform.config import instantiate
+    from codecplatform.mucodec.codec import MuCodec
+
+    config = compose_config(REPO / "experiments" / "mucodec" / "codec_1x16384.yaml")["model"]["init_args"]["codec"]
+    vae = compose_config(REPO / "experiments" / "mucodec" / "melvae.yaml")["model"]["init_args"]["vae"]
+    args = {
+        **config["init_args"],
+        "melvae": vae,
+        "require_checkpoints": False,
+        "tokenizer_checkpoint": None,
+        "flow_checkpoint": None,
+        "vocoder_checkpoint": None,
+    }
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "untrained MuCodec": random weights are the point here
+        return instantiate({**config, "init_args": args}, MuCodec)
+
+
+@torch.no_grad()
+def mucodec_parts(codec: Any, x: torch.Tensor, steps: int) -> dict[str, Callable[[], Any]]:
+    """``encode``, ``decode`` (``steps`` Euler steps) and their parts on ``x`` (1, C, T) at 48 kHz."""
+    from codecplatform.mucodec.flow import crossfade
+
+    encoded = codec.encode(x)
+    audio24 = resample(x.float(), codec.sample_rate, codec.tokenizer.sample_rate)
+    flow = codec.flow
+    generator = torch.Generator().manual_seed(0)
+    long = flow.sample_long(encoded.codes, codec.window_codes, codec.hop_codes, steps, codec.guidance_scale, generator)
+    d = codec.melvae.downsample
+
+    def melvae() -> torch.Tensor:
+        mels = [codec.melvae.decode(codec.melvae.denormalize(z)) for z in long.windows]
+        return crossfade(mels, long.overlap * d, dim=2)[:, :, : long.frames * d]
+
+    mel = melvae()
+    return {  # called under no_grad (bench_mucodec_speed)
+        "encode": lambda: codec.encode(x),
+        "muencoder": lambda: codec.tokenizer.encode(audio24, codec.n_q),
+        "decode": lambda: codec.decode(encoded, num_steps=steps),
+        "dit": lambda: flow.sample_long(
+            encoded.codes, codec.window_codes, codec.hop_codes, steps, codec.guidance_scale, generator
+        ),
+        "melvae": melvae,
+        "vocoder": lambda: codec.vocoder(mel),
+    }
+
+
+def bench_mucodec_speed(
+    name: str, codec: Any, seconds: float, steps_list: list[int], opts: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """RTF rows of ``codec`` on ``seconds`` of noise, for each Euler step count."""
+    torch.manual_seed(2)
+    x = 0.1 * torch.randn(1, codec.channels, int(seconds * codec.sample_rate))
+    rows = []
+    clock = time.process_time if opts.clock == "cpu" else time.perf_counter
+    for steps in steps_list:
+        fns = mucodec_parts(codec, x, steps)
+        if steps != steps_list[0]:  # the encode side does not depend on the steps
+            fns = {k: v for k, v in fns.items() if k not in ("encode", "muencoder")}
+        with torch.no_grad():
+            medians = interleaved(fns, opts.repeats, clock=clock)
+        for part, sec in medians.items():
+            op = "encode" if part in ("encode", "muencoder") else "decode"
+            whole = medians.get(op)
+            row = {
+                "family": name,
+                "kbps": round(codec.bitrate(codec.n_q), 3),
+                "n_q": codec.n_q,
+                "op": op,
+                "device": "cpu",
+                "threads": opts.threads,
+                "batch": 1,
+                "variant": part if part == op else f"{op}:{part}",
+                "euler_steps": None if op == "encode" else steps,
+                "audio_seconds": x.shape[-1] / codec.sample_rate,
+                "seconds": sec,
+                "rtf": x.shape[-1] / codec.sample_rate / sec,
+                "share_of_op": None if whole is None else sec / whole,
+                "vs_ref": None,
+                "vs_whole": None,
+                "codes_equal_reference": None,
+            }
+            rows.append(row)
+            print(format_row(row) + ("" if row["share_of_op"] is None else f"  {100 * row['share_of_op']:.1f} %"))
+    return rows
+
+
+def held_out_windows(folder: Path, sample_rate: int, seconds: float, per_file: int) -> list[torch.Tensor]:
+    """``per_file`` evenly spaced windows (1, 2, T) of every audio file of ``folder``, at ``sample_rate``."""
+    import soundfile as sf
+
+    n = int(seconds * sample_rate)
+    out = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in {".flac", ".wav", ".ogg", ".opus"}):
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        x = torch.from_numpy(audio.T.copy())
+        x = x.expand(2, -1) if x.shape[0] == 1 else x[:2]
+        x = resample(x.contiguous(), int(rate), sample_rate)
+        if x.shape[-1] < n:
+            continue
+        out += [x[None, :, s : s + n] for s in torch.linspace(0, x.shape[-1] - n, per_file).long().tolist()]
+    if not out:
+        raise ValueError(f"--mucodec_audio {folder}: no audio file of at least {seconds} s")
+    return out
+
+
+@torch.no_grad()
+def mucodec_quality(codec: Any, windows: list[torch.Tensor], steps_list: list[int]) -> dict[int, dict[str, float]]:
+    """Per Euler step count: log-mel L1 (the Mel-VAE's mel) of the generated mel against the input's,
+    and the mel distance of the decoded audio against the input, averaged over ``windows``."""
+    from codecplatform.metrics.reconstruction import MelDistance
+
+    codes = [codec.encode(x).codes for x in windows]
+    out = {}
+    for steps in steps_list:
+        metric, l1 = MelDistance(codec.sample_rate), 0.0
+        for x, c in zip(windows, codes, strict=True):
+            mel = codec.codes_to_mel(c, num_steps=steps)
+            target = codec.melvae.mel(x)
+            frames = min(target.shape[2], mel.shape[2])
+            l1 += float((mel[:, :, :frames] - target[:, :, :frames]).abs().mean())
+            x_hat = codec.vocoder(mel)[..., : x.shape[-1]]
+            metric.update(torch.nn.functional.pad(x_hat, (0, x.shape[-1] - x_hat.shape[-1])), x)
+        out[steps] = {"log_mel_l1": l1 / len(windows), "mel_distance": float(metric.compute())}
+        print(f"mucodec {steps} Euler steps on {len(windows)} held-out windows: {out[steps]}", flush=True)
+    return out
+
+
+def bench_mucodec(opts: argparse.Namespace) -> dict[str, Any]:
+    from codecplatform.models.base import AudioCodec
+
+    out: dict[str, Any] = {"rows": []}
+    if opts.mucodec_checkpoint:
+        codec = AudioCodec.from_checkpoint(opts.mucodec_checkpoint)
+        out["tiny_parameters"] = codec.num_parameters()
+        out["rows"] += bench_mucodec_speed("mucodec_tiny", codec, opts.mucodec_seconds, opts.mucodec_steps, opts)
+        if opts.mucodec_audio:
+            windows = held_out_windows(
+                Path(opts.mucodec_audio), codec.sample_rate, opts.mucodec_eval_seconds, opts.mucodec_windows_per_file
+            )
+            out["quality"] = mucodec_quality(codec, windows, opts.mucodec_steps)
+            out["quality_windows"] = len(windows)
+    if opts.mucodec_real:
+        codec = mucodec_real()
+        codec.window_codes = codec.hop_codes = round(opts.mucodec_real_seconds * codec.frame_rate)  # one window
+        out["real_parameters"] = codec.num_parameters()
+        print(f"mucodec real size (random weights): {out['real_parameters']}", flush=True)
+        out["rows"] += bench_mucodec_speed(
+            "mucodec_real", codec, opts.mucodec_real_seconds, [opts.mucodec_real_steps], opts
+        )
+    return out
+
+
 # -------------------------------------------------------------------------------------- main
 def bench_family(family: str, opts: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     build, seconds = FAMILIES[family]
@@ -403,7 +570,9 @@ def format_row(row: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument(
+        "--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES), help="none: MuCodec rows only"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=None, help="audio length (default per family)")
@@ -418,6 +587,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: CPU seconds of this process (shared machines)"
     )
+    parser.add_argument("--mucodec_checkpoint", default=None, help="a bundled MuCodec (RTF split, Euler steps)")
+    parser.add_argument("--mucodec_audio", default=None, help="held-out audio folder: quality per Euler step count")
+    parser.add_argument("--mucodec_steps", type=int, nargs="+", default=[50, 25, 10], help="Euler steps (rows)")
+    parser.add_argument("--mucodec_seconds", type=float, default=10.24, help="audio timed (noise)")
+    parser.add_argument("--mucodec_eval_seconds", type=float, default=2.56, help="held-out windows (quality)")
+    parser.add_argument("--mucodec_windows_per_file", type=int, default=4, help="held-out windows per file")
+    parser.add_argument("--mucodec_real", action="store_true", help="also the real-size MuCodec, random weights")
+    parser.add_argument("--mucodec_real_seconds", type=float, default=5.12, help="real size: audio = one window")
+    parser.add_argument("--mucodec_real_steps", type=int, default=1, help="real size: Euler steps timed")
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks" / "inference_rtf.json"))
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
@@ -431,6 +609,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for family in opts.families:
             rows += bench_family(family, opts, Path(tmp))
+    mucodec = bench_mucodec(opts) if opts.mucodec_checkpoint or opts.mucodec_real else {}
+    rows += mucodec.pop("rows", [])
     results = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
@@ -444,6 +624,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "paper_encodec_24khz_6kbps_rtf": PAPER,
         "rows": rows,
+        "mucodec": mucodec,
     }
     ratios: dict[tuple[str, str], list[float]] = {}
     for row in rows:
