@@ -88,13 +88,15 @@ def reference_loop(family: str, weights: str, files: list[str], out: str, thread
     import soundfile as sf
     import torch
 
+    from codecplatform.checkpoints.io import read_checkpoint
+
     torch.set_num_threads(threads)
     if family == "encodec24":
         import encodec
         from encodec.utils import convert_audio
 
         model = encodec.EncodecModel.encodec_model_24khz(pretrained=False)
-        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.load_state_dict(read_checkpoint(weights, "EnCodec state dict"))
         model.eval().set_target_bandwidth(6.0)
     else:
         import dac
