@@ -222,3 +222,18 @@ def test_missing_inputs_fail_in_one_line_before_any_output(checkpoints, tmp_path
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
         assert not out.exists()
+
+
+def test_tokenize_starts_without_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom codecplatform.cli import cli_main\n"
+        "try:\n    cli_main(['tokenize', '--help'])\nexcept SystemExit:\n    pass\n"
+        "import codecplatform.tokenize_corpus, datamodules.shards\n"
+        "print('HEAVY', sorted(m for m in ('lightning', 'mlflow') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--batch_seconds" in result.stdout and "HEAVY []" in result.stdout
