@@ -24,7 +24,8 @@ Which codes: exactly those ``codecplatform encode`` writes for the item at the s
 gives every item exactly its own codes); a longer one in chunks of ``--chunk_seconds`` by the
 codec's own rule (:mod:`codecplatform.models.chunking`: segmented and streaming codecs equal
 ``encode`` of the whole, streaming ones except a partial last frame; others, such as DAC, with
-``--context_seconds`` of context on each side). Audio is decoded and resampled as the shard writer
+context on each side: by default the encoder's reach (:func:`encoder_reach`), which makes the codes
+those of ``encode`` of the whole, up to floating-point rounding). Audio is decoded and resampled as the shard writer
 does (:mod:`datamodules.shards`: soundfile blocks through a streaming soxr resampler; channels mapped
 as for training).
 
@@ -70,7 +71,7 @@ DEFAULT_MAX_BATCH = 16
 SETTINGS_FILE, CUTS_FILE, CODES_DIR, FAILED_FILE = "tokenize.json", "cuts.jsonl", "codes", "failed.txt"
 FORMAT = 1
 #: settings a resumed run must share with the first (the others do not change the codes)
-IDENTITY = ("format", "checkpoint_sha256", "n_q", "sample_rate", "channels", "hop_length", "context_seconds")
+IDENTITY = ("format", "checkpoint_sha256", "n_q", "sample_rate", "channels", "hop_length", "context_frames")
 
 
 # ------------------------------------------------------------------------------------------ items
@@ -212,6 +213,45 @@ def default_chunk_seconds(codec: AudioCodec) -> float:
     whose chunks carry context (:data:`CHUNK_SECONDS_CONTEXT_FREE`)."""
     context_free = getattr(codec, "segment_length", None) is not None or getattr(codec, "can_stream", False)
     return CHUNK_SECONDS_CONTEXT_FREE if context_free else CHUNK_SECONDS_WITH_CONTEXT
+
+
+def encoder_reach(codec: AudioCodec) -> int | None:
+    """Input samples beyond a code frame's own hop that reach it, on either side (the larger), for an
+    encoder made of convolutions and per-step activations only: summed over its convolutions in
+    order, each one's left or right padding times the stride before it. None for any other layer
+    (an LSTM, a time-wide norm, a global statistic such as GRN: no finite reach)."""
+    from codecplatform.models.batching import _STEPWISE
+    from codecplatform.nn.conv import StreamableConv1d
+
+    left = right = 0
+    jump = 1
+
+    def visit(module: torch.nn.Module) -> bool:
+        nonlocal left, right, jump
+        if isinstance(module, StreamableConv1d):
+            if module.norm_type == "time_layer_norm":
+                return False
+            pad_left = module.padding_total if module.causal else module.padding_total - module.padding_total // 2
+            left += pad_left * jump
+            right += (module.kernel_size_eff - 1 - pad_left) * jump
+            jump *= module.stride
+            return True
+        children = [child for name, child in module.named_children() if name != "parametrizations"]
+        if not children:
+            return isinstance(module, _STEPWISE)
+        return all(visit(child) for child in children)
+
+    encoder = getattr(codec, "encoder", None)
+    if encoder is None or not visit(encoder) or jump != codec.samples_per_frame:
+        return None
+    return max(left, right)
+
+
+def default_context_frames(codec: AudioCodec) -> int | None:
+    """Context frames on each side of a chunk that make context-chunked coding exact: the
+    encoder's reach (:func:`encoder_reach`) in frames, plus one; None when it has no finite reach."""
+    reach = encoder_reach(codec)
+    return None if reach is None else math.ceil(reach / codec.samples_per_frame) + 1
 
 
 def codes_dtype(codec: AudioCodec) -> np.dtype:
@@ -483,9 +523,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--context_seconds",
         type=float,
-        default=DEFAULT_CONTEXT_SECONDS,
-        help="context on each side of a chunk for codecs that neither stream nor segment "
-        f"(default {DEFAULT_CONTEXT_SECONDS})",
+        default=None,
+        help="context on each side of a chunk for codecs that neither stream nor segment (default: the "
+        f"encoder's reach when it is made of convolutions only, DAC 44.1 kHz 0.12 s; else {DEFAULT_CONTEXT_SECONDS})",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     return parser
@@ -511,7 +551,7 @@ def _check_numbers(args: argparse.Namespace) -> str | None:
         return f"--chunk_seconds must be > 0, got {args.chunk_seconds}"
     if args.max_batch is not None and args.max_batch < 1:
         return f"--max_batch must be >= 1, got {args.max_batch}"
-    if not args.context_seconds >= 0:
+    if args.context_seconds is not None and not args.context_seconds >= 0:
         return f"--context_seconds must be >= 0, got {args.context_seconds}"
     return None
 
@@ -538,6 +578,10 @@ def tokenize_main(argv: list[str] | None = None) -> int:
         device = _device(args.device)
         codec = load_codec(checkpoint, device)
         n_q = choose_n_q(codec, args.bandwidth, args.n_q)
+        if args.context_seconds is not None:
+            context_frames = _context_frames(codec, args.context_seconds)
+        else:
+            context_frames = default_context_frames(codec) or _context_frames(codec, DEFAULT_CONTEXT_SECONDS)
         if args.manifest is not None:
             items, unreadable = items_from_manifest(Path(args.manifest)), []
         else:
@@ -553,7 +597,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
             "hop_length": codec.samples_per_frame,
             "frame_rate": codec.frame_rate,
             "codebook_sizes": list(codec.codebook_sizes[:n_q]),
-            "context_seconds": args.context_seconds,
+            "context_frames": context_frames,
             "dtype": codes_dtype(codec).name,
             "layout": "codes/<key>.npy: (frames, codebooks); cuts.jsonl: custom codes, codes_samples, codes_scale",
         }
@@ -570,7 +614,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
     plan = CodingPlan(
         n_q,
         _chunk_samples(codec, chunk_seconds),
-        _context_frames(codec, args.context_seconds),
+        context_frames,
         str(device) if not (cpu and workers) else "cpu",
         batched=max_batch > 1,
     )

@@ -70,7 +70,7 @@ def test_codes_equal_codec_encode_of_each_file(name, checkpoints, tmp_path, caps
         spy = lambda codec, d, plan, real=real, what=what: calls.append((what, _ids(d))) or real(codec, d, plan)  # noqa: E731
         monkeypatch.setattr(tokenize_corpus, what, spy)
     args = ["--checkpoint", checkpoints[name], "--audio_dir", tmp_path / "audio", "--out", tmp_path / "out"]
-    options = ["--chunk_seconds", 0.2, "--batch_seconds", 0.2, "--max_batch", 8, "--context_seconds", 0.05]
+    options = ["--chunk_seconds", 0.2, "--batch_seconds", 0.2, "--max_batch", 8]  # DAC: the encoder's reach
     assert run(*args, *options, "--num_workers", 0) == 0
     assert "tokenized 4 items" in capsys.readouterr().out
     assert sorted(calls) == [("_code_one", ["item3"]), ("_code_together", ["item0", "item1", "item2"])]
@@ -237,3 +237,25 @@ def test_tokenize_starts_without_lightning():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--batch_seconds" in result.stdout and "HEAVY []" in result.stdout
+
+
+def test_the_default_context_covers_what_reaches_a_frame_and_no_more(checkpoints):
+    """DAC 44.1 kHz (real config): one input sample changes the latent frames within the computed
+    context, and the context is at most 2 frames wider than what the sample reaches."""
+    from codecplatform.config import compose_config
+
+    config = compose_config(Path(__file__).resolve().parents[1] / "experiments" / "dac" / "44khz.yaml")
+    torch.manual_seed(0)
+    codec = Codec.from_config(config["model"]["init_args"]["codec"]).eval()
+    hop, frames = codec.hop_length, tokenize_corpus.default_context_frames(codec)
+    assert frames is not None
+    x = 0.1 * torch.randn(1, 1, 48 * hop)
+    at = 24 * hop + 7
+    bumped = x.clone()
+    bumped[..., at] += 1.0
+    with torch.no_grad():
+        changed = torch.nonzero((codec.encoder(bumped) - codec.encoder(x)).abs().amax(dim=1)[0] > 0).flatten()
+    reach = max(at // hop - int(changed.min()), int(changed.max()) - at // hop)
+    assert reach <= frames <= reach + 2, (reach, frames)
+    # an encoder with a layer of unbounded reach (EnCodec's LSTM) gets no computed context
+    assert tokenize_corpus.default_context_frames(Codec.from_checkpoint(checkpoints["encodec24"])) is None
