@@ -3,7 +3,7 @@ the same wall-clock budget on the same training data, tested at every bitrate on
 windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as the DAC paper scores.
 
     python benchmarks/leaderboard.py --budget 120 [--data_dir ../shared/data/music_large | --manifests DIR]
-        [--families encodec dac muffin spectrostream] [--domain music|speech]
+        [--families encodec dac muffin spectrostream mucodec] [--domain music|speech]
         [--opus_kbps 6 9 12 18 24] [--mp3_kbps 8 16 24 32] [--eval_seconds 5] [--eval_windows 48]
         [--no_visqol] [--classical_only] [--extra_config experiments/tiny/{family}.yaml]
         [--work_dir outputs/benchmarks/leaderboard] [-- --KEY=VALUE ...]
@@ -12,17 +12,19 @@ windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as th
    prepare``), else ``--data_dir`` prepared as ``short_run_quality.py`` does (per rate and channel
    count, into the work folder; ``--group_regex`` keeps versions of one piece in one split). The test
    manifest is the held-out audio of every row.
-2. every family (``short_run_quality.SMALL_CONFIGS``) trains for ``--budget`` seconds of wall clock
-   (``trainer.max_time``; its ``max_batches`` lifted, no validation), then its last weights are tested
-   at every bitrate (``codecplatform test`` into the fit's MLflow run).
-3. Opus and MP3 code the same test windows (the first family's data settings, or 24 kHz mono with
+2. every GAN family (``short_run_quality.SMALL_CONFIGS``) trains for ``--budget`` seconds of wall
+   clock (``trainer.max_time``; its ``max_batches`` lifted, no validation), then its last weights are
+   tested at every bitrate (``codecplatform test`` into the fit's MLflow run).
+3. ``mucodec``: the tiny chain of ``mucodec_tiny_end_to_end.py`` with ``--budget`` shared over its six
+   stages (:func:`run_mucodec`), scored on the same test windows at its one bitrate.
+4. Opus and MP3 code the same test windows (the first family's data settings, or 24 kHz mono with
    ``--classical_only``) at ``--opus_kbps`` / ``--mp3_kbps``
    (:mod:`codecplatform.metrics.classical`), logged as runs with the families' metric names.
-4. metrics, every row: ``mel_distance``, ``stft_distance`` (at the codec's rate), ``mel_distance_44k``,
+5. metrics, every row: ``mel_distance``, ``stft_distance`` (at the codec's rate), ``mel_distance_44k``,
    ``stft_distance_44k`` (after DAC's resampling to 44.1 kHz, as DAC's ``scripts/evaluate.py``),
    ``si_sdr``, ``visqol_audio`` (music) or ``visqol_speech`` plus DNSMOS ``dnsmos_{sig,bak,ovrl,p808}``
    (``--domain speech``); test windows of ``--eval_seconds``, at most ``--eval_windows`` of them.
-5. ``codecplatform compare`` over this invocation's runs (tag ``leaderboard=<id>``): one rate-quality
+6. ``codecplatform compare`` over this invocation's runs (tag ``leaderboard=<id>``): one rate-quality
    plot per metric and its tables in ``<work_dir>/comparison``; then ``leaderboard.md`` (one table,
    rows = codec x bitrate, and per family the bitrate where it beats Opus on mel distance or by how
    much it misses) and ``leaderboard.json``; the experiment's saved UI view "leaderboard" (every run's
@@ -43,6 +45,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,30 @@ def _short_run_quality():
 
 
 srq = _short_run_quality()
+
+
+def _mucodec_e2e():
+    spec = importlib.util.spec_from_file_location(
+        "mucodec_tiny_end_to_end", Path(__file__).with_name("mucodec_tiny_end_to_end.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FAMILIES = [*srq.SMALL_CONFIGS, "mucodec"]
+#: MuCodec's budget over its stages, in proportion to what their default batches took in
+#: ``mucodec_tiny_end_to_end.py`` (the flow and the vocoder most; each stage at least 4 %)
+MUCODEC_SHARES = {
+    "muencoder_stage1": 0.04,
+    "muencoder_stage2": 0.04,
+    "tokenizer": 0.04,
+    "melvae": 0.16,
+    "flow": 0.30,
+    "vocoder": 0.42,
+}
+MUCODEC_EXCERPT_SECONDS = 60.0
+MUCODEC_NUM_STEPS = 50  # the official decode's Euler steps
 
 
 def metric_specs(sample_rate: int, domain: str, visqol: bool = True) -> dict[str, dict[str, Any]]:
@@ -211,22 +238,20 @@ def run_family(family: str, opts: argparse.Namespace, work: Path, overrides: lis
     }
 
 
-def classical_rows(
+def test_data(
     opts: argparse.Namespace, work: Path, overrides: list[str], done: dict, family: str, settings=None
-) -> dict:
-    """Opus and MP3 on the test windows of ``family``'s data settings (``settings``: its resolved ones,
-    when already known) -> codec -> result."""
+) -> dict[str, Any] | str:
+    """The test windows of ``family``'s data settings (``settings``: its resolved ones, when already
+    known), as its ``codecplatform test`` reads them -> {batches, sample_rate, channels, manifests},
+    or why there are none."""
     from codecplatform.cli import CodecCLI, expand_args
-    from codecplatform.metrics.classical import evaluate_classical, log_classical_run
-    from codecplatform.metrics.reconstruction import SISDR, MelDistance, STFTDistance
 
     configs = srq.config_args(srq.SMALL_CONFIGS[family], opts.extra_config, family)
     settings = settings or srq.resolved_settings([*configs, *overrides])
     rate, channels = settings["sample_rate"], settings["channels"]
     manifests = manifests_for(rate, channels, opts, work, done)
     if isinstance(manifests, str):
-        print(f"leaderboard: Opus/MP3 skipped: {manifests}")
-        return {}
+        return manifests
     evaluation = eval_config(work / f"eval_{rate}hz.yaml", rate, opts)
     data = [f"--data.init_args.{split}_cuts={manifests[split] if split == 'test' else 'null'}" for split in manifests]
     args = [*configs, "--config", str(evaluation), *data, *overrides]
@@ -237,14 +262,32 @@ def classical_rows(
         sys.argv = argv
     cli.datamodule.setup("test")
     batches = list(cli.datamodule.test_dataloader())
+    return {"batches": batches, "sample_rate": rate, "channels": channels, "manifests": manifests}
+
+
+def test_metrics(rate: int, opts: argparse.Namespace) -> dict[str, Any]:
+    """The metrics every row is scored with (name -> torchmetrics ``Metric``), as the families' test."""
+    from codecplatform.metrics.reconstruction import SISDR, MelDistance, STFTDistance
+
+    metrics = {"mel_distance": MelDistance(rate), "stft_distance": STFTDistance(), "si_sdr": SISDR()}
+    specs = metric_specs(rate, opts.domain, not opts.no_visqol)
+    metrics.update({name: instantiate(spec) for name, spec in specs.items()})
+    return metrics
+
+
+def classical_rows(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path) -> dict:
+    """Opus and MP3 on ``test`` (:func:`test_data`) -> codec -> result."""
+    from codecplatform.metrics.classical import evaluate_classical, log_classical_run
+
+    if isinstance(test, str):
+        print(f"leaderboard: Opus/MP3 skipped: {test}")
+        return {}
+    batches, rate, channels = test["batches"], test["sample_rate"], test["channels"]
     results = {}
     for codec, bitrates in (("opus", opts.opus_kbps), ("mp3", opts.mp3_kbps)):
         if not bitrates:
             continue
-        metrics = {"mel_distance": MelDistance(rate), "stft_distance": STFTDistance(), "si_sdr": SISDR()}
-        metrics.update(
-            {name: instantiate(spec) for name, spec in metric_specs(rate, opts.domain, not opts.no_visqol).items()}
-        )
+        metrics = test_metrics(rate, opts)
         print(f"\n== {codec}: {', '.join(f'{b:g}' for b in bitrates)} kbps on {len(batches)} test batches ==")
         start = time.perf_counter()
         table = evaluate_classical(batches, rate, codec, list(bitrates), metrics)
@@ -259,6 +302,96 @@ def classical_rows(
             "max_abs_lag": max((abs(lag) for lags in table.lags.values() for lag in lags), default=0),
         }
     return results
+
+
+def run_mucodec(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """MuCodec's tiny chain (``mucodec_tiny_end_to_end.py``'s stages and sizes) trained for ``--budget``
+    seconds in all (``MUCODEC_SHARES`` per stage, each by ``trainer.max_time``) on the middle
+    ``MUCODEC_EXCERPT_SECONDS`` of every training track of ``test``'s manifests (48 kHz stereo, as
+    its stages read them), then scored on ``test``'s windows at its one bitrate: encoded from the
+    windows' rate, decoded (``MUCODEC_NUM_STEPS`` Euler steps) at 48 kHz, mixed to the windows'
+    channels and resampled back. Logged as an MLflow run of ``family=mucodec``."""
+    from codecplatform.config import instantiate as build
+    from codecplatform.dsp.spectral import resample
+    from codecplatform.lightning.evaluation import bitrate_label
+    from codecplatform.metrics.classical import ClassicalTable, log_classical_run
+    from codecplatform.mucodec.bundle import save_bundle
+    from codecplatform.mucodec.codec import MuCodec
+    from datamodules.manifests import load_cuts, prepare_manifests
+
+    if isinstance(test, str):
+        print(f"leaderboard: mucodec skipped: {test}")
+        return {"skipped": test}
+    e2e = _mucodec_e2e()
+    home = work / "mucodec"
+    print(f"\n== mucodec: training its six stages for {opts.budget:g} s of wall clock in all ==")
+    start = time.perf_counter()
+    for cut in load_cuts(test["manifests"]["train"]):
+        source = Path(cut.recording.sources[0].source)
+        target = home / "data" / f"{cut.recording.id}.flac"
+        if not target.exists():
+            e2e.write_excerpt(source, target, MUCODEC_EXCERPT_SECONDS)
+    train = prepare_manifests(home / "data", home / "manifests", 0.0, 0.0, channels=2)["train"]
+    manifests = {"train": train, "val": train, "test": train}  # never validated: the budget trains
+    batches = {stage: default for stage, (_, _, default) in e2e.STAGES.items()}
+    seconds = {stage: opts.budget * share for stage, share in MUCODEC_SHARES.items()}
+    paths: dict[str, str] = {}
+    times: dict[str, float] = {}
+    e2e.BATCHES_RUN.clear()
+    e2e.train_chain(manifests, home, batches, paths, times, seconds=seconds)
+    fit_seconds = time.perf_counter() - start
+    config = e2e.codec_config(paths, MUCODEC_NUM_STEPS)
+    codec = build(config, MuCodec).eval()
+    bundle = save_bundle(codec, config, work / "outputs" / "mucodec-budget.ckpt")
+    rate, channels = test["sample_rate"], test["channels"]
+    print(f"\n== mucodec: testing after {sum(e2e.BATCHES_RUN.values())} batches ==")
+    metrics = test_metrics(rate, opts)
+    samples, bits = 0, 0.0
+    with torch.no_grad():
+        for x in test["batches"]:
+            x = x.float()
+            encoded = codec.encode(x, sample_rate=rate)
+            x_hat = resample(codec.decode(encoded, channels=channels), codec.sample_rate, rate)
+            x_hat = torch.nn.functional.pad(x_hat, (0, max(0, x.shape[-1] - x_hat.shape[-1])))[..., : x.shape[-1]]
+            for metric in metrics.values():
+                metric.update(x_hat, x)
+            samples += x.shape[0] * x.shape[-1]
+            bits += encoded.codes.shape[0] * encoded.codes.shape[-1] * sum(math.log2(n) for n in codec.codebook_sizes)
+    seconds_tested = samples / rate
+    kbps = float(codec.bitrate(codec.n_q))
+    columns = [{"label": bitrate_label(kbps), "kbps": kbps, "true_kbps": bits / seconds_tested / 1000}]
+    rows = {name: [float(metric.compute())] for name, metric in metrics.items()}
+    table = ClassicalTable("mucodec", rate, channels, seconds_tested, columns, rows)
+    run_id = log_classical_run(
+        table,
+        f"sqlite:///{work / 'mlflow.db'}",
+        EXPERIMENT,
+        run_name=f"mucodec-{opts.budget:g}s",
+        tags={"module": "mucodec", "bundle": str(bundle), "num_steps": str(MUCODEC_NUM_STEPS)},
+    )
+    return {
+        "config": "benchmarks/mucodec_tiny_end_to_end.py (tiny stages)",
+        "sample_rate": rate,
+        "channels": channels,
+        "batches": sum(e2e.BATCHES_RUN.values()),
+        "stage_batches": dict(e2e.BATCHES_RUN),
+        "stage_seconds": times,
+        "fit_seconds": fit_seconds,
+        "bundle": str(bundle),
+        "run_id": run_id,
+        "table": {"columns": columns, "rows": rows},
+    }
+
+
+def guarded(family: str, run, *args) -> dict[str, Any]:
+    """``run(*args)``, or, when it raises, ``{"failed": the error}`` after printing its traceback: one
+    family's failure leaves the other rows of a long run standing."""
+    try:
+        return run(*args)
+    except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
+        traceback.print_exc()
+        print(f"leaderboard: {family} failed: {type(error).__name__}: {error}")
+        return {"failed": f"{type(error).__name__}: {error}"}
 
 
 def opus_mel_at(opus: dict, kbps: float) -> tuple[float, float] | None:
@@ -302,7 +435,10 @@ def markdown(results: dict, domain: str) -> str:
     opus = results["classical"].get("opus")
     for family, result in results["families"].items():
         if "table" not in result:
-            lines.append(f"- {family}: skipped ({result.get('skipped')})")
+            lines.append(
+                f"- {family}: "
+                + (f"failed ({result['failed']})" if "failed" in result else f"skipped ({result.get('skipped')})")
+            )
             continue
         verdicts = []
         for i, column in enumerate(result["table"]["columns"]):
@@ -338,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
         argv, overrides = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, required=True, help="seconds of training per family")
-    parser.add_argument("--families", nargs="*", default=list(srq.SMALL_CONFIGS), choices=list(srq.SMALL_CONFIGS))
+    parser.add_argument("--families", nargs="*", default=FAMILIES, choices=FAMILIES)
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music_large"))
     parser.add_argument("--manifests", default=None, help="folder with cuts_{train,val,test}.jsonl.gz (skips prepare)")
     parser.add_argument(
@@ -389,11 +525,15 @@ def main(argv: list[str] | None = None) -> dict:
     done: dict = {}
     families = [] if opts.classical_only else opts.families
     with contextlib.chdir(work):
-        for family in families:
-            results["families"][family] = run_family(family, opts, work, overrides, done)
-        reference = next((f for f in families if "table" in results["families"][f]), None)
-        settings = results["families"][reference] if reference else None
-        results["classical"] = classical_rows(opts, work, overrides, done, reference or "encodec", settings)
+        for family in (f for f in families if f != "mucodec"):
+            results["families"][family] = guarded(family, run_family, family, opts, work, overrides, done)
+        trained = [f for f in families if f in results["families"] and "table" in results["families"][f]]
+        settings = results["families"][trained[0]] if trained else None
+        # the held-out windows every other row is scored on: the first family's data settings
+        test = test_data(opts, work, overrides, done, trained[0] if trained else "encodec", settings)
+        if "mucodec" in families:
+            results["families"]["mucodec"] = guarded("mucodec", run_mucodec, test, opts, work)
+        results["classical"] = classical_rows(test, opts, work)
     from mlflow.tracking import MlflowClient
 
     from codecplatform import compare

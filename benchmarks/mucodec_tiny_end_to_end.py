@@ -135,7 +135,12 @@ def reusable(stage: str, work: Path) -> str | None:
     return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None
 
 
-def fit(stage: str, batches: int, manifests: dict[str, Path], work: Path, *extra: str) -> tuple[str, float]:
+def fit(
+    stage: str, batches: int, manifests: dict[str, Path], work: Path, *extra: str, seconds: float | None = None
+) -> tuple[str, float]:
+    """Train ``stage`` for ``batches`` batches (validating twice on 2 batches at the end), or, with
+    ``seconds``, for that much wall clock (``trainer.max_time``, no validation, the last weights
+    saved as ``budget.ckpt``) -> (its checkpoint, seconds taken)."""
     real, tiny, _ = STAGES[stage]
     if stage in REUSED and (path := reusable(stage, work)) is not None:
         state = read_checkpoint(path, "training checkpoint", required={"state_dict": dict})
@@ -154,20 +159,93 @@ def fit(stage: str, batches: int, manifests: dict[str, Path], work: Path, *extra
         "--config",
         str(override),
         *(f"--data.init_args.{split}_cuts={path}" for split, path in manifests.items()),
-        f"--model.init_args.max_batches={batches}",
-        f"--trainer.val_check_interval={batches}",
-        "--trainer.limit_val_batches=2",
+        *(
+            [f"--model.init_args.max_batches={batches}", f"--trainer.val_check_interval={batches}"]
+            + ["--trainer.limit_val_batches=2"]
+            if seconds is None
+            else ["--model.init_args.max_batches=1000000000", f"--trainer.max_time={max_time(seconds)}"]
+            + ["--trainer.limit_val_batches=0"]
+        ),
         f"--trainer.default_root_dir={work / 'outputs' / stage}",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
         *extra,
     ]
-    print(f"\n== {stage}: {batches} batches ==", flush=True)
+    print(f"\n== {stage}: {batches if seconds is None else f'{seconds:.0f} s of'} batches ==", flush=True)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cli = cli_main(args)
-    return last_checkpoint(cli), time.perf_counter() - start
+    if seconds is None:
+        return last_checkpoint(cli), time.perf_counter() - start
+    path = work / "outputs" / stage / "budget.ckpt"
+    cli.trainer.save_checkpoint(str(path))  # max_time may stop before any checkpoint callback runs
+    BATCHES_RUN[stage] = int(cli.model.batch_counter)
+    return str(path), time.perf_counter() - start
+
+
+def max_time(seconds: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for ``seconds`` (at least 1)."""
+    total = max(1, int(round(seconds)))
+    return f"{total // 86400:02d}:{total // 3600 % 24:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
+BATCHES_RUN: dict[str, int] = {}  # stage -> batches trained in its last budget-bound fit
+
+
+def train_chain(
+    manifests: dict[str, Path],
+    work: Path,
+    batches: dict[str, int],
+    paths: dict[str, str],
+    times: dict[str, float],
+    seconds: dict[str, float] | None = None,
+    stop_after: str | None = None,
+) -> None:
+    """Train the stages in order, each from the previous ones' checkpoints, for ``batches[stage]``
+    batches or, given ``seconds``, ``seconds[stage]`` of wall clock; fills ``paths`` (stage ->
+    checkpoint; ``melvae`` -> the exported folder) and ``times`` (stage -> seconds); stops after
+    ``stop_after``."""
+
+    def run(stage: str, *extra: str) -> str:
+        path, times[stage] = fit(
+            stage, batches[stage], manifests, work, *extra, seconds=None if seconds is None else seconds[stage]
+        )
+        return path
+
+    paths["muencoder_stage1"] = run("muencoder_stage1")
+    if stop_after == "muencoder_stage1":
+        return
+    paths["muencoder_stage2"] = run(
+        "muencoder_stage2",
+        f"--model.init_args.muencoder_checkpoint={paths['muencoder_stage1']}",
+        '--model.init_args.loss_weights={"ce": 1.0, "mel": 1.0, "cqt": 1.0}',  # no lyrics in the music
+        "--data.init_args.return_text=false",
+    )
+    if stop_after == "muencoder_stage2":
+        return
+    paths["tokenizer"] = run("tokenizer", f"--model.init_args.muencoder_checkpoint={paths['muencoder_stage2']}")
+    if stop_after == "tokenizer":
+        return
+    melvae_dir = work / "melvae_export"
+    run("melvae", f"--model.init_args.export_dir={melvae_dir}")
+    paths["melvae"] = str(melvae_dir)
+    if stop_after == "melvae":
+        return
+    tokenizer = stage_config("tokenizer")["model"]["init_args"]["tokenizer"]
+    source = {
+        "class_path": "codecplatform.mucodec.flow.TokenizerCodeSource",
+        "init_args": {"tokenizer": tokenizer, "checkpoint": paths["tokenizer"]},
+    }
+    paths["flow"] = run(
+        "flow",
+        f"--model.init_args.melvae_checkpoint={melvae_dir}",
+        f"--model.init_args.code_source={json.dumps(source)}",
+        f"--model.init_args.flow.init_args.quantizer={json.dumps(tokenizer['init_args']['quantizer'])}",
+    )
+    if stop_after == "flow":
+        return
+    paths["vocoder"] = run("vocoder")
 
 
 def codec_config(paths: dict[str, str] | None, num_steps: int) -> dict[str, Any]:
@@ -223,18 +301,22 @@ def excerpt_tracks(
         name = "test" if path in held else "train"
         target = out / name / f"{path.stem}.flac"
         split[name].append(path.name)
-        if target.exists():
-            continue
-        info = sf.info(str(path))
-        n = min(info.frames, int(seconds * info.samplerate))
-        start = (info.frames - n) // 2
-        audio, rate = sf.read(str(path), start=start, frames=n, dtype="float32", always_2d=True)
-        x = torch.from_numpy(audio.T.copy())  # (C, T)
-        x = x.expand(2, -1) if x.shape[0] == 1 else x[:2]
-        x = resample(x.contiguous(), int(rate), 48000)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(target), x.T.numpy(), 48000, subtype="PCM_16")
+        if not target.exists():
+            write_excerpt(path, target, seconds)
     return split
+
+
+def write_excerpt(path: Path, target: Path, seconds: float) -> None:
+    """``seconds`` from the middle of ``path`` as 48 kHz stereo 16-bit FLAC at ``target``."""
+    info = sf.info(str(path))
+    n = min(info.frames, int(seconds * info.samplerate))
+    start = (info.frames - n) // 2
+    audio, rate = sf.read(str(path), start=start, frames=n, dtype="float32", always_2d=True)
+    x = torch.from_numpy(audio.T.copy())  # (C, T)
+    x = x.expand(2, -1) if x.shape[0] == 1 else x[:2]
+    x = resample(x.contiguous(), int(rate), 48000)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(target), x.T.numpy(), 48000, subtype="PCM_16")
 
 
 def windows_of(manifest: Path, seconds: float, per_track: int) -> list[torch.Tensor]:
@@ -377,65 +459,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--stop_after: unknown stage {opts.stop_after!r}; stages: {list(STAGES)}")
     paths: dict[str, str] = {}
 
-    def stopped(stage: str) -> dict[str, Any] | None:
-        if opts.stop_after != stage:
-            return None
-        result = {"stopped_after": stage, "batches": batches, "seconds": times, "checkpoints": paths, "tracks": tracks}
+    train_chain(manifests, work, batches, paths, times, stop_after=opts.stop_after)
+    if opts.stop_after is not None:
+        result = {"stopped_after": opts.stop_after, "batches": batches, "seconds": times, "checkpoints": paths}
+        result["tracks"] = tracks
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"stopped after {stage}: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+        print(f"stopped after {opts.stop_after}: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
         return result
-
-    paths["muencoder_stage1"], times["muencoder_stage1"] = fit(
-        "muencoder_stage1", batches["muencoder_stage1"], manifests, work
-    )
-    if (done := stopped("muencoder_stage1")) is not None:
-        return done
-    paths["muencoder_stage2"], times["muencoder_stage2"] = fit(
-        "muencoder_stage2",
-        batches["muencoder_stage2"],
-        manifests,
-        work,
-        f"--model.init_args.muencoder_checkpoint={paths['muencoder_stage1']}",
-        '--model.init_args.loss_weights={"ce": 1.0, "mel": 1.0, "cqt": 1.0}',  # no lyrics in the music
-        "--data.init_args.return_text=false",
-    )
-    if (done := stopped("muencoder_stage2")) is not None:
-        return done
-    paths["tokenizer"], times["tokenizer"] = fit(
-        "tokenizer",
-        batches["tokenizer"],
-        manifests,
-        work,
-        f"--model.init_args.muencoder_checkpoint={paths['muencoder_stage2']}",
-    )
-    if (done := stopped("tokenizer")) is not None:
-        return done
-    melvae_dir = work / "melvae_export"
-    _, times["melvae"] = fit("melvae", batches["melvae"], manifests, work, f"--model.init_args.export_dir={melvae_dir}")
-    paths["melvae"] = str(melvae_dir)
-    if (done := stopped("melvae")) is not None:
-        return done
-    tokenizer = stage_config("tokenizer")["model"]["init_args"]["tokenizer"]
-    source = {
-        "class_path": "codecplatform.mucodec.flow.TokenizerCodeSource",
-        "init_args": {"tokenizer": tokenizer, "checkpoint": paths["tokenizer"]},
-    }
-    paths["flow"], times["flow"] = fit(
-        "flow",
-        batches["flow"],
-        manifests,
-        work,
-        f"--model.init_args.melvae_checkpoint={melvae_dir}",
-        f"--model.init_args.code_source={json.dumps(source)}",
-        f"--model.init_args.flow.init_args.quantizer={json.dumps(tokenizer['init_args']['quantizer'])}",
-    )
-    if (done := stopped("flow")) is not None:
-        return done
-    paths["vocoder"], times["vocoder"] = fit("vocoder", batches["vocoder"], manifests, work)
-
-    if (done := stopped("vocoder")) is not None:
-        return done
     print("\n== evaluation on held-out tracks ==", flush=True)
     windows = windows_of(test, opts.eval_seconds, opts.windows_per_track)
     if len(windows) < 2 * opts.windows_per_track:

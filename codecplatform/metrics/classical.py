@@ -241,9 +241,10 @@ def log_classical_run(
 ) -> str:
     """Log ``table`` as a finished MLflow run of ``experiment`` -> its run id: metrics
     ``test/<label>/<metric>``, ``test/<label>/effective_kbps`` (the true kbps) and ``test/<metric>``
-    (the highest bitrate, as a codec's full bitrate), tags ``family`` (``opus``/``mp3``),
-    ``sample_rate``, ``channels``, ``max_kbps``, ``stage=test``, ``encoder`` (the library and
-    FFmpeg's version), and the table as ``tables/test_per_bitrate.json``."""
+    (the highest bitrate, as a codec's full bitrate), tags ``family`` (``table.codec``: ``opus``/``mp3``,
+    or another codec's table scored the same way), ``sample_rate``, ``channels``, ``max_kbps``,
+    ``stage=test``, ``encoder`` (Opus/MP3: the library and FFmpeg's version), ``tags``, and the
+    table as ``tables/test_per_bitrate.json``."""
     import av
     from mlflow.entities import Metric as MlflowMetric
     from mlflow.tracking import MlflowClient
@@ -263,7 +264,11 @@ def log_classical_run(
         "max_kbps": f"{table.columns[top]['kbps']:g}",
         "stage": "test",
         "module": "classical",
-        "encoder": f"{CODECS[table.codec][2]} (FFmpeg {av.ffmpeg_version_info}, PyAV {av.__version__})",
+        **(
+            {"encoder": f"{CODECS[table.codec][2]} (FFmpeg {av.ffmpeg_version_info}, PyAV {av.__version__})"}
+            if table.codec in CODECS
+            else {}
+        ),
         **(tags or {}),
     }
     run = client.create_run(experiment_id, run_name=run_name or f"{table.codec}-reference", tags=run_tags)

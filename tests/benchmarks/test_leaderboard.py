@@ -4,6 +4,7 @@ tested at every bitrate, Opus and MP3 rows on the same test windows, the compari
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -66,3 +67,57 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
     columns = json.loads(saved["state"])["selectedColumns"]  # the UI's "leaderboard" view
     assert {"metrics.`test/6kbps/mel_distance`", "metrics.`test/16kbps/si_sdr`"} <= set(columns)
     assert f"metrics.`test/{encodec['table']['columns'][0]['label']}/mel_distance`" in columns
+
+
+@pytest.mark.slow
+def test_leaderboard_mucodec_row(in_tmp_dir, empty_mlflow_store):
+    """MuCodec's tiny chain trained within the budget (all six stages), scored on the same test windows
+    as the Opus row at its one bitrate (25 Hz x 6 bits), logged as a ``family=mucodec`` run."""
+    benchmark = load_benchmark("leaderboard")
+    work = in_tmp_dir / "work"
+    work.mkdir()
+    shutil.copyfile(empty_mlflow_store, work / "mlflow.db")
+    audio = in_tmp_dir / "audio"
+    write_tones(audio, 24000, 1, n_files=10, seconds=3.0)
+    results = benchmark.main(
+        [
+            "--budget", "6",
+            "--data_dir", str(audio),
+            "--families", "mucodec",
+            "--opus_kbps", "6",
+            "--mp3_kbps",
+            "--eval_seconds", "1",
+            "--eval_windows", "2",
+            "--no_visqol",
+            "--test_fraction", "0.3",
+            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
+            "--work_dir", str(work),
+        ]
+    )  # fmt: skip
+    mucodec = results["families"]["mucodec"]
+    assert set(mucodec["stage_batches"]) == set(benchmark.MUCODEC_SHARES)
+    assert min(mucodec["stage_batches"].values()) >= 1
+    (column,) = mucodec["table"]["columns"]
+    assert column["kbps"] == pytest.approx(0.15) and column["true_kbps"] == pytest.approx(0.15, rel=0.05)
+    assert set(mucodec["table"]["rows"]) == set(results["classical"]["opus"]["table"]["rows"])
+    assert all(math.isfinite(values[0]) for values in mucodec["table"]["rows"].values())
+    assert any(row["codec"] == "mucodec" and row["kbps"] == pytest.approx(0.15) for row in results["rows"])
+    assert "- mucodec (" in (work / "leaderboard.md").read_text()
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_run(mucodec["run_id"])
+    assert run.data.tags["family"] == "mucodec" and run.data.tags["leaderboard"] == results["id"]
+    assert run.data.metrics[f"test/{column['label']}/mel_distance"] == mucodec["table"]["rows"]["mel_distance"][0]
+
+
+def test_a_failing_family_leaves_the_other_rows(capsys):
+    benchmark = load_benchmark("leaderboard")
+
+    def broken():
+        raise RuntimeError("out of memory in the flow stage")
+
+    failed = benchmark.guarded("mucodec", broken)
+    assert failed == {"failed": "RuntimeError: out of memory in the flow stage"}
+    assert "Traceback" in capsys.readouterr().err
+    results = {"families": {"mucodec": failed}, "classical": {}, "rows": []}
+    assert "- mucodec: failed (RuntimeError: out of memory in the flow stage)" in benchmark.markdown(results, "music")
