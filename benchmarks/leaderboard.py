@@ -7,6 +7,8 @@ windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as th
         [--opus_kbps 6 9 12 18 24] [--mp3_kbps 8 16 24 32] [--eval_seconds 5] [--eval_windows 48]
         [--no_visqol] [--classical_only] [--extra_config experiments/tiny/{family}.yaml]
         [--work_dir outputs/benchmarks/leaderboard] [-- --KEY=VALUE ...]
+    python benchmarks/leaderboard.py --trained WORK_DIR --domain speech --manifests SPEECH_MANIFESTS ...
+        (the codecs an earlier run trained, tested on other audio: no training)
 
 1. manifests: ``--manifests`` (a folder with ``cuts_{train,val,test}.jsonl.gz`` from ``codecplatform
    prepare``), else ``--data_dir`` prepared as ``short_run_quality.py`` does (per rate and channel
@@ -207,6 +209,27 @@ def run_family(family: str, opts: argparse.Namespace, work: Path, overrides: lis
         return {"skipped": manifests, "sample_rate": rate, "channels": channels}
     evaluation = eval_config(work / f"eval_{rate}hz.yaml", rate, opts)
     common = common_args([*configs, "--config", str(evaluation)], manifests, work, overrides)
+    described = {
+        "config": str(srq.SMALL_CONFIGS[family].relative_to(REPO)),
+        **settings,
+        "manifests": {split: str(path) for split, path in manifests.items()},
+    }
+    if opts.trained is not None:  # test the weights an earlier run trained, on this run's test data
+        checkpoint = opts.trained / "outputs" / f"{family}-budget.ckpt"
+        if not checkpoint.is_file():
+            return {"skipped": f"--trained: no {checkpoint}"}
+        print(f"\n== {family}: testing {checkpoint} ==")
+        tested = srq.cli_main(
+            ["test", *common, "--ckpt_path", str(checkpoint), f"--trainer.logger.init_args.run_name={family}-tested"]
+        )
+        return {
+            **described,
+            "trained": str(checkpoint),
+            "batches": int(tested.model.batch_counter),
+            "fit_seconds": 0.0,
+            "run_id": tested.trainer.logger.run_id,
+            "table": srq.test_table(tested),
+        }
     print(f"\n== {family}: training for {opts.budget:g} s of wall clock (codecplatform fit) ==")
     start = time.perf_counter()
     fit = srq.cli_main(
@@ -228,9 +251,7 @@ def run_family(family: str, opts: argparse.Namespace, work: Path, overrides: lis
         ["test", *common, "--ckpt_path", str(checkpoint), f"--trainer.logger.init_args.run_id={run_id}"]
     )
     return {
-        "config": str(srq.SMALL_CONFIGS[family].relative_to(REPO)),
-        **settings,
-        "manifests": {split: str(path) for split, path in manifests.items()},
+        **described,
         "batches": int(fit.model.batch_counter),
         "fit_seconds": fit_seconds,
         "run_id": run_id,
@@ -312,9 +333,7 @@ def run_mucodec(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path
     windows' rate, decoded (``MUCODEC_NUM_STEPS`` Euler steps) at 48 kHz, mixed to the windows'
     channels and resampled back. Logged as an MLflow run of ``family=mucodec``."""
     from codecplatform.config import instantiate as build
-    from codecplatform.dsp.spectral import resample
-    from codecplatform.lightning.evaluation import bitrate_label
-    from codecplatform.metrics.classical import ClassicalTable, log_classical_run
+    from codecplatform.models.base import AudioCodec
     from codecplatform.mucodec.bundle import save_bundle
     from codecplatform.mucodec.codec import MuCodec
     from datamodules.manifests import load_cuts, prepare_manifests
@@ -322,6 +341,14 @@ def run_mucodec(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path
     if isinstance(test, str):
         print(f"leaderboard: mucodec skipped: {test}")
         return {"skipped": test}
+    if opts.trained is not None:
+        bundle = opts.trained / "outputs" / "mucodec-budget.ckpt"
+        if not bundle.is_file():
+            return {"skipped": f"--trained: no {bundle}"}
+        trained = json.loads(bundle.with_suffix(".json").read_text())
+        print(f"\n== mucodec: testing {bundle} ==")
+        scored = score_mucodec(AudioCodec.from_checkpoint(bundle), bundle, test, opts, work)
+        return {**trained, "trained": str(bundle), "fit_seconds": 0.0, **scored}
     e2e = _mucodec_e2e()
     home = work / "mucodec"
     print(f"\n== mucodec: training its six stages for {opts.budget:g} s of wall clock in all ==")
@@ -343,8 +370,25 @@ def run_mucodec(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path
     config = e2e.codec_config(paths, MUCODEC_NUM_STEPS)
     codec = build(config, MuCodec).eval()
     bundle = save_bundle(codec, config, work / "outputs" / "mucodec-budget.ckpt")
+    trained = {
+        "config": "benchmarks/mucodec_tiny_end_to_end.py (tiny stages)",
+        "batches": sum(e2e.BATCHES_RUN.values()),
+        "stage_batches": dict(e2e.BATCHES_RUN),
+        "stage_seconds": times,
+    }
+    bundle.with_suffix(".json").write_text(json.dumps(trained, indent=1) + "\n")  # for --trained
+    print(f"\n== mucodec: testing after {trained['batches']} batches ==")
+    return {**trained, "fit_seconds": fit_seconds, **score_mucodec(codec, bundle, test, opts, work)}
+
+
+def score_mucodec(codec: Any, bundle: Path, test: dict[str, Any], opts: argparse.Namespace, work: Path) -> dict:
+    """``codec`` (a MuCodec) on ``test``'s windows at its one bitrate, logged as an MLflow run of
+    ``family=mucodec`` -> {sample_rate, channels, bundle, run_id, table}."""
+    from codecplatform.dsp.spectral import resample
+    from codecplatform.lightning.evaluation import bitrate_label
+    from codecplatform.metrics.classical import ClassicalTable, log_classical_run
+
     rate, channels = test["sample_rate"], test["channels"]
-    print(f"\n== mucodec: testing after {sum(e2e.BATCHES_RUN.values())} batches ==")
     metrics = test_metrics(rate, opts)
     samples, bits = 0, 0.0
     with torch.no_grad():
@@ -366,17 +410,12 @@ def run_mucodec(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path
         table,
         f"sqlite:///{work / 'mlflow.db'}",
         EXPERIMENT,
-        run_name=f"mucodec-{opts.budget:g}s",
+        run_name="mucodec-tested" if opts.trained else f"mucodec-{opts.budget:g}s",
         tags={"module": "mucodec", "bundle": str(bundle), "num_steps": str(MUCODEC_NUM_STEPS)},
     )
     return {
-        "config": "benchmarks/mucodec_tiny_end_to_end.py (tiny stages)",
         "sample_rate": rate,
         "channels": channels,
-        "batches": sum(e2e.BATCHES_RUN.values()),
-        "stage_batches": dict(e2e.BATCHES_RUN),
-        "stage_seconds": times,
-        "fit_seconds": fit_seconds,
         "bundle": str(bundle),
         "run_id": run_id,
         "table": {"columns": columns, "rows": rows},
@@ -473,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
         cut = argv.index("--")
         argv, overrides = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=float, required=True, help="seconds of training per family")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of training per family")
     parser.add_argument("--families", nargs="*", default=FAMILIES, choices=FAMILIES)
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "music_large"))
     parser.add_argument("--manifests", default=None, help="folder with cuts_{train,val,test}.jsonl.gz (skips prepare)")
@@ -486,6 +525,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval_windows", type=int, default=48, help="at most this many test windows")
     parser.add_argument("--no_visqol", action="store_true", help="leave ViSQOL out (about 0.5 s of CPU per s of audio)")
     parser.add_argument("--classical_only", action="store_true", help="only the Opus and MP3 rows")
+    parser.add_argument(
+        "--trained",
+        default=None,
+        help="the --work_dir of an earlier run: test the families it trained (no training) on this run's "
+        "test data, e.g. music-trained codecs on speech with --domain speech",
+    )
     parser.add_argument("--extra_config", action="append", default=[], help="appended config ({family} replaced)")
     parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--test_fraction", type=float, default=0.1)
@@ -495,12 +540,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "leaderboard"))
     opts = parser.parse_args(argv)
-    if opts.budget <= 0:
-        parser.error("--budget must be > 0 seconds")
+    if opts.trained is None and (opts.budget is None or opts.budget <= 0):
+        parser.error("give --budget (> 0 seconds of training per family) or --trained")
     if opts.manifests is not None:
         opts.manifests = Path(opts.manifests).resolve()
         if not opts.manifests.is_dir():
             parser.error(f"--manifests {opts.manifests}: no such folder")
+    if opts.trained is not None:
+        opts.trained = Path(opts.trained).resolve()
+        if not (opts.trained / "outputs").is_dir():
+            parser.error(f"--trained {opts.trained}: no outputs/ folder of a leaderboard run there")
     opts.data_dir = Path(opts.data_dir).resolve()
     if opts.manifests is None and not opts.data_dir.is_dir():
         print(f"leaderboard: skipped: the data folder {opts.data_dir} does not exist (pass --data_dir or --manifests)")
@@ -569,7 +618,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["comparison"] = str(work / "comparison") if status == 0 else f"compare failed ({status})"
     text = markdown(results, opts.domain)
     header = (
-        f"Leaderboard {stamp}: budget {opts.budget:g} s per family, {results['machine']}, data {results['data']}\n\n"
+        f"Leaderboard {stamp}: "
+        + (f"trained in {opts.trained}" if opts.trained else f"budget {opts.budget:g} s per family")
+        + f", {results['machine']}, data {results['data']}\n\n"
     )
     (work / "leaderboard.md").write_text(header + text)
     (work / "leaderboard.json").write_text(json.dumps(results, indent=1, default=str))

@@ -67,6 +67,25 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
     columns = json.loads(saved["state"])["selectedColumns"]  # the UI's "leaderboard" view
     assert {"metrics.`test/6kbps/mel_distance`", "metrics.`test/16kbps/si_sdr`"} <= set(columns)
     assert f"metrics.`test/{encodec['table']['columns'][0]['label']}/mel_distance`" in columns
+    # --trained: the same weights tested again (no training) give the same table
+    again = benchmark.main(
+        [
+            "--trained", str(work),
+            "--data_dir", str(audio),
+            "--families", "encodec",
+            "--opus_kbps", "6",
+            "--mp3_kbps",
+            "--eval_seconds", "1",
+            "--eval_windows", "4",
+            "--no_visqol",
+            "--test_fraction", "0.3",
+            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
+            "--work_dir", str(in_tmp_dir / "again"),
+        ]
+    )  # fmt: skip
+    tested = again["families"]["encodec"]
+    assert tested["fit_seconds"] == 0.0 and tested["batches"] == encodec["batches"]
+    assert tested["table"]["rows"]["mel_distance"] == pytest.approx(encodec["table"]["rows"]["mel_distance"])
 
 
 @pytest.mark.slow
@@ -108,6 +127,25 @@ def test_leaderboard_mucodec_row(in_tmp_dir, empty_mlflow_store):
     run = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_run(mucodec["run_id"])
     assert run.data.tags["family"] == "mucodec" and run.data.tags["leaderboard"] == results["id"]
     assert run.data.metrics[f"test/{column['label']}/mel_distance"] == mucodec["table"]["rows"]["mel_distance"][0]
+    again = benchmark.main(
+        [
+            "--trained", str(work),
+            "--data_dir", str(audio),
+            "--families", "mucodec",
+            "--opus_kbps",
+            "--mp3_kbps",
+            "--eval_seconds", "1",
+            "--eval_windows", "2",
+            "--no_visqol",
+            "--test_fraction", "0.3",
+            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
+            "--work_dir", str(in_tmp_dir / "again"),
+        ]
+    )  # fmt: skip
+    tested = again["families"]["mucodec"]
+    assert tested["fit_seconds"] == 0.0 and tested["stage_batches"] == mucodec["stage_batches"]
+    for name, values in mucodec["table"]["rows"].items():  # a seeded decode: the same audio
+        assert tested["table"]["rows"][name] == pytest.approx(values), name
 
 
 def test_a_failing_family_leaves_the_other_rows(capsys):
