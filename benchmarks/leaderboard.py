@@ -74,23 +74,15 @@ COLUMNS = {
 }
 
 
-def _short_run_quality():
-    spec = importlib.util.spec_from_file_location("short_run_quality", Path(__file__).with_name("short_run_quality.py"))
+def _benchmark(name: str):
+    """The benchmark script ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-srq = _short_run_quality()
-
-
-def _mucodec_e2e():
-    spec = importlib.util.spec_from_file_location(
-        "mucodec_tiny_end_to_end", Path(__file__).with_name("mucodec_tiny_end_to_end.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+srq = _benchmark("short_run_quality")
 
 
 FAMILIES = [*srq.SMALL_CONFIGS, "mucodec"]
@@ -349,7 +341,7 @@ def run_mucodec(test: dict[str, Any] | str, opts: argparse.Namespace, work: Path
         print(f"\n== mucodec: testing {bundle} ==")
         scored = score_mucodec(AudioCodec.from_checkpoint(bundle), bundle, test, opts, work)
         return {**trained, "trained": str(bundle), "fit_seconds": 0.0, **scored}
-    e2e = _mucodec_e2e()
+    e2e = _benchmark("mucodec_tiny_end_to_end")
     home = work / "mucodec"
     print(f"\n== mucodec: training its six stages for {opts.budget:g} s of wall clock in all ==")
     start = time.perf_counter()
