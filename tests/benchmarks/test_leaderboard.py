@@ -15,29 +15,30 @@ from synthetic_audio import write_tones
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def setup(tmp: Path, empty_store: Path, seconds: float):
+    """(the benchmark module, a work folder with an empty MLflow store, a folder of 10 tones)."""
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copyfile(empty_store, work / "mlflow.db")
+    write_tones(tmp / "audio", 24000, 1, n_files=10, seconds=seconds)
+    return load_benchmark("leaderboard"), work, tmp / "audio"
+
+
+def leaderboard(benchmark, audio: Path, work: Path, windows: int, *args: str) -> dict:
+    """The leaderboard on ``audio`` at test scale: tiny configs, windows of 1 s, no ViSQOL."""
+    tiny = str(ROOT / "experiments" / "tiny" / "{family}.yaml")
+    return benchmark.main(
+        [*args, "--data_dir", str(audio), "--eval_seconds", "1", "--eval_windows", str(windows), "--no_visqol"]
+        + ["--test_fraction", "0.3", "--extra_config", tiny, "--work_dir", str(work)]
+    )
+
+
 @pytest.mark.slow
 def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
-    benchmark = load_benchmark("leaderboard")
-    work = in_tmp_dir / "work"
-    work.mkdir()
-    shutil.copyfile(empty_mlflow_store, work / "mlflow.db")
-    audio = in_tmp_dir / "audio"
-    write_tones(audio, 24000, 1, n_files=10, seconds=2.0)
-    results = benchmark.main(
-        [
-            "--budget", "2",
-            "--data_dir", str(audio),
-            "--families", "encodec",
-            "--opus_kbps", "6", "24",
-            "--mp3_kbps", "16",
-            "--eval_seconds", "1",
-            "--eval_windows", "4",
-            "--no_visqol",
-            "--test_fraction", "0.3",
-            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
-            "--work_dir", str(work),
-        ]
-    )  # fmt: skip
+    benchmark, work, audio = setup(in_tmp_dir, empty_mlflow_store, seconds=2.0)
+    results = leaderboard(
+        benchmark, audio, work, 4, *"--budget 2 --families encodec --opus_kbps 6 24 --mp3_kbps 16".split()
+    )
     assert json.loads((work / "leaderboard.json").read_text())["id"] == results["id"]
     encodec = results["families"]["encodec"]
     assert encodec["batches"] >= 1 and encodec["fit_seconds"] < 60
@@ -68,21 +69,13 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
     assert {"metrics.`test/6kbps/mel_distance`", "metrics.`test/16kbps/si_sdr`"} <= set(columns)
     assert f"metrics.`test/{encodec['table']['columns'][0]['label']}/mel_distance`" in columns
     # --trained: the same weights tested again (no training) give the same table
-    again = benchmark.main(
-        [
-            "--trained", str(work),
-            "--data_dir", str(audio),
-            "--families", "encodec",
-            "--opus_kbps", "6",
-            "--mp3_kbps",
-            "--eval_seconds", "1",
-            "--eval_windows", "4",
-            "--no_visqol",
-            "--test_fraction", "0.3",
-            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
-            "--work_dir", str(in_tmp_dir / "again"),
-        ]
-    )  # fmt: skip
+    again = leaderboard(
+        benchmark,
+        audio,
+        in_tmp_dir / "again",
+        4,
+        *f"--trained {work} --families encodec --opus_kbps 6 --mp3_kbps".split(),
+    )
     tested = again["families"]["encodec"]
     assert tested["fit_seconds"] == 0.0 and tested["batches"] == encodec["batches"]
     assert tested["table"]["rows"]["mel_distance"] == pytest.approx(encodec["table"]["rows"]["mel_distance"])
@@ -92,27 +85,10 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
 def test_leaderboard_mucodec_row(in_tmp_dir, empty_mlflow_store):
     """MuCodec's tiny chain trained within the budget (all six stages), scored on the same test windows
     as the Opus row at its one bitrate (25 Hz x 6 bits), logged as a ``family=mucodec`` run."""
-    benchmark = load_benchmark("leaderboard")
-    work = in_tmp_dir / "work"
-    work.mkdir()
-    shutil.copyfile(empty_mlflow_store, work / "mlflow.db")
-    audio = in_tmp_dir / "audio"
-    write_tones(audio, 24000, 1, n_files=10, seconds=3.0)
-    results = benchmark.main(
-        [
-            "--budget", "6",
-            "--data_dir", str(audio),
-            "--families", "mucodec",
-            "--opus_kbps", "6",
-            "--mp3_kbps",
-            "--eval_seconds", "1",
-            "--eval_windows", "2",
-            "--no_visqol",
-            "--test_fraction", "0.3",
-            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
-            "--work_dir", str(work),
-        ]
-    )  # fmt: skip
+    benchmark, work, audio = setup(in_tmp_dir, empty_mlflow_store, seconds=3.0)
+    results = leaderboard(
+        benchmark, audio, work, 2, "--budget", "6", "--families", "mucodec", "--opus_kbps", "6", "--mp3_kbps"
+    )
     mucodec = results["families"]["mucodec"]
     assert set(mucodec["stage_batches"]) == set(benchmark.MUCODEC_SHARES)
     assert min(mucodec["stage_batches"].values()) >= 1
@@ -127,21 +103,13 @@ def test_leaderboard_mucodec_row(in_tmp_dir, empty_mlflow_store):
     run = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_run(mucodec["run_id"])
     assert run.data.tags["family"] == "mucodec" and run.data.tags["leaderboard"] == results["id"]
     assert run.data.metrics[f"test/{column['label']}/mel_distance"] == mucodec["table"]["rows"]["mel_distance"][0]
-    again = benchmark.main(
-        [
-            "--trained", str(work),
-            "--data_dir", str(audio),
-            "--families", "mucodec",
-            "--opus_kbps",
-            "--mp3_kbps",
-            "--eval_seconds", "1",
-            "--eval_windows", "2",
-            "--no_visqol",
-            "--test_fraction", "0.3",
-            "--extra_config", str(ROOT / "experiments" / "tiny" / "{family}.yaml"),
-            "--work_dir", str(in_tmp_dir / "again"),
-        ]
-    )  # fmt: skip
+    again = leaderboard(
+        benchmark,
+        audio,
+        in_tmp_dir / "again",
+        2,
+        *f"--trained {work} --families mucodec --opus_kbps --mp3_kbps".split(),
+    )
     tested = again["families"]["mucodec"]
     assert tested["fit_seconds"] == 0.0 and tested["stage_batches"] == mucodec["stage_batches"]
     for name, values in mucodec["table"]["rows"].items():  # a seeded decode: the same audio
