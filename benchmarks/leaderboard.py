@@ -22,6 +22,9 @@ windows, beside Opus (libopus) and MP3 (LAME) at matching bitrates, scored as th
 4. Opus and MP3 code the same test windows (the first family's data settings, or 24 kHz mono with
    ``--classical_only``) at ``--opus_kbps`` / ``--mp3_kbps``
    (:mod:`codecplatform.metrics.classical`), logged as runs with the families' metric names.
+   The trivial baseline beside them: the constant spectrum (:func:`constant_spectrum_row`, 0 kbps),
+   noise with the training audio's mean magnitude spectrum; each family's verdict says whether it
+   beats it.
 5. metrics, every row: ``mel_distance``, ``stft_distance`` (at the codec's rate), ``mel_distance_44k``,
    ``stft_distance_44k`` (after DAC's resampling to 44.1 kHz, as DAC's ``scripts/evaluate.py``),
    ``si_sdr``, ``visqol_audio`` (music) or ``visqol_speech`` plus DNSMOS ``dnsmos_{sig,bak,ovrl,p808}``
@@ -414,6 +417,59 @@ def score_mucodec(codec: Any, bundle: Path, test: dict[str, Any], opts: argparse
     }
 
 
+N_FFT, HOP = 2048, 512  # the constant spectrum's STFT (85 ms windows at 24 kHz)
+
+
+def mean_magnitude(windows: list[torch.Tensor]) -> torch.Tensor:
+    """(C, T) windows -> their mean STFT magnitude per channel and bin, (C, N_FFT // 2 + 1)."""
+    window = torch.hann_window(N_FFT)
+    mags = [torch.stft(x, N_FFT, HOP, window=window, return_complex=True).abs().mean(-1) for x in windows]
+    return torch.stack(mags).mean(0)
+
+
+def constant_spectrum(magnitude: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """Audio (C, length) whose every STFT frame has ``magnitude`` (C, F) and a random phase: what a
+    codec that sends nothing but knows the training audio's average spectrum can output."""
+    window = torch.hann_window(N_FFT)
+    frames = length // HOP + 1
+    phase = 2 * math.pi * torch.rand(*magnitude.shape, frames, generator=generator)
+    spectrum = torch.polar(magnitude[..., None].expand(-1, -1, frames).contiguous(), phase)
+    return torch.istft(spectrum, N_FFT, HOP, window=window, length=length)
+
+
+def constant_spectrum_row(test: dict[str, Any] | str, opts: argparse.Namespace, windows: int = 12) -> dict:
+    """The trivial baseline at 0 kbps: every test window replaced by :func:`constant_spectrum` of the mean
+    magnitude of ``windows`` windows of ``--eval_seconds`` from the middle of training recordings,
+    scored with every row's metrics. A codec that does not beat it carries nothing about the input."""
+    from codecplatform.dsp.spectral import resample
+    from datamodules.manifests import load_cuts
+
+    if isinstance(test, str):
+        return {}
+    rate, channels = test["sample_rate"], test["channels"]
+    cuts = list(load_cuts(test["manifests"]["train"]))
+    cuts = [c for c in cuts if c.duration >= opts.eval_seconds][:: max(1, len(cuts) // windows)][:windows]
+    training = []
+    for cut in cuts:
+        piece = cut.truncate(offset=(cut.duration - opts.eval_seconds) / 2, duration=opts.eval_seconds)
+        audio = torch.from_numpy(piece.load_audio()).float()  # (C, T) at the cut's rate
+        audio = audio.mean(0, keepdim=True) if channels == 1 else audio.expand(channels, -1)[:channels]
+        training.append(resample(audio.contiguous(), int(cut.sampling_rate), rate))
+    if not training:
+        return {}
+    magnitude = mean_magnitude(training)
+    metrics = test_metrics(rate, opts)
+    generator = torch.Generator().manual_seed(0)
+    for x in test["batches"]:
+        x = x.float()
+        x_hat = torch.stack([constant_spectrum(magnitude, x.shape[-1], generator) for _ in range(x.shape[0])])
+        for metric in metrics.values():
+            metric.update(x_hat, x)
+    columns = [{"label": "0kbps", "kbps": 0.0, "true_kbps": 0.0}]
+    rows = {name: [float(metric.compute())] for name, metric in metrics.items()}
+    return {"constant spectrum": {"training_windows": len(training), "table": {"columns": columns, "rows": rows}}}
+
+
 def guarded(family: str, run, *args) -> dict[str, Any]:
     """``run(*args)``, or, when it raises, ``{"failed": the error}`` after printing its traceback: one
     family's failure leaves the other rows of a long run standing."""
@@ -444,7 +500,7 @@ def leaderboard_rows(results: dict) -> list[dict[str, Any]]:
         for i, column in enumerate(table["columns"]):
             values = {name: row[i] for name, row in table["rows"].items()}
             rows.append({"codec": family, "kbps": column["kbps"], "true_kbps": None, **values})
-    for codec, result in results["classical"].items():
+    for codec, result in [*results["classical"].items(), *results.get("baselines", {}).items()]:
         table = result["table"]
         for i, column in enumerate(table["columns"]):
             values = {name: row[i] for name, row in table["rows"].items()}
@@ -484,17 +540,30 @@ def markdown(results: dict, domain: str) -> str:
         wins = [v for v in verdicts if v[1] < v[3]]
         if wins:
             kbps, mel, opus_kbps, opus_mel = wins[0]
-            lines.append(
+            verdict = (
                 f"- {family} ({result['batches']} batches): beats Opus on mel distance from {kbps:g} kbps "
                 f"({mel:.3f} against Opus {opus_kbps:g} kbps: {opus_mel:.3f})"
             )
         else:
             kbps, mel, opus_kbps, opus_mel = min(verdicts, key=lambda v: v[1] - v[3])
-            lines.append(
+            verdict = (
                 f"- {family} ({result['batches']} batches): never beats Opus on mel distance; closest at {kbps:g} "
                 f"kbps, {mel:.3f} against Opus {opus_kbps:g} kbps: {opus_mel:.3f} (misses by {mel - opus_mel:.3f})"
             )
+        lines.append(verdict + below_constant(result, results.get("baselines", {})))
     return "\n".join(lines) + "\n"
+
+
+def below_constant(result: dict, baselines: dict) -> str:
+    """What the family's mel distance says against the constant spectrum (0 kbps), as a clause."""
+    if "constant spectrum" not in baselines:
+        return ""
+    floor = baselines["constant spectrum"]["table"]["rows"]["mel_distance"][0]
+    mels = result["table"]["rows"]["mel_distance"]
+    below = [c["kbps"] for c, mel in zip(result["table"]["columns"], mels) if mel < floor]
+    if not below:
+        return f"; but never below the constant spectrum ({floor:.3f}): its output carries nothing the metric sees"
+    return f"; below the constant spectrum ({floor:.3f}) from {below[0]:g} kbps (best {min(mels):.3f})"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -562,6 +631,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "families": {},
         "classical": {},
+        "baselines": {},
     }
     done: dict = {}
     families = [] if opts.classical_only else opts.families
@@ -575,6 +645,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "mucodec" in families:
             results["families"]["mucodec"] = guarded("mucodec", run_mucodec, test, opts, work)
         results["classical"] = classical_rows(test, opts, work)
+        results["baselines"] = constant_spectrum_row(test, opts)
     from mlflow.tracking import MlflowClient
 
     from codecplatform import compare

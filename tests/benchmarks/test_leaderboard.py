@@ -51,6 +51,9 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
     assert opus["test_seconds"] == pytest.approx(4.0)  # the same 4 one-second windows as the family's test
     mel = opus["table"]["rows"]["mel_distance_44k"]
     assert mel[1] < mel[0]  # 24 kbps better than 6
+    constant = results["baselines"]["constant spectrum"]["table"]["rows"]
+    assert set(constant) == names and opus["table"]["rows"]["mel_distance"][1] < constant["mel_distance"][0]
+    assert ("constant spectrum", 0.0) in {(row["codec"], row["kbps"]) for row in results["rows"]}
     assert opus["table"]["columns"][1]["true_kbps"] == pytest.approx(24, rel=0.1)
     rows = {(row["codec"], row["kbps"]) for row in results["rows"]}
     assert {("opus", 6), ("opus", 24), ("mp3", 16)} <= rows and ("encodec", kbps[0]) in rows
@@ -59,6 +62,7 @@ def test_leaderboard_smoke(in_tmp_dir, empty_mlflow_store):
     assert "mel_distance_44k" in compared["metrics"]
     table = (work / "leaderboard.md").read_text()
     assert "| opus | 24 | " in table and "- encodec (" in table and "Opus on mel distance" in table
+    assert "| constant spectrum | 0 | 0.00 |" in table and "the constant spectrum (" in table
     from mlflow.tracking import MlflowClient
 
     from codecplatform import compare
