@@ -419,8 +419,8 @@ def probe_audio_dir(
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     settings = settings or ProbeSettings()
     found, _ = find_audio(audio_dir, extensions)
-    paths = [p.resolve() for p in found]
-    ids = _recording_ids(paths, audio_dir.resolve())
+    paths = [p.absolute() for p in found]  # links not followed: ids and sources under audio_dir
+    ids = _recording_ids(paths, audio_dir.absolute())
     jobs = [(path, rec_id, settings) for path, rec_id in zip(paths, ids)]
     if num_workers == 1 or len(jobs) <= 1:
         results = [_probe_args(job) for job in jobs]
@@ -631,7 +631,7 @@ def build_cuts(
     """One cut per usable file (cut id = recording id) with sidecar supervisions and the custom
     fields ``domain``, ``full_band``, ``high_band_db`` and ``group`` (``groups[recording id]``, else
     the recording id; see the module docstring)."""
-    root = audio_dir.resolve()
+    root = audio_dir.absolute()
     cuts = []
     all_supervisions: list[SupervisionSegment] = []
     for item in probed:
@@ -727,7 +727,7 @@ def prepare_manifests(
     audio_dir, out_dir = Path(audio_dir), Path(out_dir)
     probed, problems = probe_audio_dir(audio_dir, num_workers=num_workers, settings=settings)
     print(_format_problems(problems))
-    root = audio_dir.resolve()
+    root = audio_dir.absolute()
     groups: dict[str, str] = {}
     for item in probed:
         relative = Path(item.recording.sources[0].source).relative_to(root).as_posix()

@@ -160,6 +160,21 @@ def test_prepare_manifests_writes_splits_and_problems(tmp_path: Path, capsys: py
     assert "4 file(s) skipped" in printed and "text.wav" in printed
 
 
+def test_prepare_takes_a_folder_of_links_to_audio_elsewhere(tmp_path: Path) -> None:
+    """Links (a common way to assemble a corpus) keep the names and folders they have."""
+    (tmp_path / "store").mkdir()
+    _write_good(tmp_path / "store" / "x1.wav")
+    _write_good(tmp_path / "store" / "x2.wav", freq=330.0)
+    (tmp_path / "audio" / "music").mkdir(parents=True)
+    (tmp_path / "audio" / "first.wav").symlink_to(tmp_path / "store" / "x1.wav")
+    (tmp_path / "audio" / "music" / "second.wav").symlink_to(tmp_path / "store" / "x2.wav")
+    paths = prepare_manifests(tmp_path / "audio", tmp_path / "out", val_fraction=0.0, test_fraction=0.0, seed=1)
+    cuts = {cut.id: cut for cut in load_cuts(paths["train"])}
+    assert sorted(cuts) == ["first", "music__second"]
+    assert cuts["music__second"].custom["domain"] == "music"  # from the link's folder
+    assert np.allclose(cuts["first"].load_audio(), sf.read(tmp_path / "store" / "x1.wav", always_2d=True)[0].T)
+
+
 def test_load_cuts_reads_an_empty_manifest(tmp_path: Path) -> None:
     CutSet().to_file(tmp_path / "empty.jsonl.gz")
     assert len(load_cuts(tmp_path / "empty.jsonl.gz")) == 0
