@@ -2,7 +2,7 @@
 
     codecplatform tokenize --checkpoint model.ckpt (--manifest cuts.jsonl.gz | --audio_dir DIR) --out DIR
         [--bandwidth KBPS | --n_q N] [--num_workers N] [--chunk_seconds S] [--batch_seconds S] [--max_batch N]
-        [--device cuda]
+        [--streams N] [--device cuda]
 
 The output folder (docs/tokenize.md):
 
@@ -30,11 +30,13 @@ does (:mod:`datamodules.shards`: soundfile blocks through a streaming soxr resam
 as for training).
 
 Work: items are sorted longest first and packed into batches (the short ones up to ``--batch_seconds``
-of padded audio and ``--max_batch`` items a call); ``--num_workers`` processes decode the batches. On
-the CPU each worker also encodes its batches with its own copy of the model (one torch thread each
-by default: processes use the cores better than intra-op threads) and items are coded one at a time
-(``--max_batch 1``: on a CPU a padded batch is no faster, benchmarks/RESULTS.md); on CUDA the main
-process encodes what the workers decoded, in batches.
+of padded audio and ``--max_batch`` items a call; the longer ones of a codec that streams up to
+``--streams`` items, coded as concurrent streams by :meth:`Codec.encode_chunked_many`, the same codes
+as one at a time); ``--num_workers`` processes decode the batches. On the CPU each worker also
+encodes its batches with its own copy of the model (one torch thread each by default: processes use
+the cores better than intra-op threads) and short items are coded one at a time (``--max_batch 1``:
+on a CPU a padded batch is no faster, benchmarks/RESULTS.md); on CUDA the main process encodes what
+the workers decoded, in batches.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,6 +63,9 @@ from codecplatform.bitstream import file_sha256
 from codecplatform.inference import DEFAULT_CONTEXT_SECONDS, _chunk_samples, _context_frames, _device, choose_n_q
 from codecplatform.models.base import AudioCodec
 
+if TYPE_CHECKING:
+    from codecplatform.models.codec import Codec
+
 PROG = "codecplatform tokenize"
 USAGE_ERROR, FAILURE = 2, 1
 DEFAULT_BATCH_SECONDS = 20.0
@@ -68,6 +73,9 @@ DEFAULT_BATCH_SECONDS = 20.0
 #: and of codecs chunked with context (each chunk recomputes 2 x context): measured, docs/tokenize.md
 CHUNK_SECONDS_CONTEXT_FREE, CHUNK_SECONDS_WITH_CONTEXT = 5.0, 20.0
 DEFAULT_MAX_BATCH = 16
+#: long items of a codec that streams coded together (measured, docs/tokenize.md), and at most this
+#: much audio in one such batch (its decoded audio is held in memory)
+DEFAULT_STREAMS, STREAM_BATCH_SECONDS = 8, 3600.0
 SETTINGS_FILE, CUTS_FILE, CODES_DIR, FAILED_FILE = "tokenize.json", "cuts.jsonl", "codes", "failed.txt"
 FORMAT = 1
 #: settings a resumed run must share with the first (the others do not change the codes)
@@ -117,6 +125,7 @@ class CodingPlan:
     context_frames: int
     device: str = "cpu"
     batched: bool = True
+    streams: bool = False  # several items longer than a chunk share calls (encode_chunked_many)
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -155,10 +164,10 @@ def items_from_folder(folder: Path) -> tuple[list[Item], list[Failed]]:
 
     from datamodules.manifests import _recording_ids, find_audio
 
-    paths = [p.resolve() for p in find_audio(folder)[0]]
+    paths = [p.absolute() for p in find_audio(folder)[0]]  # links not followed, as `prepare`
     items: list[Item] = []
     failed: list[Failed] = []
-    for path, rec_id in zip(paths, _recording_ids(paths, folder.resolve())):
+    for path, rec_id in zip(paths, _recording_ids(paths, folder.absolute())):
         try:
             info = sf.info(str(path))
             if info.frames < 1:
@@ -179,14 +188,34 @@ def items_from_folder(folder: Path) -> tuple[list[Item], list[Failed]]:
     return items, failed
 
 
-def plan_batches(items: Sequence[Item], chunk_seconds: float, batch_seconds: float, max_batch: int) -> list[list[Item]]:
-    """Items longest first; an item longer than ``chunk_seconds`` alone (coded in chunks), shorter
-    ones packed while (items x the batch's longest) <= ``batch_seconds`` and items <= ``max_batch``."""
+def plan_batches(
+    items: Sequence[Item],
+    chunk_seconds: float,
+    batch_seconds: float,
+    max_batch: int,
+    streams: int = 1,
+    workers: int = 1,
+) -> list[list[Item]]:
+    """Items longest first. Items longer than ``chunk_seconds`` (coded in chunks) in consecutive
+    groups of at most ``streams`` items and :data:`STREAM_BATCH_SECONDS` of audio, as many groups
+    as whole rounds of ``workers`` need, sizes as equal as that allows (so that the workers finish
+    together); shorter items packed while (items x the batch's longest) <= ``batch_seconds`` and
+    items <= ``max_batch``."""
+    ordered = sorted(items, key=lambda i: (-i.seconds, i.id))
+    long = [i for i in ordered if i.seconds > chunk_seconds]
     batches: list[list[Item]] = []
+    streams, workers = max(1, streams), max(1, workers)
+    groups = min(len(long), -(-len(long) // (streams * workers)) * workers)  # whole rounds of the workers
+    sizes = [len(long) // groups + (k < len(long) % groups) for k in range(groups)] if long else []
+    while long:
+        size = sizes.pop(0) if sizes else streams
+        group = [long.pop(0)]
+        while long and len(group) < size and sum(i.seconds for i in group) + long[0].seconds <= STREAM_BATCH_SECONDS:
+            group.append(long.pop(0))
+        batches.append(group)
     current: list[Item] = []
-    for item in sorted(items, key=lambda i: (-i.seconds, i.id)):
+    for item in ordered:
         if item.seconds > chunk_seconds:
-            batches.append([item])
             continue
         if current and ((len(current) + 1) * current[0].seconds > batch_seconds or len(current) >= max_batch):
             batches.append(current)
@@ -288,15 +317,29 @@ def _code_together(codec: AudioCodec, group: list[Decoded], plan: CodingPlan) ->
     return out
 
 
+def _code_streams(codec: Codec, group: list[Decoded], plan: CodingPlan) -> list[Coded]:
+    """Several items longer than a chunk through ``encode_chunked_many``: each gets its codes alone."""
+    signals = [torch.from_numpy(d.audio) for d in group]
+    encoded = codec.encode_chunked_many(signals, plan.n_q, plan.chunk_samples, plan.context_frames, plan.device)
+    dtype = codes_dtype(codec)
+    return [Coded(d.item, e.codes[0].T.numpy().astype(dtype), None, e.length) for d, e in zip(group, encoded)]
+
+
 def code_items(codec: AudioCodec, decoded: list[Decoded], plan: CodingPlan) -> list[Coded | Failed]:
-    """Codes of every decoded item: longer than a chunk alone, chunked; the rest in one batched call
-    when the codec takes ``lengths`` (a failing call is retried item by item, to name the item)."""
+    """Codes of every decoded item: longer than a chunk, chunked (several as concurrent streams
+    when ``plan.streams`` and the codec streams); the rest in one batched call when the codec takes
+    ``lengths``. A failing shared call is retried item by item, to name the item."""
     from codecplatform.models.codec import Codec
 
     short = [d for d in decoded if d.audio.shape[-1] <= plan.chunk_samples]
-    results: list[Coded | Failed] = [
-        _code_one(codec, d, plan) for d in decoded if d.audio.shape[-1] > plan.chunk_samples
-    ]
+    long = [d for d in decoded if d.audio.shape[-1] > plan.chunk_samples]
+    results: list[Coded | Failed] = []
+    if len(long) > 1 and plan.streams and isinstance(codec, Codec):
+        try:
+            results, long = list(_code_streams(codec, long, plan)), []
+        except (RuntimeError, ValueError):
+            pass
+    results += [_code_one(codec, d, plan) for d in long]
     if len(short) > 1 and plan.batched and isinstance(codec, Codec):
         try:
             return results + _code_together(codec, short, plan)
@@ -318,8 +361,29 @@ def decode_batch(batch: list[Item], sample_rate: int, channels: int) -> list[Dec
 _WORKER: dict[str, Any] = {}
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for the next allocation instead of returning it to the
+    system (True when set; False off glibc). By default every block over 32 MB is a fresh mapping
+    whose pages the kernel faults in and zeroes again on every network call: one thread of DAC
+    44.1 kHz encoding 20 s ran at RTF 0.95 with the default and 1.33-1.39 with this (docs/tokenize.md).
+    The process's memory then stays at its peak until it ends, so only worker processes call it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def _start_worker(job: dict[str, Any], codec: AudioCodec | None = None) -> None:
-    """Worker set-up: torch threads, and on the CPU its own copy of the codec."""
+    """Worker set-up: torch threads, in a worker process glibc keeping freed memory
+    (:func:`keep_freed_memory`), and on the CPU its own copy of the codec."""
+    if codec is None:  # a worker process of its own (the pool's initializer)
+        keep_freed_memory()
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     _WORKER.clear()
@@ -521,6 +585,13 @@ def _parser() -> argparse.ArgumentParser:
         "--max_batch", type=int, default=None, help=f"items per call (default {DEFAULT_MAX_BATCH}; 1 on the CPU)"
     )
     parser.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help=f"items longer than a chunk coded together as concurrent streams, for codecs that stream "
+        f"(default {DEFAULT_STREAMS}; 1: one at a time); the same codes either way",
+    )
+    parser.add_argument(
         "--context_seconds",
         type=float,
         default=None,
@@ -551,6 +622,8 @@ def _check_numbers(args: argparse.Namespace) -> str | None:
         return f"--chunk_seconds must be > 0, got {args.chunk_seconds}"
     if args.max_batch is not None and args.max_batch < 1:
         return f"--max_batch must be >= 1, got {args.max_batch}"
+    if args.streams is not None and args.streams < 1:
+        return f"--streams must be >= 1, got {args.streams}"
     if args.context_seconds is not None and not args.context_seconds >= 0:
         return f"--context_seconds must be >= 0, got {args.context_seconds}"
     return None
@@ -610,6 +683,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
     cpu = device.type == "cpu"
     workers = min(_cores(), 8) if args.num_workers is None else args.num_workers
     max_batch = args.max_batch or (1 if cpu else DEFAULT_MAX_BATCH)
+    streams = args.streams or DEFAULT_STREAMS
     chunk_seconds = args.chunk_seconds or default_chunk_seconds(codec)
     plan = CodingPlan(
         n_q,
@@ -617,6 +691,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
         context_frames,
         str(device) if not (cpu and workers) else "cpu",
         batched=max_batch > 1,
+        streams=streams > 1 and getattr(codec, "can_stream", False),
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
@@ -646,7 +721,9 @@ def tokenize_main(argv: list[str] | None = None) -> int:
     began, last_report, seconds, finished = time.perf_counter(), time.perf_counter(), 0.0, 0
     try:
         results = run_batches(
-            plan_batches(todo, chunk_seconds, args.batch_seconds, max_batch),
+            plan_batches(
+                todo, chunk_seconds, args.batch_seconds, max_batch, streams if plan.streams else 1, max(1, workers)
+            ),
             job,
             workers,
             None if encode_in_workers else codec,
@@ -667,7 +744,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
     except BrokenProcessPool:
         return _fail(
             "a worker process died (out of memory?); finished items are kept: run again to resume "
-            "(fewer --num_workers or a smaller --batch_seconds need less memory)",
+            "(fewer --num_workers or --streams, or a smaller --batch_seconds, need less memory)",
             FAILURE,
         )
     finally:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,24 +64,28 @@ def tokenized(out: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("name", ["encodec24", "encodec48", "dac"])
 def test_codes_equal_codec_encode_of_each_file(name, checkpoints, tmp_path, capsys, monkeypatch):
     codec = Codec.from_checkpoint(checkpoints[name]).eval()
-    # 3 short items share one call (lengths differ, partial last frames); one longer than a batch (chunked)
-    audio = corpus(tmp_path / "audio", codec, [0.06, 0.05, 0.04, 0.3])
+    # 3 short items share one call (lengths differ, partial last frames); two longer than a chunk
+    # (chunked: as concurrent streams by a codec that streams, else one by one)
+    audio = corpus(tmp_path / "audio", codec, [0.06, 0.05, 0.04, 0.3, 0.25])
     calls = []
-    for what in ("_code_together", "_code_one"):
+    for what in ("_code_together", "_code_one", "_code_streams"):
         real = getattr(tokenize_corpus, what)
         spy = lambda codec, d, plan, real=real, what=what: calls.append((what, _ids(d))) or real(codec, d, plan)  # noqa: E731
         monkeypatch.setattr(tokenize_corpus, what, spy)
     args = ["--checkpoint", checkpoints[name], "--audio_dir", tmp_path / "audio", "--out", tmp_path / "out"]
     options = ["--chunk_seconds", 0.2, "--batch_seconds", 0.2, "--max_batch", 8]  # DAC: the encoder's reach
     assert run(*args, *options, "--num_workers", 0) == 0
-    assert "tokenized 4 items" in capsys.readouterr().out
-    assert sorted(calls) == [("_code_one", ["item3"]), ("_code_together", ["item0", "item1", "item2"])]
+    assert "tokenized 5 items" in capsys.readouterr().out
+    long = [("_code_one", ["item3"]), ("_code_one", ["item4"])]
+    if codec.can_stream:
+        long = [("_code_streams", ["item3", "item4"])]
+    assert sorted(calls) == sorted(long + [("_code_together", ["item0", "item1", "item2"])])
     codes = tokenized(tmp_path / "out")
     assert sorted(codes) == sorted(audio)
     for item_id, x in audio.items():
         expected = alone(codec, x)
         assert codes[item_id].dtype == np.int16 and codes[item_id].shape == expected.shape
-        if name == "encodec24" and item_id == "item3":  # chunked by streaming: the partial last frame may differ
+        if name == "encodec24" and item_id in ("item3", "item4"):  # streamed: a partial last frame may differ
             np.testing.assert_array_equal(codes[item_id][:-1], expected[:-1])
         else:
             np.testing.assert_array_equal(codes[item_id], expected, err_msg=item_id)
@@ -103,6 +109,50 @@ def test_batches_are_packed_by_length():
     assert [[i.seconds for i in b] for b in batches] == [[30.0], [9.0, 3.0, 2.5, 2.0, 1.0, 1.0]]
 
 
+@pytest.mark.parametrize(
+    "streams, workers, expected",
+    [
+        (4, 2, [[30.0, 25.0, 20.0], [15.0, 12.0, 11.0]]),  # 2 groups (a round of 2 workers), equal sizes
+        (8, 1, [[30.0, 25.0, 20.0, 15.0, 12.0, 11.0]]),
+        (2, 2, [[30.0, 25.0], [20.0, 15.0], [12.0], [11.0]]),  # 2 rounds of 2 workers
+        (1, 2, [[30.0], [25.0], [20.0], [15.0], [12.0], [11.0]]),
+        (4, 1, [[30.0, 25.0, 20.0], [15.0, 12.0, 11.0]]),  # 2 groups of 3 rather than 4 + 2
+        (5, 2, [[30.0, 25.0, 20.0], [15.0, 12.0, 11.0]]),
+    ],
+)
+def test_long_items_are_grouped_into_streams_that_keep_the_workers_busy(streams, workers, expected):
+    items = [Item(f"i{k}", None, f"i{k}", s) for k, s in enumerate([11.0, 30.0, 2.0, 25.0, 12.0, 20.0, 15.0])]
+    batches = plan_batches(items, chunk_seconds=10.0, batch_seconds=8.0, max_batch=1, streams=streams, workers=workers)
+    assert [[i.seconds for i in b] for b in batches] == expected + [[2.0]]
+
+
+def test_a_group_of_streams_holds_at_most_an_hour_of_audio():
+    items = [Item(f"i{k}", None, f"i{k}", s) for k, s in enumerate([2000.0, 1500.0, 1000.0, 900.0])]
+    batches = plan_batches(items, chunk_seconds=10.0, batch_seconds=8.0, max_batch=1, streams=8, workers=1)
+    assert [[i.seconds for i in b] for b in batches] == [[2000.0, 1500.0], [1000.0, 900.0]]
+
+
+def test_worker_processes_keep_freed_memory_instead_of_faulting_it_in_again():
+    """glibc returns freed blocks over 32 MB to the system; a worker keeps them (no page faults)."""
+    code = """
+import resource, sys, torch
+from codecplatform.tokenize_corpus import keep_freed_memory
+if sys.argv[1] == "1":
+    assert keep_freed_memory()
+x = torch.ones(16 << 20)  # 64 MB
+(x * 2).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):
+    (x * 2 + 1).sum()  # two 64 MB temporaries a pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    default, kept = (
+        int(subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, check=True).stdout)
+        for flag in "01"
+    )
+    assert kept * 4 < default, (default, kept)
+
+
 def test_worker_processes_give_the_same_codes_and_bandwidth_is_honoured(checkpoints, tmp_path):
     codec = Codec.from_checkpoint(checkpoints["encodec24"]).eval()
     audio = corpus(tmp_path / "audio", codec, [0.1, 0.2, 0.15])
@@ -113,6 +163,19 @@ def test_worker_processes_give_the_same_codes_and_bandwidth_is_honoured(checkpoi
     codes = tokenized(tmp_path / "out")
     for item_id, x in audio.items():
         np.testing.assert_array_equal(codes[item_id], alone(codec, x, n_q))
+
+
+def test_a_folder_of_links_to_audio_elsewhere_is_tokenized_under_the_links_names(checkpoints, tmp_path):
+    codec = Codec.from_checkpoint(checkpoints["encodec24"]).eval()
+    audio = corpus(tmp_path / "elsewhere", codec, [0.1, 0.12])
+    (tmp_path / "links" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere" / "item0.wav", tmp_path / "links" / "first.wav")
+    os.symlink(tmp_path / "elsewhere" / "item1.wav", tmp_path / "links" / "sub" / "second.wav")
+    args = ["--checkpoint", checkpoints["encodec24"], "--audio_dir", tmp_path / "links", "--out", tmp_path / "out"]
+    assert run(*args, "--num_workers", 0) == 0
+    codes = tokenized(tmp_path / "out")
+    assert sorted(codes) == ["first", "sub__second"]
+    np.testing.assert_array_equal(codes["sub__second"], alone(codec, audio["item1"]))
 
 
 def test_a_second_run_skips_finished_items(checkpoints, tmp_path, capsys):

@@ -42,7 +42,8 @@ class ChunkedCoding:
     Mixed into :class:`~codecplatform.models.codec.Codec` before ``AudioCodec``; it uses the
     codec's ``encoder``, ``quantizer``, ``decoder``, ``hop_length``, ``channels``, ``normalize``,
     ``segment_length``/``segment_stride``/``segments``, ``normalize_input``, ``encode``/``decode``,
-    ``resolve_n_q``, ``codebook_mask``, ``encoder_lookahead``/``decoder_lookahead`` and ``grad_off``.
+    ``resolve_n_q``, ``codebook_mask``, ``encoder_lookahead``/``decoder_lookahead``, ``can_stream``,
+    ``stream`` and ``grad_off``.
     """
 
     encoder: Any
@@ -53,6 +54,8 @@ class ChunkedCoding:
     normalize: bool
     segment_length: int | None
     segment_stride: int | None
+    can_stream: bool
+    stream: Any
 
     _PROBE_FRAMES = 64  # streaming probes: longer than any layer's start-up need (reflect padding)
 
@@ -111,6 +114,54 @@ class ChunkedCoding:
         if all_codes.shape[-1] != n_frames:
             raise RuntimeError(f"chunked encoding gave {all_codes.shape[-1]} frames, expected {n_frames}")
         return EncodedAudio(all_codes, None if scale is None else scale.cpu(), length)
+
+    @grad_off_method
+    def encode_chunked_many(
+        self,
+        signals: Sequence[Tensor],
+        n_q: int,
+        chunk_samples: int,
+        context_frames: int,
+        device: torch.device | str = "cpu",
+    ) -> list[EncodedAudio]:
+        """:meth:`encode_chunked` of each (C, n_i) signal, item by item the same codes. A codec that
+        streams (:attr:`can_stream`) codes the signals longer than a chunk as concurrent streams
+        (``stream(batch=N)``), chunk after chunk: each network call reads the weights once for all
+        of them, and an LSTM steps through N sequences at once instead of one (measured on one CPU
+        thread: benchmarks/RESULTS.md, "How fast is a corpus tokenized?")."""
+        n_q = self.resolve_n_q(n_q=n_q)
+        hop, flush = self.hop_length, self.encoder_lookahead
+
+        def one(s: Tensor) -> EncodedAudio:
+            return self.encode_chunked(lambda a, b: s[:, a:b], s.shape[-1], n_q, chunk_samples, context_frames, device)
+
+        long = [i for i, s in enumerate(signals) if s.shape[-1] > chunk_samples]
+        out: list[EncodedAudio | None] = [None if i in long else one(s) for i, s in enumerate(signals)]
+        probe = torch.zeros(1, self.channels, self._PROBE_FRAMES * hop, device=device)
+        if len(long) < 2 or not self.can_stream or not streams_exactly(self.encoder, probe, self._PROBE_FRAMES, flush):
+            return [one(s) if e is None else e for s, e in zip(signals, out)]
+        if chunk_samples < hop or chunk_samples % hop:
+            raise ValueError(f"chunk_samples must be a positive multiple of the hop {hop}, got {chunk_samples}")
+        codes: list[list[Tensor]] = [[] for _ in long]
+        with self.stream(n_q=n_q, batch=len(long)) as streams:
+            for start in range(0, max(signals[i].shape[-1] for i in long), chunk_samples):
+                chunks = []
+                for i in long:
+                    length = signals[i].shape[-1]
+                    x = signals[i][:, start : start + chunk_samples].to(device) if start < length else None
+                    if x is not None and start + chunk_samples >= length:  # the last frame and look-ahead: zeros
+                        x = F.pad(x, (0, -length % hop + flush))
+                    chunks.append(x)
+                for k, c in enumerate(streams.encode(chunks)):
+                    if c is not None and c.shape[-1]:
+                        codes[k].append(c.cpu())
+        for k, i in enumerate(long):
+            length = signals[i].shape[-1]
+            item_codes, n_frames = torch.cat(codes[k], dim=-1)[None], math.ceil(length / hop)
+            if item_codes.shape[-1] != n_frames:
+                raise RuntimeError(f"chunked encoding gave {item_codes.shape[-1]} frames, expected {n_frames}")
+            out[i] = EncodedAudio(item_codes, None, length)
+        return out  # type: ignore[return-value]
 
     @grad_off_generator
     def decode_chunked(

@@ -167,16 +167,25 @@ class StreamBatch:
         for s in slots:
             self.samples_in[s] = 0
 
-    def encode(self, chunk: Tensor, active: Sequence[int] | Tensor | None = None) -> list[Tensor | None]:
-        """(N, C, n) audio, one chunk per stream -> per stream the (K, m) codes of the frames its
-        chunk completes; only the streams in ``active`` (indices or an (N,) mask; default all) are
-        fed, the others get None and keep their state."""
-        if chunk.dim() != 3 or chunk.shape[0] != self.batch:
-            raise ValueError(f"chunk must be ({self.batch}, channels, samples), got shape {tuple(chunk.shape)}")
-        slots = self._slots(active)
-        for s in slots:
-            self.samples_in[s] += chunk.shape[-1]
-        return self._encode({s: chunk[s] for s in slots})
+    def encode(
+        self, chunk: Tensor | Sequence[Tensor | None], active: Sequence[int] | Tensor | None = None
+    ) -> list[Tensor | None]:
+        """(N, C, n) audio, one chunk per stream, or N (C, n_i) chunks of any lengths (None: not
+        fed) -> per stream the (K, m) codes of the frames its chunk completes; only the streams in
+        ``active`` (indices or an (N,) mask; default all) are fed, the others get None and keep
+        their state. Streams given chunks of one length run as one batch."""
+        if isinstance(chunk, Tensor):
+            if chunk.dim() != 3 or chunk.shape[0] != self.batch:
+                raise ValueError(f"chunk must be ({self.batch}, channels, samples), got shape {tuple(chunk.shape)}")
+            chunks: Sequence[Tensor | None] = chunk.unbind(0)
+        else:
+            chunks = chunk
+            if len(chunks) != self.batch or any(c is not None and c.dim() != 2 for c in chunks):
+                raise ValueError(f"chunk must hold {self.batch} (channels, samples) tensors or None")
+        inputs = {s: chunks[s] for s in self._slots(active) if chunks[s] is not None}
+        for s, x in inputs.items():
+            self.samples_in[s] += x.shape[-1]
+        return self._encode(inputs)  # type: ignore[arg-type]
 
     def _encode(self, inputs: dict[int, Tensor]) -> list[Tensor | None]:
         codec, n_q = self.codec, self.n_q

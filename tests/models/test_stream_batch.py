@@ -1,5 +1,6 @@
 """Many streams in one batch (``codec.stream(batch=N)``): streams that start, pause, stop and
-restart at different calls each get exactly what their own single stream gives."""
+restart at different calls each get exactly what their own single stream gives; chunked encoding
+of many signals as concurrent streams (``encode_chunked_many``) gives each its own codes."""
 
 from __future__ import annotations
 
@@ -88,3 +89,24 @@ def test_stream_batch_checks_its_inputs():
             s.encode(torch.zeros(3, 1, 8))
         with pytest.raises(ValueError, match=r"streams must be in 0\.\.1"):
             s.reset([2])
+        with pytest.raises(ValueError, match=r"2 \(channels, samples\) tensors or None"):
+            s.encode([torch.zeros(1, 8)])
+
+
+def test_signals_chunked_as_concurrent_streams_get_the_codes_they_get_one_at_a_time():
+    codec = tiny_encodec()
+    hop, chunk = codec.hop_length, 10 * codec.hop_length
+    torch.manual_seed(2)
+    # unequal lengths (one ends inside a frame), and one no longer than a chunk (coded whole)
+    signals = [0.1 * torch.randn(1, n) for n in (37 * hop + 5, 50 * hop, 21 * hop, 8 * hop)]
+    batch_sizes = []
+    hook = codec.encoder.register_forward_hook(lambda module, args, out: batch_sizes.append(args[0].shape[0]))
+    many = codec.encode_chunked_many(signals, n_q=3, chunk_samples=chunk, context_frames=0)
+    calls_together = len(batch_sizes)
+    alone = [codec.encode_chunked(lambda a, b, x=x: x[:, a:b], x.shape[-1], 3, chunk, 0) for x in signals]
+    hook.remove()
+    assert max(batch_sizes[:calls_together]) == 3  # the three long signals ran as one batch
+    assert calls_together < len(batch_sizes) - calls_together
+    for x, got, expected in zip(signals, many, alone):
+        assert got.length == x.shape[-1]
+        assert torch.equal(got.codes, expected.codes)
