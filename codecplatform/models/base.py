@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,9 @@ class AudioCodec(nn.Module):
         trained ones; ``"raw"`` the trained ones; ``"ema"`` the EMA weights or an error.
         """
         config, state = load_codec_state(path, map_location, weights)
-        codec = cls.from_config(config)
+        with warnings.catch_warnings():  # "untrained" at construction is moot: the weights follow
+            warnings.filterwarnings("ignore", message=r".*\buntrained\b", category=UserWarning)
+            codec = cls.from_config(config)
         codec.load_state_dict(state)
         return codec.eval()
 
