@@ -348,6 +348,10 @@ def cli_main(args: list[str] | None = None) -> Any:
         from codecplatform.checkpoints.cli import main as import_checkpoint_main
 
         return import_checkpoint_main(args[1:])
+    if from_command_line and args and args[0] in ("encode", "decode", "tokenize"):
+        from codecplatform.inference import keep_freed_memory
+
+        keep_freed_memory()  # a process that only codes (not a test calling cli_main)
     if args and args[0] in ("encode", "decode"):
         from codecplatform.inference import decode_main, encode_main
 

@@ -60,7 +60,14 @@ import numpy as np
 import torch
 
 from codecplatform.bitstream import file_sha256
-from codecplatform.inference import DEFAULT_CONTEXT_SECONDS, _chunk_samples, _context_frames, _device, choose_n_q
+from codecplatform.inference import (
+    DEFAULT_CONTEXT_SECONDS,
+    _chunk_samples,
+    _context_frames,
+    _device,
+    choose_n_q,
+    keep_freed_memory,
+)
 from codecplatform.models.base import AudioCodec
 
 if TYPE_CHECKING:
@@ -359,24 +366,6 @@ def decode_batch(batch: list[Item], sample_rate: int, channels: int) -> list[Dec
 
 
 _WORKER: dict[str, Any] = {}
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for the next allocation instead of returning it to the
-    system (True when set; False off glibc). By default every block over 32 MB is a fresh mapping
-    whose pages the kernel faults in and zeroes again on every network call: one thread of DAC
-    44.1 kHz encoding 20 s ran at RTF 0.95 with the default and 1.33-1.39 with this (docs/tokenize.md).
-    The process's memory then stays at its peak until it ends, so only worker processes call it."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def _start_worker(job: dict[str, Any], codec: AudioCodec | None = None) -> None:

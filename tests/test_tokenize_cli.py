@@ -136,7 +136,7 @@ def test_worker_processes_keep_freed_memory_instead_of_faulting_it_in_again():
     """glibc returns freed blocks over 32 MB to the system; a worker keeps them (no page faults)."""
     code = """
 import resource, sys, torch
-from codecplatform.tokenize_corpus import keep_freed_memory
+from codecplatform.inference import keep_freed_memory
 if sys.argv[1] == "1":
     assert keep_freed_memory()
 x = torch.ones(16 << 20)  # 64 MB
