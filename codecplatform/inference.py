@@ -364,8 +364,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for the next allocation instead of returning it to the
     system (True when set; False off glibc). By default every block over 32 MB is a fresh mapping
-    whose pages the kernel faults in and zeroes again on every network call: one thread of DAC
-    44.1 kHz encoding 20 s ran at RTF 0.95 with the default and 1.33-1.39 with this (docs/tokenize.md).
+    whose pages the kernel faults in and zeroes again on every network call, which made DAC's
+    encoder a third slower (benchmarks/RESULTS.md, "How fast is a corpus tokenized?").
     The process's memory then stays at its peak until it ends: for processes that only code (the
     ``encode``, ``decode`` and ``tokenize`` commands and tokenize's workers), not for a library call."""
     import ctypes
