@@ -132,7 +132,7 @@ class CodingPlan:
     context_frames: int
     device: str = "cpu"
     batched: bool = True
-    streams: bool = False  # several items longer than a chunk share calls (encode_chunked_many)
+    streams: int = 1  # items longer than a chunk that share calls (encode_chunked_many); 1: one at a time
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -169,12 +169,11 @@ def items_from_folder(folder: Path) -> tuple[list[Item], list[Failed]]:
     from lhotse import MonoCut, MultiCut, Recording
     from lhotse.audio import AudioSource
 
-    from datamodules.manifests import _recording_ids, find_audio
+    from datamodules.manifests import audio_files
 
-    paths = [p.absolute() for p in find_audio(folder)[0]]  # links not followed, as `prepare`
     items: list[Item] = []
     failed: list[Failed] = []
-    for path, rec_id in zip(paths, _recording_ids(paths, folder.absolute())):
+    for path, rec_id in audio_files(folder):
         try:
             info = sf.info(str(path))
             if info.frames < 1:
@@ -341,7 +340,7 @@ def code_items(codec: AudioCodec, decoded: list[Decoded], plan: CodingPlan) -> l
     short = [d for d in decoded if d.audio.shape[-1] <= plan.chunk_samples]
     long = [d for d in decoded if d.audio.shape[-1] > plan.chunk_samples]
     results: list[Coded | Failed] = []
-    if len(long) > 1 and plan.streams and isinstance(codec, Codec):
+    if len(long) > 1 and plan.streams > 1 and isinstance(codec, Codec):
         try:
             results, long = list(_code_streams(codec, long, plan)), []
         except (RuntimeError, ValueError):
@@ -672,7 +671,6 @@ def tokenize_main(argv: list[str] | None = None) -> int:
     cpu = device.type == "cpu"
     workers = min(_cores(), 8) if args.num_workers is None else args.num_workers
     max_batch = args.max_batch or (1 if cpu else DEFAULT_MAX_BATCH)
-    streams = args.streams or DEFAULT_STREAMS
     chunk_seconds = args.chunk_seconds or default_chunk_seconds(codec)
     plan = CodingPlan(
         n_q,
@@ -680,7 +678,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
         context_frames,
         str(device) if not (cpu and workers) else "cpu",
         batched=max_batch > 1,
-        streams=streams > 1 and getattr(codec, "can_stream", False),
+        streams=(args.streams or DEFAULT_STREAMS) if getattr(codec, "can_stream", False) else 1,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
@@ -710,9 +708,7 @@ def tokenize_main(argv: list[str] | None = None) -> int:
     began, last_report, seconds, finished = time.perf_counter(), time.perf_counter(), 0.0, 0
     try:
         results = run_batches(
-            plan_batches(
-                todo, chunk_seconds, args.batch_seconds, max_batch, streams if plan.streams else 1, max(1, workers)
-            ),
+            plan_batches(todo, chunk_seconds, args.batch_seconds, max_batch, plan.streams, max(1, workers)),
             job,
             workers,
             None if encode_in_workers else codec,

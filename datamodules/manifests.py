@@ -372,6 +372,14 @@ def find_audio(audio_dir: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) ->
     return found, ignored
 
 
+def audio_files(audio_dir: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[tuple[Path, str]]:
+    """(absolute path, recording id) of every audio file under ``audio_dir`` (:func:`find_audio`);
+    the id is the path under ``audio_dir`` without extension, ``/`` -> ``__``. Links are not
+    followed: a link keeps its own name and folder."""
+    paths = [p.absolute() for p in find_audio(audio_dir, extensions)[0]]
+    return list(zip(paths, _recording_ids(paths, audio_dir.absolute())))
+
+
 def _recording_ids(paths: Sequence[Path], root: Path) -> list[str]:
     ids: list[str] = []
     taken: set[str] = set()
@@ -418,10 +426,7 @@ def probe_audio_dir(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     settings = settings or ProbeSettings()
-    found, _ = find_audio(audio_dir, extensions)
-    paths = [p.absolute() for p in found]  # links not followed: ids and sources under audio_dir
-    ids = _recording_ids(paths, audio_dir.absolute())
-    jobs = [(path, rec_id, settings) for path, rec_id in zip(paths, ids)]
+    jobs = [(path, rec_id, settings) for path, rec_id in audio_files(audio_dir, extensions)]
     if num_workers == 1 or len(jobs) <= 1:
         results = [_probe_args(job) for job in jobs]
     else:
